@@ -1,0 +1,408 @@
+"""The `tamt` command line: parse flags into a spec, call one function per command.
+
+Heavy libraries (torch, transformers, datasets) are imported only inside the commands that
+compute, so `tamt --help`, `tamt plugins` and `--dry-run` answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tamt_cli import __version__
+from tamt_cli.errors import UserError
+
+app = typer.Typer(
+    name="tamt",
+    help="Find winning lottery tickets in BERT: search masks, extract subnetworks, transfer them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Scope(str, Enum):
+    local = "local"
+    global_ = "global"
+
+
+class Kind(str, Enum):
+    method = "method"
+    task = "task"
+
+
+class Precision(str, Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Objective(str, Enum):
+    mlm = "mlm"
+    kd = "kd"
+
+
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec",
+        help="spec file (YAML, JSON or TOML) with this command's fields; flags given here win",
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="print the resolved, validated spec and stop")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+
+
+def _out() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _err() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _show_spec(spec: Any, as_json: bool) -> None:
+    if as_json:
+        _emit_json(spec.model_dump(mode="json"))
+    else:
+        from tamt_cli.display import print_yaml
+
+        print_yaml(_out(), spec.to_yaml())
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``-o name=value`` pairs as a dict, values read as YAML scalars (5 → int, true → bool)."""
+    if not pairs:
+        return None
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--option takes name=value, got '{pair}'")
+        try:
+            options[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[name.strip()] = value
+    return options
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tamt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="show the version"),
+    ] = False,
+) -> None:
+    """Find winning lottery tickets in BERT: search masks, extract subnetworks, transfer them."""
+
+
+@app.command()
+def search(
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="pruning method (see `tamt plugins`)")
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option("--sparsity", "-s", help="fraction of masked weights pruned, in (0, 1)"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="hub id, local folder, or `demo` [default: bert-base-uncased]"),
+    ] = None,
+    scope: Annotated[
+        Scope | None,
+        typer.Option(help="local: every matrix at the target; global: overall [default: local]"),
+    ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--embeddings/--no-embeddings", help="mask the word embeddings [default: yes]"
+        ),
+    ] = None,
+    pooler: Annotated[
+        bool | None, typer.Option("--pooler/--no-pooler", help="mask the pooler [default: yes]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed [default: 0]")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory [default: runs/<method>-s<sparsity>-<time>]")
+    ] = None,
+    like: Annotated[
+        Path | None,
+        typer.Option(help="random: copy this mask file's per-matrix sparsity (= -o like=PATH)"),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="method option name=value (repeatable)"),
+    ] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find a mask (a subnetwork) of a pre-trained model with a pruning method."""
+    from tamt_cli import search as searching
+    from tamt_cli import specs
+
+    options = _parse_options(option) or {}
+    if like is not None:
+        options["like"] = str(like)
+    flags = {
+        "method": method,
+        "sparsity": sparsity,
+        "model": model,
+        "scope": scope.value if scope else None,
+        "embeddings": embeddings,
+        "pooler": pooler,
+        "seed": seed,
+        "out": out,
+        "options": options or None,
+    }
+    resolved = specs.build(specs.SearchSpec, spec, flags)
+    method_obj, resolved = searching.resolve(resolved)
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    result = searching.run(resolved, method_obj, _err())
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli.display import sparsity_table
+
+        console = _out()
+        console.print(sparsity_table(result["report"], f"Mask of {result['method']}"))
+        console.print(f"run written to [bold]{result['run']}[/bold]")
+
+
+@app.command()
+def extract(
+    run: Annotated[Path | None, typer.Argument(help="a search run directory")] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="the run's mask at this sparsity (runs with several)")
+    ] = None,
+    step: Annotated[int | None, typer.Option(help="the mask saved at this training step")] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="write a plain Hugging Face folder with the zeros baked in"),
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="replace an existing --export folder")
+    ] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take an exact-sparsity mask from a run; with --export, a subnetwork checkpoint."""
+    from tamt_cli import extract as extracting
+    from tamt_cli import specs
+
+    flags = {
+        "run": run,
+        "sparsity": sparsity,
+        "step": step,
+        "export": export,
+        "overwrite": overwrite,
+    }
+    resolved = specs.build(specs.ExtractSpec, spec, flags)
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    result = extracting.run(resolved, _err())
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli.display import sparsity_table
+
+        console = _out()
+        console.print(sparsity_table(result["report"], f"Mask {result['mask']}"))
+        if result["export"]:
+            console.print(f"subnetwork written to [bold]{result['export']}[/bold]")
+
+
+def _not_yet(command: str) -> UserError:
+    return UserError(f"`tamt {command}` is not implemented in tamt {__version__} yet")
+
+
+@app.command()
+def finetune(
+    subnetwork: Annotated[
+        str | None,
+        typer.Argument(help="search run, exported subnetwork, mask file (with --model) or model"),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="downstream task, e.g. sst2, mnli, squad")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model for a bare mask file")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="local task data (GLUE TSV, SQuAD JSON)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="fine-tuning seed [default: 1]")] = None,
+    seeds: Annotated[str | None, typer.Option(help="several seeds, e.g. 1,2,3")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate [task default]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size [task default]")] = None,
+    epochs: Annotated[float | None, typer.Option(help="epochs [task default]")] = None,
+    max_length: Annotated[int | None, typer.Option(help="max tokens [task default]")] = None,
+    doc_stride: Annotated[int | None, typer.Option(help="SQuAD doc stride [128]")] = None,
+    train_size: Annotated[int | None, typer.Option(help="seeded training subset size")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="evaluate every N steps")] = None,
+    mixed_precision: Annotated[Precision | None, typer.Option(help="no, fp16 or bf16")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a subnetwork on a GLUE task or SQuAD with its mask held fixed."""
+    from tamt_cli import specs
+
+    seed_list: list[int] | None = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
+    elif seed is not None:
+        seed_list = [seed]
+    flags = {
+        "subnetwork": subnetwork,
+        "task": task,
+        "model": model,
+        "data_dir": data_dir,
+        "seeds": seed_list,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "max_length": max_length,
+        "doc_stride": doc_stride,
+        "train_size": train_size,
+        "eval_every": eval_every,
+        "mixed_precision": mixed_precision.value if mixed_precision else None,
+        "out": out,
+    }
+    resolved = specs.build(specs.FinetuneSpec, spec, flags)
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    raise _not_yet("finetune")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[
+        str | None, typer.Argument(help="fine-tuned run, subnetwork folder, or model")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="downstream task to score")] = None,
+    objective: Annotated[
+        Objective | None, typer.Option(help="pre-training loss proxy instead of a task")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="local task data")] = None,
+    corpus: Annotated[str | None, typer.Option(help="held-out text for --objective")] = None,
+    split: Annotated[str | None, typer.Option(help="split to score [validation]")] = None,
+    max_length: Annotated[int | None, typer.Option(help="max tokens")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size")] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a checkpoint on a task, or a subnetwork's pre-training loss (--objective)."""
+    from tamt_cli import specs
+
+    flags = {
+        "checkpoint": checkpoint,
+        "task": task,
+        "objective": objective.value if objective else None,
+        "data_dir": data_dir,
+        "corpus": corpus,
+        "split": split,
+        "max_length": max_length,
+        "batch_size": batch_size,
+    }
+    resolved = specs.build(specs.EvalSpec, spec, flags)
+    if resolved.task is None and resolved.objective is None:
+        raise UserError("tamt eval needs --task NAME or --objective mlm|kd")
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    raise _not_yet("eval")
+
+
+@app.command()
+def plugins(
+    kind: Annotated[Kind | None, typer.Option(help="only methods or only tasks")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List installed methods and tasks, where they come from, and which failed to load."""
+    from tamt_cli import registry
+
+    kinds = [kind.value] if kind else ["method", "task"]
+    rows = [p.as_dict() for k in kinds for p in registry.registry(k).all()]
+    if as_json:
+        _emit_json(rows)
+    else:
+        from tamt_cli.display import plugins_table
+
+        _out().print(plugins_table(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every failure becomes one line on stderr and an exit code
+    (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="tamt", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:
+        # Typer's parser exceptions (Click's, or Typer's own copy of them), matched by name so
+        # that either parser works.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "Exit" in kinds:
+            return int(getattr(exc, "exit_code", 0))
+        if "Abort" in kinds:
+            _fail("interrupted")
+            return 130
+        if "UsageError" in kinds:
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "tamt"
+            if not exc.format_message():  # type: ignore[attr-defined]
+                return 2  # bare `tamt`: the help was printed
+            _fail(f"{where}: {exc.format_message()} (see `{where} --help`)")  # type: ignore[attr-defined]
+            return 2
+        if os.environ.get("TAMT_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(f"internal error: {type(exc).__name__}: {first} (TAMT_DEBUG=1 shows the traceback)")
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"tamt: error: {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,126 @@
+"""`tamt extract`: pick an exact-sparsity mask from a run and optionally export a subnetwork."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from rich.console import Console
+
+from tamt_cli import artifacts
+from tamt_cli.errors import UserError
+from tamt_cli.specs import ExtractSpec
+
+
+def choose(manifest: dict[str, Any], spec: ExtractSpec) -> dict[str, Any]:
+    """The mask entry of a run that ``--step`` / ``--sparsity`` ask for (default: the final)."""
+    entries = manifest.get("masks") or []
+    if not entries:
+        raise UserError(f"run '{spec.run}' holds no masks")
+    if spec.step is not None:
+        hits = [e for e in entries if e.get("step") == spec.step]
+        if not hits:
+            steps = [str(e["step"]) for e in entries if e.get("step") is not None]
+            raise UserError(
+                f"run '{spec.run}' has no mask at step {spec.step}; "
+                f"available: {', '.join(steps) or 'none (not a training run)'}"
+            )
+        entries = hits
+    if spec.sparsity is not None:
+        hits = [
+            e
+            for e in entries
+            if e.get("sparsity") is not None and abs(e["sparsity"] - spec.sparsity) < 1e-9
+        ]
+        if not hits:
+            have = sorted({f"{e['sparsity']:g}" for e in entries if e.get("sparsity") is not None})
+            raise UserError(
+                f"run '{spec.run}' has no mask at sparsity {spec.sparsity:g}; "
+                f"available: {', '.join(have) or 'none'}"
+            )
+        entries = hits
+    finals = [e for e in entries if e.get("final")]
+    return (finals or entries)[-1]
+
+
+def run(spec: ExtractSpec, console: Console) -> dict[str, Any]:
+    from tamt_cli import masking
+
+    manifest = artifacts.read_manifest(spec.run)
+    if manifest.get("kind") not in {"search", "subnetwork"}:
+        raise UserError(f"'{spec.run}' is a {manifest.get('kind')} run, not a search run")
+    if spec.export is not None and spec.export.exists() and not spec.overwrite:
+        raise UserError(f"'{spec.export}' already exists; choose another path or pass --overwrite")
+    entry = choose(manifest, spec)
+    mask_path = Path(spec.run) / entry["file"]
+    masks = masking_cpu(artifacts.load_masks(mask_path))
+    infos = [SimpleNamespace(**m) for m in manifest["sparsity_report"]["matrices"]]
+    masking.check_fits(masks, {m.name: m.shape for m in infos}, f"mask file '{mask_path}'")
+    targets = {m.name: m.target for m in infos}
+    report = masking.sparsity_report(infos, masks, targets)
+    result: dict[str, Any] = {
+        "run": str(spec.run),
+        "mask": str(mask_path),
+        "step": entry.get("step"),
+        "export": None,
+        "report": report,
+    }
+    if spec.export is not None:
+        export(spec, manifest, entry, masks, report, console)
+        result["export"] = str(spec.export)
+    return result
+
+
+def masking_cpu(masks: dict[str, Any]) -> dict[str, Any]:
+    return {name: mask.to("cpu") for name, mask in masks.items()}
+
+
+def export(
+    spec: ExtractSpec,
+    manifest: dict[str, Any],
+    entry: dict[str, Any],
+    masks: dict[str, Any],
+    report: dict[str, Any],
+    console: Console,
+) -> None:
+    """Write a plain Hugging Face folder with the zeros baked in, plus mask file and manifest."""
+    from tamt_cli import masking, models
+
+    record = manifest["model"]
+    ref = models.resolve(record["id"])
+    with console.status(f"loading model {record['id']}"):
+        model = models.load_encoder(ref)
+        if models.weights_hash(model) != record["weights_sha256"]:
+            raise UserError(
+                f"model '{record['id']}' now has different weights from those the run "
+                f"'{spec.run}' was searched on; its masks would not mean the same thing"
+            )
+    weights = masking.prunable_weights(
+        model, embeddings=manifest.get("embeddings", True), pooler=manifest.get("pooler", True)
+    )
+    masking.check_fits(masks, masking.shapes(weights), f"the mask of run '{spec.run}'")
+    masking.bake_masks(weights, masks)
+    assert spec.export is not None
+    sub_manifest = artifacts.new_manifest(
+        "subnetwork",
+        source_run=str(Path(spec.run).resolve()),
+        source_mask=entry,
+        method=manifest.get("method"),
+        model=record,
+        seed=manifest.get("seed"),
+        sparsity=entry.get("sparsity"),
+        scope=manifest.get("scope"),
+        embeddings=manifest.get("embeddings", True),
+        pooler=manifest.get("pooler", True),
+        masks=[{**entry, "file": artifacts.MASK_FILE, "final": True}],
+        sparsity_report=report,
+    )
+    with (
+        console.status(f"writing {spec.export}"),
+        artifacts.staged_dir(spec.export, overwrite=spec.overwrite) as stage,
+    ):
+        model.save_pretrained(str(stage))
+        models.save_tokenizer(ref, stage)
+        artifacts.save_masks(stage / artifacts.MASK_FILE, masks)
+        artifacts.write_json(stage / artifacts.MANIFEST, sub_manifest)

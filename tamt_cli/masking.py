@@ -1,0 +1,281 @@
+"""Mask mathematics: which weights are prunable, exact-sparsity masks, attaching and baking.
+
+Masks are boolean tensors, ``True`` where a weight is kept, keyed by the weight's state-dict name
+relative to the model's base encoder (``encoder.layer.0.attention.self.query.weight``), so the same
+mask fits the bare encoder and any task model built on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from tamt_cli.errors import UserError
+
+Masks = dict[str, torch.Tensor]
+Scope = Literal["local", "global"]
+
+#: Kinds of prunable matrices, in report order.
+KINDS = ("Q", "K", "V", "AO", "I", "O", "pooler", "embedding")
+KIND_NAMES = {
+    "Q": "query",
+    "K": "key",
+    "V": "value",
+    "AO": "attn out",
+    "I": "FFN in",
+    "O": "FFN out",
+    "pooler": "pooler",
+    "embedding": "word emb",
+}
+
+_LAYER = r"^(?:encoder|transformer)\.layer\.(\d+)\."
+# Module names (relative to the base model) of BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, DistilBERT.
+_PATTERNS = {
+    "Q": re.compile(_LAYER + r"attention\.(?:self\.)?(?:query|query_proj|q_lin)$"),
+    "K": re.compile(_LAYER + r"attention\.(?:self\.)?(?:key|key_proj|k_lin)$"),
+    "V": re.compile(_LAYER + r"attention\.(?:self\.)?(?:value|value_proj|v_lin)$"),
+    "AO": re.compile(_LAYER + r"attention\.(?:output\.dense|out_lin)$"),
+    "I": re.compile(_LAYER + r"(?:intermediate\.dense|ffn\.lin1)$"),
+    "O": re.compile(_LAYER + r"(?:output\.dense|ffn\.lin2)$"),
+    "pooler": re.compile(r"^pooler\.dense$"),
+    "embedding": re.compile(r"^embeddings\.word_embeddings$"),
+}
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """One maskable weight matrix of a model."""
+
+    name: str  # state-dict key relative to the base model, ending in ".weight"
+    kind: str
+    layer: int | None
+    module: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The unmasked weight, whether or not a mask is attached."""
+        if parametrize.is_parametrized(self.module, "weight"):
+            return self.module.parametrizations.weight.original  # type: ignore[union-attr]
+        return self.module.weight  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The encoder inside a task model (``model.bert``), or the model itself."""
+    return getattr(model, "base_model", model)
+
+
+def prunable_weights(
+    model: nn.Module, *, embeddings: bool = True, pooler: bool = True
+) -> list[Prunable]:
+    """The matrices the paper masks: Q, K, V, attention output, FFN in/out of every layer, the
+    pooler and the word embeddings (the last two optional). Biases, LayerNorms, position and
+    token-type embeddings and task heads are never masked."""
+    base = base_model(model)
+    found: list[Prunable] = []
+    for name, module in base.named_modules():
+        if not isinstance(module, nn.Linear | nn.Embedding):
+            continue
+        for kind, pattern in _PATTERNS.items():
+            match = pattern.match(name)
+            if match:
+                if (kind == "embedding" and not embeddings) or (kind == "pooler" and not pooler):
+                    break
+                layer = int(match.group(1)) if match.groups() else None
+                found.append(Prunable(f"{name}.weight", kind, layer, module))
+                break
+    if not any(p.layer is not None for p in found):
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise UserError(
+            f"no prunable encoder weights found in a '{model_type}' model; supported: "
+            "BERT-family encoders (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, DistilBERT)"
+        )
+    return found
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """How many of ``numel`` weights a sparsity prunes: ⌊n·s⌋, exact for the decimal given."""
+    return int(Fraction(repr(float(sparsity))) * numel)
+
+
+def keep_all_but_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A flat keep-mask that prunes exactly the ``k`` lowest scores.
+
+    Ties at the threshold are broken by position: the earlier index is pruned first, so the
+    result is the same on every run and device."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot prune {k} of {n} weights")
+    if k == 0:
+        return torch.ones(n, dtype=torch.bool, device=flat.device)
+    flat = flat.float()
+    threshold = torch.kthvalue(flat, k).values
+    keep = flat > threshold
+    n_below = int((flat < threshold).sum())
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    keep[ties[k - n_below :]] = True
+    return keep
+
+
+def local_masks(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> Masks:
+    """Per-matrix masks pruning ``counts[name]`` lowest scores of every matrix."""
+    return {
+        name: keep_all_but_lowest(s, counts[name]).reshape(s.shape) for name, s in scores.items()
+    }
+
+
+def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
+    """Masks pruning the lowest ⌊N·s⌋ scores over all matrices together."""
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).float() for n in names])
+    keep = keep_all_but_lowest(flat, prune_count(flat.numel(), sparsity))
+    out: Masks = {}
+    start = 0
+    for name in names:
+        size = scores[name].numel()
+        out[name] = keep[start : start + size].reshape(scores[name].shape)
+        start += size
+    return out
+
+
+def masks_from_scores(
+    scores: Mapping[str, torch.Tensor], sparsity: float, scope: Scope = "local"
+) -> Masks:
+    """Exact-sparsity keep-masks that prune the lowest scores, per matrix or globally."""
+    if scope == "global":
+        return global_masks(scores, sparsity)
+    counts = {name: prune_count(s.numel(), sparsity) for name, s in scores.items()}
+    return local_masks(scores, counts)
+
+
+def magnitude_scores(weights: Iterable[Prunable]) -> dict[str, torch.Tensor]:
+    return {p.name: p.weight.detach().abs() for p in weights}
+
+
+def random_scores(weights: Iterable[Prunable], seed: int) -> dict[str, torch.Tensor]:
+    """Uniform scores from one seeded CPU generator, so a seed means the same mask everywhere."""
+    gen = torch.Generator().manual_seed(seed)
+    return {p.name: torch.rand(p.shape, generator=gen) for p in weights}
+
+
+def shapes(weights: Iterable[Prunable]) -> dict[str, tuple[int, ...]]:
+    return {p.name: p.shape for p in weights}
+
+
+def check_fits(
+    masks: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]], what: str
+) -> None:
+    """Raise a one-line error unless ``masks`` has exactly the expected names and shapes."""
+    missing = [n for n in expected if n not in masks]
+    extra = [n for n in masks if n not in expected]
+    if extra:
+        raise UserError(
+            f"{what} does not fit the model: it masks '{extra[0]}', which the model has no "
+            f"prunable weight for ({len(extra)} such entries)"
+        )
+    if missing:
+        raise UserError(
+            f"{what} does not fit the model: it has no mask for '{missing[0]}' "
+            f"({len(missing)} prunable weights missing; check --no-embeddings/--no-pooler)"
+        )
+    for name, shape in expected.items():
+        got = tuple(masks[name].shape)
+        if got != tuple(shape):
+            raise UserError(
+                f"{what} does not fit the model: '{name}' has shape {list(got)} in the mask "
+                f"and {list(shape)} in the model"
+            )
+
+
+class _KeepMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ M`` with a fixed boolean mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool), persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
+    """Make each ``module.weight`` return the masked weight; the model stays a stock HF model."""
+    for p in weights:
+        mask = masks[p.name].to(p.weight.device)
+        parametrize.register_parametrization(p.module, "weight", _KeepMask(mask))
+
+
+def detach_masks(weights: Iterable[Prunable]) -> None:
+    """Remove attached masks, leaving the original (unmasked) weights in place."""
+    for p in weights:
+        if parametrize.is_parametrized(p.module, "weight"):
+            parametrize.remove_parametrizations(p.module, "weight", leave_parametrized=False)
+
+
+@torch.no_grad()
+def bake_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
+    """Write the zeros into the weights in place (masked positions become exactly 0)."""
+    for p in weights:
+        p.weight.mul_(masks[p.name].to(device=p.weight.device, dtype=p.weight.dtype))
+
+
+def sparsity_report(
+    weights: Iterable[Any],
+    masks: Mapping[str, torch.Tensor],
+    targets: Mapping[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """Pruned counts and sparsity per matrix, per kind and overall (JSON-ready).
+
+    ``weights`` are :class:`Prunable` or anything with ``name``, ``kind`` and ``layer``."""
+    matrices = []
+    kinds: dict[str, dict[str, Any]] = {}
+    total = pruned_total = 0
+    for p in weights:
+        mask = masks[p.name]
+        numel = mask.numel()
+        pruned = numel - int(mask.sum())
+        matrices.append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "layer": p.layer,
+                "shape": list(mask.shape),
+                "numel": numel,
+                "pruned": pruned,
+                "sparsity": pruned / numel,
+                "target": None if targets is None else targets.get(p.name),
+            }
+        )
+        k = kinds.setdefault(p.kind, {"matrices": 0, "numel": 0, "pruned": 0})
+        k["matrices"] += 1
+        k["numel"] += numel
+        k["pruned"] += pruned
+        total += numel
+        pruned_total += pruned
+    for k in kinds.values():
+        k["sparsity"] = k["pruned"] / k["numel"]
+    ordered = {kind: kinds[kind] for kind in KINDS if kind in kinds}
+    return {
+        "overall": {
+            "numel": total,
+            "pruned": pruned_total,
+            "sparsity": pruned_total / total if total else 0.0,
+        },
+        "kinds": ordered,
+        "matrices": matrices,
+    }

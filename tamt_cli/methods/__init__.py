@@ -1,0 +1,1 @@
+"""Built-in pruning methods, registered through the ``tamt.methods`` entry points."""

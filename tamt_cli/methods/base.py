@@ -1,0 +1,91 @@
+"""The protocol every pruning method implements, built-in or plugin.
+
+A method is a class registered under the ``tamt.methods`` entry-point group::
+
+    [project.entry-points."tamt.methods"]
+    omp = "tamt_cli.methods.magnitude:OneShotMagnitude"
+
+It has a one-line ``summary``, an ``Options`` pydantic model for its own settings (unknown
+options are rejected; given on the command line as ``-o name=value`` or in a spec's
+``options:``), is constructed with those validated options, and returns from ``search`` a keep-mask
+(boolean tensor, ``True`` = kept) for every weight in ``job.weights``. An optional
+``check(spec)`` raises ``UserError`` for specs the method cannot run (called before any compute
+and by ``--dry-run``); without it, ``--sparsity`` is required. ``tamt`` checks that the
+masks fit, measures their sparsity and writes the run; a method does no I/O of its own.
+
+Method modules are imported by ``tamt plugins`` to report their status, so they should import
+torch and other heavy libraries inside ``search``, not at module level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from tamt_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+
+    from tamt_cli.masking import Prunable
+    from tamt_cli.specs import SearchSpec
+
+
+class NoOptions(BaseModel):
+    """Options of a method that has none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class SearchJob:
+    """Everything a method's ``search`` may use."""
+
+    spec: SearchSpec
+    model: Any  # the pre-trained encoder (a transformers PreTrainedModel), float32
+    weights: list[Prunable]  # the matrices to mask, in model order
+    console: Console
+    notes: dict[str, Any] = field(default_factory=dict)  # method facts to record in the manifest
+    targets: dict[str, float] | None = None  # per-matrix target sparsity, if not spec.sparsity
+
+    @property
+    def sparsity(self) -> float:
+        if self.spec.sparsity is None:
+            raise UserError(f"--sparsity is required for method '{self.spec.method}'")
+        return self.spec.sparsity
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A pruning method: ``Method(options).search(job) -> {weight name: keep-mask}``."""
+
+    summary: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def search(self, job: SearchJob) -> dict[str, torch.Tensor]: ...
+
+
+def check_spec(method: Any, spec: SearchSpec) -> None:
+    """Reject a spec the method cannot run, before any compute."""
+    hook = getattr(method, "check", None)
+    if hook is not None:
+        hook(spec)
+    elif spec.sparsity is None:
+        raise UserError(f"--sparsity is required for method '{spec.method}'")
+
+
+def check_method(obj: Any) -> str:
+    """Validate a loaded entry point against the protocol; return its summary."""
+    if not isinstance(obj, type):
+        raise TypeError(f"{obj!r} is not a class")
+    if not callable(getattr(obj, "search", None)):
+        raise TypeError(f"{obj.__name__} has no search(job) method")
+    options = getattr(obj, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise TypeError(f"{obj.__name__}.Options is not a pydantic model")
+    return str(getattr(obj, "summary", "") or "")

@@ -1,0 +1,58 @@
+"""``random``: a seeded random mask, at a sparsity or copying another mask's per-matrix counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tamt_cli.errors import UserError
+from tamt_cli.methods.base import SearchJob
+
+if TYPE_CHECKING:
+    from tamt_cli.specs import SearchSpec
+
+
+class RandomOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    like: Path | None = Field(
+        None, description="mask file whose per-matrix pruned counts the random mask copies"
+    )
+
+
+class RandomPruning:
+    """Prune weights uniformly at random (seeded by ``--seed``)."""
+
+    summary = "random pruning at the same sparsity (seeded; --like copies a mask's layout)"
+    Options = RandomOptions
+
+    def __init__(self, options: RandomOptions) -> None:
+        self.options = options
+
+    def check(self, spec: SearchSpec) -> None:
+        if self.options.like is None and spec.sparsity is None:
+            raise UserError("--sparsity is required for method 'random' (or --like MASKFILE)")
+        if self.options.like is not None and not self.options.like.is_file():
+            raise UserError(f"--like mask file '{self.options.like}' does not exist")
+
+    def search(self, job: SearchJob) -> dict[str, Any]:
+        from tamt_cli import artifacts, masking
+
+        scores = masking.random_scores(job.weights, job.spec.seed)
+        if self.options.like is None:
+            return masking.masks_from_scores(scores, job.sparsity, job.spec.scope)
+
+        like = artifacts.load_masks(self.options.like)
+        masking.check_fits(like, masking.shapes(job.weights), f"--like mask '{self.options.like}'")
+        counts = {name: int((~mask).sum()) for name, mask in like.items()}
+        overall = sum(counts.values()) / sum(m.numel() for m in like.values())
+        if job.spec.sparsity is not None and abs(job.spec.sparsity - overall) > 1e-3:
+            raise UserError(
+                f"--sparsity {job.spec.sparsity} contradicts the --like mask, whose sparsity is "
+                f"{overall:.4f}; leave --sparsity out to copy it"
+            )
+        job.notes["like"] = str(self.options.like)
+        job.targets = {name: counts[name] / like[name].numel() for name in counts}
+        return masking.local_masks(scores, counts)

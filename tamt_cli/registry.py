@@ -1,0 +1,184 @@
+"""Plugin registry: pruning methods and downstream tasks, resolved through entry points.
+
+Built-in methods and tasks are declared in the project's own ``pyproject.toml`` under the
+entry-point groups ``tamt.methods`` and ``tamt.tasks`` and go through exactly the same path as a
+third-party plugin. Each entry point is imported lazily, on its own, the first time it is needed;
+one that fails to import is recorded (shown by ``tamt plugins``) and only raises when it is asked
+for, unless ``TAMT_STRICT_PLUGINS=1`` makes every failure fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from tamt_cli.errors import UserError, unknown
+
+GROUPS = {"method": "tamt.methods", "task": "tamt.tasks"}
+STRICT_ENV = "TAMT_STRICT_PLUGINS"
+
+
+class PluginError(UserError):
+    """An installed plugin cannot be used (failed import, bad object, name clash)."""
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class Plugin:
+    """One entry point of a group, and what became of loading it."""
+
+    name: str
+    kind: str
+    target: str
+    distribution: str | None
+    version: str | None
+    status: str = "not loaded"  # "ok" | "error" | "not loaded"
+    error: str | None = None
+    summary: str = ""
+    obj: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.target,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "summary": self.summary,
+        }
+
+
+class Registry:
+    """Names of one kind (``method`` or ``task``) mapped to lazily loaded plugin objects."""
+
+    def __init__(self, kind: str, check: Callable[[Any], str] | None = None) -> None:
+        self.kind = kind
+        self.group = GROUPS[kind]
+        self._check = check
+        self._plugins: dict[str, Plugin] | None = None
+
+    def _discover(self) -> dict[str, Plugin]:
+        if self._plugins is None:
+            found: dict[str, Plugin] = {}
+            for ep in entry_points(group=self.group):
+                plugin = _plugin_from(ep, self.kind)
+                other = found.get(ep.name)
+                if other is None:
+                    found[ep.name] = plugin
+                elif other.target != plugin.target:
+                    other.status = "error"
+                    other.error = (
+                        f"name clash: {self.kind} '{ep.name}' is provided by both "
+                        f"{other.distribution} ({other.target}) and {plugin.distribution} "
+                        f"({plugin.target}); uninstall one"
+                    )
+            self._plugins = found
+            if strict():
+                for name in found:
+                    self._load(name)
+                    self._raise_if_broken(found[name])
+        return self._plugins
+
+    def names(self) -> list[str]:
+        return sorted(self._discover())
+
+    def _load(self, name: str) -> Plugin:
+        plugin = self._discover()[name]
+        if plugin.status == "not loaded":
+            try:
+                obj = _entry_point(self.group, name, plugin.target).load()
+                summary = self._check(obj) if self._check else ""
+            except Exception as exc:  # a broken plugin must not break anything else
+                plugin.status = "error"
+                plugin.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            else:
+                plugin.status, plugin.obj, plugin.summary = "ok", obj, summary
+        return plugin
+
+    def _raise_if_broken(self, plugin: Plugin) -> None:
+        if plugin.status == "error":
+            source = (
+                f" (from {plugin.distribution} {plugin.version})" if plugin.distribution else ""
+            )
+            raise PluginError(f"{self.kind} '{plugin.name}'{source} cannot be used: {plugin.error}")
+
+    def get(self, name: str) -> Any:
+        """The loaded object for ``name``; a one-line error if unknown or broken."""
+        if name not in self._discover():
+            raise unknown(self.kind, name, self.names())
+        plugin = self._load(name)
+        self._raise_if_broken(plugin)
+        return plugin.obj
+
+    def plugin(self, name: str) -> Plugin:
+        """Metadata for ``name`` (loads it, never raises for a broken plugin)."""
+        if name not in self._discover():
+            raise unknown(self.kind, name, self.names())
+        return self._load(name)
+
+    def all(self) -> list[Plugin]:
+        """Every plugin of this kind, each loaded so that its status is known."""
+        return [self._load(name) for name in self.names()]
+
+
+def _plugin_from(ep: EntryPoint, kind: str) -> Plugin:
+    dist = getattr(ep, "dist", None)
+    return Plugin(
+        name=ep.name,
+        kind=kind,
+        target=ep.value,
+        distribution=dist.metadata["Name"] if dist is not None else None,
+        version=dist.version if dist is not None else None,
+    )
+
+
+def _entry_point(group: str, name: str, target: str) -> EntryPoint:
+    for ep in entry_points(group=group, name=name):
+        if ep.value == target:
+            return ep
+    return EntryPoint(name=name, value=target, group=group)
+
+
+def _check_method(obj: Any) -> str:
+    from tamt_cli.methods.base import check_method
+
+    return check_method(obj)
+
+
+def _check_task(obj: Any) -> str:
+    doc = (getattr(obj, "summary", None) or getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+@cache
+def methods() -> Registry:
+    return Registry("method", _check_method)
+
+
+@cache
+def tasks() -> Registry:
+    return Registry("task", _check_task)
+
+
+def registry(kind: str) -> Registry:
+    return {"method": methods, "task": tasks}[kind]()
+
+
+def installed_distributions() -> dict[str, str]:
+    """Distribution name → version of everything that provides methods or tasks (no imports)."""
+    out: dict[str, str] = {}
+    for group in GROUPS.values():
+        for ep in entry_points(group=group):
+            dist = getattr(ep, "dist", None)
+            if dist is not None:
+                out[dist.metadata["Name"]] = dist.version
+    return dict(sorted(out.items()))

@@ -1,0 +1,169 @@
+"""Run specs: one pydantic model per command, loaded from a file and overridden by flags.
+
+A spec file (YAML, JSON or TOML) holds the same fields as the command's flags; flags given on the
+command line win. Unknown fields are rejected by name, and the resolved spec is saved in every run
+so that ``tamt <command> --spec runs/<run>/spec.yaml`` repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tamt_cli.errors import UserError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Spec(BaseModel):
+    """Base of every run spec: unknown fields are errors, values are re-validated on change."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def check_sparsity(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be strictly between 0 and 1 (the fraction pruned), got {value}")
+    return value
+
+
+class SearchSpec(Spec):
+    """`tamt search`: find a mask over a pre-trained model's prunable weights."""
+
+    method: str = Field(description="pruning method, a name from `tamt plugins --kind method`")
+    sparsity: float | None = Field(None, description="fraction of the masked weights pruned")
+    model: str = Field("bert-base-uncased", description="hub id, local folder, or `demo`")
+    scope: Literal["local", "global"] = Field(
+        "local", description="`local`: every matrix has the target sparsity; `global`: overall"
+    )
+    embeddings: bool = Field(True, description="mask the word-embedding matrix")
+    pooler: bool = Field(True, description="mask the pooler dense layer")
+    seed: int = Field(0, ge=0)
+    out: Path | None = Field(None, description="run directory (default: runs/<method>-...)")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+
+    _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
+
+
+class ExtractSpec(Spec):
+    """`tamt extract`: an exact-sparsity mask from a search run, optionally as a HF checkpoint."""
+
+    run: Path
+    sparsity: float | None = None
+    step: int | None = Field(None, ge=0)
+    export: Path | None = None
+    overwrite: bool = False
+
+    _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
+
+
+class FinetuneSpec(Spec):
+    """`tamt finetune`: fine-tune a subnetwork on a downstream task with its mask held fixed."""
+
+    subnetwork: str
+    task: str
+    model: str | None = None
+    data_dir: Path | None = None
+    seeds: list[int] = Field(default_factory=lambda: [1])
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, gt=0)
+    doc_stride: int | None = Field(None, gt=0)
+    train_size: int | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    out: Path | None = None
+
+
+class EvalSpec(Spec):
+    """`tamt eval`: task metrics of a fine-tuned checkpoint, or the pre-training loss proxy."""
+
+    checkpoint: str
+    task: str | None = None
+    objective: Literal["mlm", "kd"] | None = None
+    data_dir: Path | None = None
+    corpus: str | None = None
+    split: str = "validation"
+    max_length: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML, JSON or TOML spec file; one-line errors for anything else."""
+    if not path.is_file():
+        raise UserError(f"spec file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise UserError(f"spec file '{path}' must end in .yaml, .yml, .json or .toml")
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"spec file '{path}' is not valid {suffix[1:].upper()}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"spec file '{path}' must hold a mapping of field names to values")
+    return data
+
+
+def build(cls: type[S], spec_file: Path | None, flags: Mapping[str, Any]) -> S:
+    """A validated spec from an optional file and command-line flags (flags given win)."""
+    data: dict[str, Any] = read_spec_file(spec_file) if spec_file else {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return validate(cls, data, source=str(spec_file) if spec_file else None)
+
+
+def validate(cls: type[S], data: Mapping[str, Any], source: str | None = None) -> S:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe(exc, cls, source)) from None
+
+
+def describe(exc: ValidationError, cls: type[BaseModel], source: str | None = None) -> str:
+    """A pydantic error as one line: every problem, named by field."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = list(cls.model_fields)
+            hint = did_you_mean(str(err["loc"][-1]), valid) or ";"
+            parts.append(f"unknown field '{loc}'{hint} valid fields: {', '.join(valid)}")
+        elif err["type"] == "missing":
+            parts.append(f"'{loc}' is required (on the command line or in a --spec file)")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            shown = "" if "got " in msg or isinstance(given, dict) else f" (got {given!r})"
+            parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
+    where = f"spec {source}: " if source else ""
+    return where + "; ".join(parts)
