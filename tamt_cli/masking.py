@@ -62,7 +62,7 @@ class Prunable:
     def weight(self) -> torch.Tensor:
         """The unmasked weight, whether or not a mask is attached."""
         if parametrize.is_parametrized(self.module, "weight"):
-            return self.module.parametrizations.weight.original  # type: ignore[union-attr]
+            return self.module.parametrizations.weight.original  # type: ignore[union-attr,return-value]
         return self.module.weight  # type: ignore[return-value]
 
     @property
@@ -204,6 +204,8 @@ def check_fits(
 
 class _KeepMask(nn.Module):
     """Parametrization ``W ↦ W ⊙ M`` with a fixed boolean mask."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()

@@ -81,21 +81,23 @@ class Registry:
                         f"{other.distribution} ({other.target}) and {plugin.distribution} "
                         f"({plugin.target}); uninstall one"
                     )
+            if strict():  # every failure is fatal, on every use, until it is fixed
+                for plugin in found.values():
+                    self._load_plugin(plugin)
+                    self._raise_if_broken(plugin)
             self._plugins = found
-            if strict():
-                for name in found:
-                    self._load(name)
-                    self._raise_if_broken(found[name])
         return self._plugins
 
     def names(self) -> list[str]:
         return sorted(self._discover())
 
     def _load(self, name: str) -> Plugin:
-        plugin = self._discover()[name]
+        return self._load_plugin(self._discover()[name])
+
+    def _load_plugin(self, plugin: Plugin) -> Plugin:
         if plugin.status == "not loaded":
             try:
-                obj = _entry_point(self.group, name, plugin.target).load()
+                obj = _entry_point(self.group, plugin.name, plugin.target).load()
                 summary = self._check(obj) if self._check else ""
             except Exception as exc:  # a broken plugin must not break anything else
                 plugin.status = "error"

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# No test may reach the Hugging Face hub; set before transformers is imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("TAMT_STRICT_PLUGINS", None)
+
+import pytest
+
+from tests.tiny import make_bert
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """Folder of a 2-layer BERT (hidden 32) with a trained WordPiece tokenizer."""
+    return make_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def other_bert(tmp_path_factory) -> Path:
+    """A tiny BERT of a different shape (hidden 48), for masks that must not fit."""
+    return make_bert(tmp_path_factory.mktemp("other-bert"), hidden=48)
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        import json
+
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run `tamt ARGS...` in-process from a fresh working directory; returns a Result."""
+    from tamt_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
