@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tamt_cli.errors import UserError
 
@@ -47,23 +50,66 @@ def resolve(given: str) -> ModelRef:
 
 
 def load_encoder(ref: ModelRef) -> Any:
-    """The bare encoder (``AutoModel``) in float32, with one-line errors for anything missing."""
+    """The bare encoder (``AutoModel``) in float32, with one-line errors for anything missing.
+
+    A hub id is first looked up in the local cache; the hub is only asked when the cache does
+    not have it and the hub answers at all, so an offline machine fails at once instead of
+    after minutes of retries."""
     import torch
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+    def load(**kw: Any) -> Any:
+        config = AutoConfig.from_pretrained(ref.location, **kw)
+        return AutoModel.from_pretrained(ref.location, config=config, dtype=torch.float32, **kw)
+
+    if ref.local:
+        try:
+            return load()
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load model from '{ref.given}': {_first_line(exc)}") from None
     try:
-        config = AutoConfig.from_pretrained(ref.location)
-        return AutoModel.from_pretrained(ref.location, config=config, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        if ref.local:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load model from '{ref.given}': {first}") from None
+        return load(local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        pass
+    offline = "; use --model demo or a local model folder"
+    if _hub_offline() or not _hub_reachable():
         raise UserError(
-            f"cannot load model '{ref.given}' from the Hugging Face hub (offline, or no such "
-            "model); use --model demo or a local model folder"
+            f"cannot load model '{ref.given}': not in the local cache and the Hugging Face hub "
+            f"is unreachable{offline}"
+        )
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"cannot load model '{ref.given}' from the Hugging Face hub ({_first_line(exc)})"
+            f"{offline}"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def save_tokenizer(ref: ModelRef, out: Path) -> bool:
