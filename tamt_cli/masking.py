@@ -109,7 +109,7 @@ def prunable_weights(
 
 def prune_count(numel: int, sparsity: float) -> int:
     """How many of ``numel`` weights a sparsity prunes: ⌊n·s⌋, exact for the decimal given."""
-    return int(Fraction(repr(float(sparsity))) * numel)
+    return int(Fraction(str(sparsity)) * numel)  # str: the shortest decimal of its own type
 
 
 def keep_all_but_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -124,6 +124,8 @@ def keep_all_but_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
     flat = flat.float()
+    if torch.isnan(flat).any():
+        raise ValueError("scores contain NaN; no mask can be ranked from them")
     threshold = torch.kthvalue(flat, k).values
     keep = flat > threshold
     n_below = int((flat < threshold).sum())
@@ -231,7 +233,10 @@ def detach_masks(weights: Iterable[Prunable]) -> None:
 
 @torch.no_grad()
 def bake_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
-    """Write the zeros into the weights in place (masked positions become exactly 0)."""
+    """Write the zeros into the weights in place (masked positions become exactly 0).
+
+    A weight tied to another (the word embeddings and an MLM decoder) is one tensor, so both
+    get the zeros; :func:`attach_masks` instead masks only the module it is attached to."""
     for p in weights:
         p.weight.mul_(masks[p.name].to(device=p.weight.device, dtype=p.weight.dtype))
 
