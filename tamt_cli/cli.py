@@ -47,6 +47,7 @@ class Precision(str, Enum):
 class Objective(str, Enum):
     mlm = "mlm"
     kd = "kd"
+    mlm_kd = "mlm-kd"
 
 
 SpecOpt = Annotated[
@@ -160,6 +161,90 @@ def search(
         list[str] | None,
         typer.Option("--option", "-o", help="method option name=value (repeatable)"),
     ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="training text: wikitext-103, wikitext-2, demo, or files/globs (quote globs; "
+            "comma-separated) [default: wikitext-103]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="tokens per block [128]", rich_help_panel="Training")
+    ] = None,
+    held_out: Annotated[
+        float | None,
+        typer.Option(help="held-out fraction of a local corpus [0.05]", rich_help_panel="Training"),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="optimiser steps [method default]", rich_help_panel="Training"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="blocks per step, all processes [16]", rich_help_panel="Training"),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(help="micro-batches per step [1]", rich_help_panel="Training"),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="learning rate [method default]", rich_help_panel="Training"),
+    ] = None,
+    head_lr: Annotated[
+        float | None, typer.Option(help="MLM-head learning rate", rich_help_panel="Training")
+    ] = None,
+    head_warmup_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="steps fitting a missing MLM head on the frozen model [300]",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    clip: Annotated[
+        float | None, typer.Option(help="gradient-norm clip [1.0]", rich_help_panel="Training")
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="log every N steps [10]", rich_help_panel="Training")
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help="held-out loss every N steps", rich_help_panel="Training"),
+    ] = None,
+    eval_blocks: Annotated[
+        int | None,
+        typer.Option(help="held-out blocks per evaluation [64]", rich_help_panel="Training"),
+    ] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(help="checkpoint and mask every N steps", rich_help_panel="Training"),
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None,
+        typer.Option(help="resumable checkpoints kept [1]", rich_help_panel="Training"),
+    ] = None,
+    mixed_precision: Annotated[
+        Precision | None, typer.Option(help="no, fp16 or bf16", rich_help_panel="Training")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="mask training: initial mask, magnitude or random (= -o init=...)",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    reset_every: Annotated[
+        int | None,
+        typer.Option(
+            help="mask training: exact-sparsity threshold reset interval (= -o reset_every=N)",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="continue an interrupted run from its last checkpoint"),
+    ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -169,8 +254,9 @@ def search(
     from tamt_cli import specs
 
     options = _parse_options(option) or {}
-    if like is not None:
-        options["like"] = str(like)
+    for key, value in (("like", like), ("init", init), ("reset_every", reset_every)):
+        if value is not None:
+            options[key] = str(value) if isinstance(value, Path) else value
     flags = {
         "method": method,
         "sparsity": sparsity,
@@ -181,13 +267,32 @@ def search(
         "seed": seed,
         "out": out,
         "options": options or None,
+        "corpus": corpus,
+        "max_length": max_length,
+        "held_out": held_out,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "head_lr": head_lr,
+        "head_warmup_steps": head_warmup_steps,
+        "clip": clip,
+        "log_every": log_every,
+        "eval_every": eval_every,
+        "eval_blocks": eval_blocks,
+        "save_every": save_every,
+        "keep_checkpoints": keep_checkpoints,
+        "mixed_precision": mixed_precision.value if mixed_precision else None,
     }
-    resolved = specs.build(specs.SearchSpec, spec, flags)
+    if resume is not None:
+        resolved = searching.resumed_spec(resume, spec, flags)
+    else:
+        resolved = specs.build(specs.SearchSpec, spec, flags)
     method_obj, resolved = searching.resolve(resolved)
     if dry_run:
         _show_spec(resolved, as_json)
         return
-    result = searching.run(resolved, method_obj, _err())
+    result = searching.run(resolved, method_obj, _err(), resume=resume is not None)
     if as_json:
         _emit_json(result)
     else:
@@ -319,10 +424,24 @@ def evaluate(
         Objective | None, typer.Option(help="pre-training loss proxy instead of a task")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="local task data")] = None,
-    corpus: Annotated[str | None, typer.Option(help="held-out text for --objective")] = None,
+    corpus: Annotated[
+        str | None, typer.Option(help="--objective: text whose held-out part is scored")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="split to score [validation]")] = None,
     max_length: Annotated[int | None, typer.Option(help="max tokens")] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size")] = None,
+    held_out: Annotated[
+        float | None, typer.Option(help="--objective: held-out fraction of a local corpus")
+    ] = None,
+    eval_blocks: Annotated[
+        int | None, typer.Option(help="--objective: held-out blocks scored [256]")
+    ] = None,
+    step: Annotated[int | None, typer.Option(help="a search run's mask at this step")] = None,
+    head_warmup_steps: Annotated[
+        int | None, typer.Option(help="--objective mlm: steps fitting a missing head [300]")
+    ] = None,
+    head_lr: Annotated[float | None, typer.Option(help="learning rate of that fit")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the head fit [0]")] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -339,14 +458,30 @@ def evaluate(
         "split": split,
         "max_length": max_length,
         "batch_size": batch_size,
+        "held_out": held_out,
+        "eval_blocks": eval_blocks,
+        "step": step,
+        "head_warmup_steps": head_warmup_steps,
+        "head_lr": head_lr,
+        "seed": seed,
     }
     resolved = specs.build(specs.EvalSpec, spec, flags)
-    if resolved.task is None and resolved.objective is None:
-        raise UserError("tamt eval needs --task NAME or --objective mlm|kd")
+    if (resolved.task is None) == (resolved.objective is None):
+        raise UserError("tamt eval needs either --task NAME or --objective mlm|kd|mlm-kd")
     if dry_run:
         _show_spec(resolved, as_json)
         return
-    raise _not_yet("eval")
+    if resolved.task is not None:
+        raise _not_yet("eval --task")
+    from tamt_cli import evaluate as evaluating
+
+    result = evaluating.run_objective(resolved, _err())
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli.display import result_table
+
+        _out().print(result_table(result, f"Held-out {result['objective']} loss"))
 
 
 @app.command()

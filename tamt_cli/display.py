@@ -65,3 +65,14 @@ def print_yaml(console: Console, text: str) -> None:
     from rich.syntax import Syntax
 
     console.print(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+
+
+def result_table(result: dict[str, Any], title: str) -> Table:
+    """A two-column table of a flat result object."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in result.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    return table

@@ -7,8 +7,9 @@ mask fits the bare encoder and any task model built on it.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -204,24 +205,135 @@ def check_fits(
             )
 
 
-class _KeepMask(nn.Module):
-    """Parametrization ``W ↦ W ⊙ M`` with a fixed boolean mask."""
+class KeepMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ M`` with a fixed boolean mask (switchable off)."""
 
     mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool), persistent=False)
+        self.enabled = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        return weight * self.mask if self.enabled else weight
+
+    def keep(self) -> torch.Tensor:
+        return self.mask
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``W ⊙ 1[S > τ]`` whose gradient reaches ``S`` as if the step were the identity."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, score: torch.Tensor, tau: torch.Tensor):
+        keep = score > tau
+        ctx.save_for_backward(weight, keep)
+        return weight * keep
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        weight, keep = ctx.saved_tensors
+        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_score = grad * weight if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_score, None
+
+
+class ScoreMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ 1[S > τ]`` with a learned real score ``S`` per weight and a
+    straight-through gradient. Initialised from a keep-mask: ``S = 2τ`` kept, ``0`` pruned."""
+
+    tau: torch.Tensor
+
+    def __init__(self, init_keep: torch.Tensor, tau: float = 0.01) -> None:
+        super().__init__()
+        self.score = nn.Parameter(init_keep.to(torch.float32) * (2 * tau))
+        self.register_buffer("tau", torch.tensor(float(tau)))
+        self.enabled = True
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        return _StraightThrough.apply(weight, self.score.to(weight.dtype), self.tau)
+
+    def keep(self) -> torch.Tensor:
+        return self.score.detach() > self.tau
 
 
 def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
     """Make each ``module.weight`` return the masked weight; the model stays a stock HF model."""
     for p in weights:
         mask = masks[p.name].to(p.weight.device)
-        parametrize.register_parametrization(p.module, "weight", _KeepMask(mask))
+        parametrize.register_parametrization(p.module, "weight", KeepMask(mask))
+
+
+def attach_scores(
+    weights: Iterable[Prunable], init: Mapping[str, torch.Tensor], tau: float = 0.01
+) -> dict[str, ScoreMask]:
+    """Attach learnable score masks initialised from keep-masks; returns them by weight name."""
+    out = {}
+    for p in weights:
+        mod = ScoreMask(init[p.name].to(p.weight.device), tau)
+        parametrize.register_parametrization(p.module, "weight", mod)
+        out[p.name] = mod
+    return out
+
+
+def parametrizations(weights: Iterable[Prunable]) -> dict[str, Any]:
+    """The mask parametrization attached to each weight (KeepMask or ScoreMask)."""
+    out = {}
+    for p in weights:
+        if parametrize.is_parametrized(p.module, "weight"):
+            out[p.name] = p.module.parametrizations.weight[0]  # type: ignore[union-attr,index]
+    return out
+
+
+def current_masks(weights: Iterable[Prunable]) -> Masks:
+    """The keep-masks the attached parametrizations apply right now."""
+    return {name: mod.keep().cpu() for name, mod in parametrizations(weights).items()}  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def masks_disabled(weights: Iterable[Prunable]) -> Iterator[None]:
+    """Run the dense model: every attached mask is switched off inside the block.
+
+    The dense teacher of distillation is the same model, sharing every tensor, with this on."""
+    mods = list(parametrizations(weights).values())
+    previous = [m.enabled for m in mods]
+    for m in mods:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m, was in zip(mods, previous, strict=True):
+            m.enabled = was
+
+
+@torch.no_grad()
+def reset_thresholds(
+    scores: Mapping[str, ScoreMask], sparsity: float, scope: Scope = "local"
+) -> None:
+    """Set each τ to the k-th smallest score (k = ⌊n·s⌋), per matrix or over all matrices, so
+    that ``S > τ`` prunes (up to ties) exactly the target fraction again."""
+    if scope == "global":
+        flat = torch.cat([m.score.detach().reshape(-1).float() for m in scores.values()])
+        k = prune_count(flat.numel(), sparsity)
+        tau = torch.kthvalue(flat, k).values if k > 0 else flat.min() - 1
+        for m in scores.values():
+            m.tau.copy_(tau)
+        return
+    for m in scores.values():
+        flat = m.score.detach().reshape(-1).float()
+        k = prune_count(flat.numel(), sparsity)
+        m.tau.copy_(torch.kthvalue(flat, k).values if k > 0 else flat.min() - 1)
+
+
+def exact_masks_from(
+    scores: Mapping[str, ScoreMask], sparsity: float, scope: Scope = "local"
+) -> Masks:
+    """Exact-sparsity keep-masks from learned scores (the lowest ⌊n·s⌋ scores pruned)."""
+    raw = {name: m.score.detach().float().cpu() for name, m in scores.items()}
+    return masks_from_scores(raw, sparsity, scope)
 
 
 def detach_masks(weights: Iterable[Prunable]) -> None:

@@ -112,6 +112,39 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
+    """The checkpoint's MLM head, its decoder tied to ``encoder``'s (unmasked) word embeddings.
+
+    Returns (head, pretrained): ``pretrained`` is False when the checkpoint has no head weights
+    (a sentence encoder such as the demo model) and the head was freshly initialised.
+    Call before any mask is attached to the embeddings."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(
+            ref.location, dtype=torch.float32, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot build an MLM head for '{ref.given}': {_first_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    prefix = mlm.base_model_prefix
+    heads = [(name, mod) for name, mod in mlm.named_children() if name != prefix]
+    if len(heads) != 1:
+        raise UserError(
+            f"the MLM objective needs a model with one MLM head module; '{ref.given}' "
+            f"({type(mlm).__name__}) has {len(heads)}; use --method kd"
+        )
+    name, head = heads[0]
+    missing = [k for k in info["missing_keys"] if k.startswith(f"{name}.")]
+    mlm.get_output_embeddings().weight = encoder.get_input_embeddings().weight
+    return head, not missing
+
+
 def save_tokenizer(ref: ModelRef, out: Path) -> bool:
     """Copy the model's tokenizer into ``out``; False when the model has none."""
     from transformers import AutoTokenizer

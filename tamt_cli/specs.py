@@ -53,6 +53,23 @@ class SearchSpec(Spec):
     seed: int = Field(0, ge=0)
     out: Path | None = Field(None, description="run directory (default: runs/<method>-...)")
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    # training methods (mlm, kd, mlm-kd, imp, plugins that train); one-shot methods ignore these
+    corpus: str = Field("wikitext-103", description="text: hub alias, files/globs, or `demo`")
+    max_length: int = Field(128, ge=8, description="tokens per block (the paper: 512)")
+    held_out: float = Field(0.05, gt=0, le=0.5, description="held-out fraction of local corpora")
+    max_steps: int | None = Field(None, gt=0, description="optimiser steps [method default]")
+    batch_size: int = Field(16, gt=0, description="blocks per optimiser step, all processes")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step")
+    lr: float | None = Field(None, gt=0, description="learning rate [method default]")
+    head_lr: float | None = Field(None, gt=0, description="MLM-head learning rate")
+    head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
+    clip: float | None = Field(1.0, gt=0, description="gradient-norm clipping (none: off)")
+    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
+    eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
+    save_every: int | None = Field(None, gt=0, description="checkpoint + mask every N steps")
+    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
 
@@ -93,12 +110,19 @@ class EvalSpec(Spec):
 
     checkpoint: str
     task: str | None = None
-    objective: Literal["mlm", "kd"] | None = None
+    objective: Literal["mlm", "kd", "mlm-kd"] | None = None
     data_dir: Path | None = None
-    corpus: str | None = None
     split: str = "validation"
     max_length: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
+    # --objective: the held-out pre-training loss of a subnetwork
+    corpus: str = Field("wikitext-103", description="text whose held-out part is scored")
+    held_out: float = Field(0.05, gt=0, le=0.5)
+    eval_blocks: int = Field(256, gt=0, description="held-out blocks scored")
+    step: int | None = Field(None, ge=0, description="a search run's mask at this step")
+    head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
+    head_lr: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
 
 
 S = TypeVar("S", bound=BaseModel)

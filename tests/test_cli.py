@@ -305,6 +305,8 @@ def test_finetune_and_eval_exist_but_are_not_implemented(cli):
     assert res.code == 2 and "not implemented" in res.err
     res = cli("eval", "ckpt", "--task", "sst2")
     assert res.code == 2 and "not implemented" in res.err
+    res = cli("eval", "ckpt", "--task", "sst2", "--objective", "kd")
+    assert res.code == 2 and "either --task" in res.err
 
 
 @pytest.mark.skipif(

@@ -154,10 +154,11 @@ def test_unknown_method_did_you_mean(cli):
     res = cli("search", "-m", "ompp", "-s", "0.7", "--dry-run")
     assert res.code == 2
     assert res.err.strip() == (
-        "tamt: error: unknown method 'ompp'; did you mean 'omp'? available: omp, random"
+        "tamt: error: unknown method 'ompp'; did you mean 'omp'? "
+        "available: kd, mlm, mlm-kd, omp, random"
     )
     res = cli("search", "-m", "zzz", "-s", "0.7", "--dry-run")
-    assert "unknown method 'zzz'; available: omp, random" in res.err
+    assert "unknown method 'zzz'; available: kd, mlm, mlm-kd, omp, random" in res.err
 
 
 LIGHT = """

@@ -5,6 +5,10 @@ A method is a class registered under the ``tamt.methods`` entry-point group::
     [project.entry-points."tamt.methods"]
     omp = "tamt_cli.methods.magnitude:OneShotMagnitude"
 
+A one-shot method (omp, random) only computes. A method with ``trains = True`` runs the
+training engine (``job.engine``), writes masks at checkpoints through ``job.run`` and resumes
+when ``job.resume`` is set; its run directory exists from the start.
+
 It has a one-line ``summary``, an ``Options`` pydantic model for its own settings (unknown
 options are rejected; given on the command line as ``-o name=value`` or in a spec's
 ``options:``), is constructed with those validated options, and returns from ``search`` a keep-mask
@@ -50,6 +54,11 @@ class SearchJob:
     console: Console
     notes: dict[str, Any] = field(default_factory=dict)  # method facts to record in the manifest
     targets: dict[str, float] | None = None  # per-matrix target sparsity, if not spec.sparsity
+    # for training methods (``trains = True``) only:
+    ref: Any = None  # the resolved --model (tamt_cli.models.ModelRef)
+    engine: Any = None  # tamt_cli.engine.Engine: processes, the loop, checkpoints
+    run: Any = None  # tamt_cli.search.RunWriter: masks at steps, extra files, the manifest
+    resume: bool = False  # continue from the run's last checkpoint
 
     @property
     def sparsity(self) -> float:

@@ -1,0 +1,386 @@
+"""The one training loop, on Hugging Face Accelerate, used by every training method.
+
+Data order and randomness are functions of (seed, step, process), not of a stateful sampler:
+optimiser step ``s`` always consumes the same ``batch_size`` blocks, split over processes and
+gradient-accumulation micro-batches, and every random draw of the step (MLM corruption,
+dropout) is seeded from (seed, step, process). A run resumed from a checkpoint therefore
+continues exactly as the uninterrupted run would have, and the per-step data do not depend on
+the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from tamt_cli import artifacts
+from tamt_cli.errors import UserError
+
+MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Loop:
+    """How long and how a loop runs; ``batch_size`` is blocks per optimiser step, all processes
+    and accumulation steps together."""
+
+    max_steps: int
+    batch_size: int
+    grad_accum: int = 1
+    clip: float | None = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int | None = None
+    save_every: int | None = None
+    description: str = "training"
+
+
+class Hooks:
+    """What a method adds to the loop; every hook is optional."""
+
+    def after_step(self, step: int) -> None:
+        """Called on every process after optimiser step ``step`` (1-based)."""
+
+    def status(self, step: int) -> dict[str, Any]:
+        """Extra figures for the progress bar and the metrics log (e.g. sparsity)."""
+        return {}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out figures, computed on every process (results must agree)."""
+        return {}
+
+    def save(self, step: int) -> None:
+        """Write a checkpoint for ``step`` (called on every process; write on the main one)."""
+
+
+def step_generator(seed: int, step: int, process: int, micro: int = 0) -> torch.Generator:
+    """The CPU generator for one micro-batch of one step on one process."""
+    mixed = (seed * 1_000_003 + step) * 1_009 + process * 101 + micro
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+def step_indices(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The ``batch_size`` block indices of optimiser step ``step`` (0-based): consecutive slices
+    of a seeded permutation per epoch, epochs following one another."""
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+class Engine:
+    """An Accelerate-driven loop: processes, mixed precision, accumulation, clipping, progress,
+    metrics and checkpoints. One instance per command run."""
+
+    def __init__(self, mixed_precision: str = "no", console: Console | None = None) -> None:
+        from accelerate import Accelerator
+
+        # Accelerate only forms a CPU process group (gloo) when told the run is on the CPU.
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cpu = several and not torch.cuda.is_available()
+        self.accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        self.console = console or Console(stderr=True)
+
+    # -- processes ---------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def world(self) -> int:
+        return int(self.accelerator.num_processes)
+
+    @property
+    def rank(self) -> int:
+        return int(self.accelerator.process_index)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def broadcast(self, obj: Any) -> Any:
+        """The main process's value of ``obj`` on every process."""
+        if self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        box = [obj]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def end(self) -> None:
+        """Tear the process group down (a distributed run aborts at exit otherwise)."""
+        self.accelerator.end_training()
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        data: torch.Tensor,
+        make_batch: MakeBatch,
+        loop: Loop,
+        *,
+        run_dir: Path | None,
+        hooks: Hooks | None = None,
+        start_step: int = 0,
+        metrics_name: str = METRICS,
+    ) -> nn.Module:
+        """Train from ``start_step`` to ``loop.max_steps``; returns the unwrapped module."""
+        hooks = hooks or Hooks()
+        micro, rest = divmod(loop.batch_size, self.world * loop.grad_accum)
+        if micro == 0 or rest:
+            raise UserError(
+                f"--batch-size {loop.batch_size} must be a multiple of processes × "
+                f"--grad-accum = {self.world} × {loop.grad_accum}"
+            )
+        module.to(self.device)
+        model, opt = self.accelerator.prepare(module, optimizer)
+        params = [p for p in module.parameters() if p.requires_grad]
+        metrics = MetricsLog(
+            run_dir / metrics_name if run_dir else None, start_step, enabled=self.is_main
+        )
+        model.train()
+        with self.progress(loop, start_step) as bar:
+            running, count, t0 = 0.0, 0, time.perf_counter()
+            for step in range(start_step, loop.max_steps):
+                torch.manual_seed((loop.seed * 1_000_003 + step) * 1_009 + self.rank)
+                ids = step_indices(data.shape[0], step, loop.batch_size, loop.seed)
+                mine = ids[self.rank * micro * loop.grad_accum :][: micro * loop.grad_accum]
+                total = torch.zeros((), device=self.device)
+                for i in range(loop.grad_accum):
+                    chunk = data[mine[i * micro : (i + 1) * micro]]
+                    batch = make_batch(chunk, step_generator(loop.seed, step, self.rank, i))
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    sync = i == loop.grad_accum - 1
+                    ctx = self.accelerator.no_sync(model) if not sync and self.world > 1 else None
+                    with ctx if ctx is not None else _null():
+                        loss = model(**batch) / loop.grad_accum
+                        self.accelerator.backward(loss)
+                    total += loss.detach()
+                if loop.clip:
+                    self.accelerator.clip_grad_norm_(params, loop.clip)
+                opt.step()
+                scheduler.step()
+                opt.zero_grad(set_to_none=True)
+                done = step + 1
+                hooks.after_step(done)
+                running += float(total)
+                count += 1
+                fields = hooks.status(done)
+                bar.advance(loss=running / count, **fields)
+                if done % loop.log_every == 0 or done == loop.max_steps:
+                    mean = float(
+                        self.accelerator.reduce(
+                            torch.tensor(running / count, device=self.device), reduction="mean"
+                        )
+                    )
+                    metrics.write(
+                        step=done,
+                        loss=mean,
+                        lr=scheduler.get_last_lr()[0],
+                        seconds=round(time.perf_counter() - t0, 3),
+                        **fields,
+                    )
+                    running, count = 0.0, 0
+                if loop.eval_every and (done % loop.eval_every == 0 or done == loop.max_steps):
+                    with _eval(model):
+                        figures = hooks.evaluate(done)
+                    if figures:
+                        metrics.write(step=done, **figures)
+                        bar.note(**figures)
+                if loop.save_every and done % loop.save_every == 0 and done != loop.max_steps:
+                    hooks.save(done)
+        return self.accelerator.unwrap_model(model)
+
+    def progress(self, loop: Loop, start: int) -> Progress:
+        return Progress(self.console, loop, start, enabled=self.is_main)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        run_dir: Path,
+        step: int,
+        tensors: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        keep: int = 1,
+    ) -> None:
+        """``checkpoints/step-NNNNNN/``: trainable tensors (safetensors), optimiser state
+        (torch.save of plain tensors, read back with ``weights_only=True``) and scheduler
+        state (JSON), written under a temporary name and renamed; older ones pruned."""
+        self.barrier()
+        if self.is_main:
+            from safetensors.torch import save as st_save
+
+            folder = run_dir / CHECKPOINTS / f"step-{step:06d}"
+            with artifacts.staged_dir(folder, overwrite=True) as stage:
+                cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+                artifacts.write_bytes(stage / "trainable.safetensors", st_save(cpu))
+                torch.save(_unwrap_optimizer(optimizer).state_dict(), stage / "optimizer.pt")
+                state = {"step": step, "scheduler": scheduler.state_dict()}
+                artifacts.write_json(stage / "state.json", state)
+            for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+
+    def load_checkpoint(
+        self, folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """Restore optimiser and scheduler; returns (step, trainable tensors)."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(folder / "trainable.safetensors"))
+            opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+            state = json.loads((folder / "state.json").read_text())
+        except Exception as exc:
+            raise UserError(f"checkpoint '{folder}' is unreadable or corrupt ({exc})") from None
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"]), tensors
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _eval:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train()
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0) -> Any:
+    """Linear warm-up then linear decay to zero (the paper's schedule, no warm-up by default)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object a line. On resume, rows after the resumed step (from
+    the interrupted attempt) are dropped so the log reads as one run."""
+
+    def __init__(self, path: Path | None, start_step: int, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled and path is not None
+        if self.enabled and path is not None and path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if _step_of(r) <= start_step]
+            artifacts.write_text(path, "".join(r + "\n" for r in kept))
+
+    def write(self, **row: Any) -> None:
+        if self.enabled and self.path is not None:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+class Progress:
+    """A rich progress bar with loss and method figures, on the main process only."""
+
+    def __init__(self, console: Console, loop: Loop, start: int, enabled: bool) -> None:
+        self.enabled = enabled and not os.environ.get("TAMT_NO_PROGRESS")
+        self.notes: dict[str, Any] = {}
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[figures]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._bar.add_task(
+            loop.description, total=loop.max_steps, completed=start, figures=""
+        )
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+    def advance(self, **figures: Any) -> None:
+        if self.enabled:
+            shown = {**figures, **self.notes}
+            text = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            self._bar.update(self._task, advance=1, figures=text)
+
+    def note(self, **figures: Any) -> None:
+        self.notes.update(figures)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4 or math.isnan(value)):
+            return f"{value:.2e}"
+        return f"{value:.4f}"
+    return str(value)

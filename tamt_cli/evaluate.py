@@ -1,0 +1,156 @@
+"""`tamt eval --objective`: the held-out pre-training loss of a subnetwork (a cheap proxy for
+how well it will transfer), for a search run, an exported subnetwork, or a dense model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from rich.console import Console
+
+from tamt_cli import artifacts
+from tamt_cli.errors import UserError
+from tamt_cli.specs import EvalSpec
+
+
+@dataclass
+class Subject:
+    """What is scored: a model, and the mask (if any) over its pre-trained weights."""
+
+    ref: Any
+    masks: dict[str, Any] | None
+    head_file: Path | None
+    manifest: dict[str, Any] | None
+    description: str
+    embeddings: bool = True
+    pooler: bool = True
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def subject(checkpoint: str, step: int | None = None) -> Subject:
+    """A search run or exported subnetwork (its manifest names the pre-trained model, whose
+    dense weights are the KD teacher), or a plain model (dense: no mask)."""
+    from tamt_cli import extract, models, pretraining
+    from tamt_cli.specs import ExtractSpec
+
+    path = Path(checkpoint)
+    if (path / artifacts.MANIFEST).is_file():
+        manifest = artifacts.read_manifest(path)
+        if manifest.get("kind") not in {"search", "subnetwork"}:
+            raise UserError(f"'{checkpoint}' is a {manifest.get('kind')} run, not a subnetwork")
+        entry = extract.choose(manifest, ExtractSpec(run=path, step=step))
+        masks = artifacts.load_masks(path / entry["file"])
+        head = path / pretraining.HEAD_FILE
+        return Subject(
+            ref=models.resolve(manifest["model"]["id"]),
+            masks=masks,
+            head_file=head if head.is_file() else None,
+            manifest=manifest,
+            description=f"{manifest.get('method')} mask of {manifest['model']['id']}",
+            embeddings=manifest.get("embeddings", True),
+            pooler=manifest.get("pooler", True),
+        )
+    if step is not None:
+        raise UserError(f"--step needs a search run; '{checkpoint}' is a model")
+    return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
+
+
+def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    from tamt_cli import masking, models, objectives, pretraining
+    from tamt_cli.engine import Engine
+
+    assert spec.objective is not None
+    what = subject(spec.checkpoint, spec.step)
+    engine = Engine("no", console)
+    try:
+        with console.status(f"loading model {what.ref.given}"):
+            model = models.load_encoder(what.ref)
+        recorded = (what.manifest or {}).get("model", {}).get("weights_sha256")
+        if recorded is not None and models.weights_hash(model) != recorded:
+            raise UserError(
+                f"model '{what.ref.given}' now has different weights from those "
+                f"'{spec.checkpoint}' was made from"
+            )
+        weights = masking.prunable_weights(model, embeddings=what.embeddings, pooler=what.pooler)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        batch = spec.batch_size or 16
+        train_spec = SimpleNamespace(
+            corpus=spec.corpus,
+            max_length=spec.max_length or 128,
+            held_out=spec.held_out,
+            batch_size=batch,
+            eval_blocks=spec.eval_blocks,
+            head_warmup_steps=spec.head_warmup_steps,
+            head_lr=spec.head_lr,
+            seed=spec.seed,
+        )
+        data = pretraining.prepare(what.ref, model, train_spec, engine, console)
+        head = None
+        head_source = None
+        job = SimpleNamespace(
+            spec=train_spec,
+            ref=what.ref,
+            model=model,
+            weights=weights,
+            console=console,
+            run=None,
+            notes={},
+        )
+        if "mlm" in spec.objective:
+            head, pretrained = models.load_mlm_head(what.ref, model)
+            if what.head_file is not None:
+                _load_head(head, what.head_file)
+                head_source = "trained with the mask"
+            elif pretrained:
+                head_source = "the checkpoint's"
+        sparsity = None
+        if what.masks is not None:
+            masking.check_fits(
+                what.masks, masking.shapes(weights), f"the mask of '{spec.checkpoint}'"
+            )
+            masking.attach_masks(weights, what.masks)
+            pruned = sum(int((~m).sum()) for m in what.masks.values())
+            sparsity = pruned / sum(m.numel() for m in what.masks.values())
+        if head is not None and head_source is None:
+            pretraining.warm_up_head(head, job, data, engine)
+            head_source = f"fitted on this subnetwork for {job.notes['head_warmup']['steps']} steps"
+            for p in head.parameters():
+                p.requires_grad_(False)
+        module = objectives.PretrainingLoss(model, weights, spec.objective, head)
+        module.to(engine.device)
+        loss = pretraining.held_out_loss(module, data, spec.objective, train_spec, engine.device)
+    finally:
+        engine.end()
+    return {
+        "checkpoint": spec.checkpoint,
+        "subject": what.description,
+        "objective": spec.objective,
+        "loss": loss,
+        "split": "held-out",
+        "examples": int(min(spec.eval_blocks, data.held_out.shape[0])),
+        "corpus": data.source,
+        "max_length": train_spec.max_length,
+        "mask_sparsity": sparsity,
+        "mlm_head": head_source,
+    }
+
+
+def _load_head(head: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"head file '{path}' is unreadable or corrupt ({exc})") from None
+    own = dict(head.named_parameters())
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise UserError(f"head file '{path}' does not fit the model ('{unknown[0]}')")
+    import torch
+
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value)

@@ -1,0 +1,298 @@
+"""Task-agnostic mask training (`mlm`, `kd`, `mlm-kd`) on a tiny BERT and a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tamt_cli import artifacts, masking, objectives
+from tests.tiny import SENTENCES
+
+os.environ["TAMT_NO_PROGRESS"] = "1"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """About 300 lines of English made from the tiny tokenizer's sentences."""
+    rng = random.Random(0)
+    words = " ".join(SENTENCES).split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(300)]
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def train_args(tiny_bert, corpus, method="kd", out="run", *extra):
+    return [
+        "search", "-m", method, "-s", "0.5", "--model", tiny_bert, "--corpus", corpus,
+        "--max-length", "16", "--batch-size", "4", "--max-steps", "8", "--lr", "0.01",
+        "--out", out, *extra,
+    ]  # fmt: skip
+
+
+def loaded_model(path):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(path)).eval()
+
+
+def test_kd_run_saves_exact_masks_at_every_checkpoint(cli, tiny_bert, corpus):
+    res = cli(*train_args(tiny_bert, corpus, "kd", "run", "--save-every", "2", "--eval-every",
+                          "4", "--json"))  # fmt: skip
+    assert res.code == 0, res.err
+    run = Path("run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    steps = [m["step"] for m in manifest["masks"]]
+    assert steps == [2, 4, 6, 8]
+    assert manifest["masks"][-1]["final"] and manifest["masks"][-1]["file"] == "masks.safetensors"
+    model = loaded_model(tiny_bert)
+    weights = masking.prunable_weights(model)
+    changed = False
+    init = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
+    for entry in manifest["masks"]:
+        masks = artifacts.load_masks(run / entry["file"])
+        for p in weights:
+            assert int((~masks[p.name]).sum()) == p.numel // 2, (entry["file"], p.name)
+            changed |= not torch.equal(masks[p.name], init[p.name])
+    assert changed, "mask training never moved the mask away from its magnitude start"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in rows) and any("loss" in r for r in rows)
+    assert len(list((run / "checkpoints").iterdir())) == 1  # --keep-checkpoints 1
+    assert manifest["notes"]["objective"] == "kd" and manifest["notes"]["steps"] == 8
+    # every saved mask is a normal mask artifact
+    assert cli("extract", "run", "--step", "4", "--export", "sub4").code == 0
+    exported = loaded_model("sub4")
+    mask4 = artifacts.load_masks(run / "masks/step-000004.safetensors")
+    q = "encoder.layer.0.attention.self.query.weight"
+    assert torch.all(exported.state_dict()[q][~mask4[q]] == 0)
+
+
+def test_gradients_reach_only_the_scores(tiny_bert):
+    model = loaded_model(tiny_bert).train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = masking.prunable_weights(model)
+    init = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
+    scores = masking.attach_scores(weights, init)
+    module = objectives.PretrainingLoss(model, weights, "kd")
+    opt = torch.optim.AdamW([m.score for m in scores.values()], lr=0.05)
+    ids = torch.randint(5, 120, (4, 12), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        loss = module(input_ids=ids, attention_mask=torch.ones_like(ids))
+        loss.backward()
+        for name, m in scores.items():
+            if name.startswith("pooler"):  # unused by the objective: no gradient at all
+                assert m.score.grad is None
+            else:
+                assert m.score.grad is not None and m.score.grad.abs().sum() > 0, name
+        opt.step()
+        opt.zero_grad()
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".score") for n in trainable)
+    masking.detach_masks(weights)
+    after = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name  # frozen weights unchanged, bit for bit
+
+
+def test_kd_loss_is_zero_dense_and_teacher_shares_storage(tiny_bert):
+    model = loaded_model(tiny_bert)
+    n_tensors = len(list(model.parameters()))
+    weights = masking.prunable_weights(model)
+    ids = torch.randint(5, 120, (2, 10), generator=torch.Generator().manual_seed(1))
+    full = {p.name: torch.ones(p.shape, dtype=torch.bool) for p in weights}
+    masking.attach_masks(weights, full)
+    module = objectives.PretrainingLoss(model, weights, "kd").eval()
+    assert float(module(input_ids=ids)) == pytest.approx(0.0, abs=1e-6)
+    masking.detach_masks(weights)
+    masks = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
+    masking.attach_masks(weights, masks)
+    assert float(module(input_ids=ids)) > 1e-3
+    with masking.masks_disabled(weights):
+        for p in weights:
+            assert p.module.weight.data_ptr() == p.weight.data_ptr()
+    assert len(list(module.parameters())) == n_tensors  # no second copy of the model
+
+
+class CountingHead(torch.nn.Module):
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden, vocab)
+        self.rows: list[int] = []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return self.proj(x)
+
+
+def test_only_masked_positions_are_projected(tiny_bert):
+    model = loaded_model(tiny_bert)
+    weights = masking.prunable_weights(model)
+    head = CountingHead(32, 120)
+    module = objectives.PretrainingLoss(model, weights, "mlm", head)
+    blocks = torch.randint(5, 120, (4, 32), generator=torch.Generator().manual_seed(2))
+    blocks[:, 0], blocks[:, -1] = 2, 3
+    info = {"special_ids": [0, 1, 2, 3, 4], "mask_id": 4, "vocab_size": 120}
+    batch = objectives.batch_for(blocks, "mlm", info, torch.Generator().manual_seed(3))
+    loss = module(**batch)
+    chosen = int((batch["labels"] != -100).sum())
+    assert head.rows == [chosen]
+    assert 0 < chosen < blocks.numel() // 3
+    assert torch.isfinite(loss)
+
+
+def test_mask_tokens_follows_80_10_10():
+    ids = torch.randint(10, 1000, (64, 128), generator=torch.Generator().manual_seed(0))
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = True
+    corrupted, labels = objectives.mask_tokens(
+        ids, special, mask_id=3, vocab_size=1000, generator=torch.Generator().manual_seed(1)
+    )
+    chosen = labels != -100
+    assert not chosen[:, 0].any()
+    rate = chosen.float().mean().item()
+    assert 0.13 < rate < 0.17
+    masked = (corrupted == 3) & chosen
+    same = (corrupted == ids) & chosen
+    assert 0.77 < masked.sum() / chosen.sum() < 0.83
+    assert 0.08 < same.sum() / chosen.sum() < 0.125
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
+    assert torch.equal(labels[chosen], ids[chosen])
+
+
+def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
+    args = ("--save-every", "4", "--seed", "3")
+    assert cli(*train_args(tiny_bert, corpus, "kd", "full", *args)).code == 0
+
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+
+    def crash(self, step):
+        original(self, step)
+        if step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    res = cli(*train_args(tiny_bert, corpus, "kd", "part", *args))
+    assert res.code == 130
+    assert json.loads(Path("part/manifest.json").read_text())["status"] == "running"
+    assert not Path("part/masks.safetensors").exists()
+    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    res = cli("search", "--resume", "part")
+    assert res.code == 0, res.err
+    a = artifacts.load_masks(Path("full/masks.safetensors"))
+    b = artifacts.load_masks(Path("part/masks.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(r)["step"] for r in Path("part/metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 8
+    # a resume with different settings is refused, and a finished run has nothing to do
+    res = cli("search", "--resume", "part", "-s", "0.6")
+    assert res.code == 2 and "started with sparsity=0.5" in res.err
+
+
+def test_mlm_fits_a_missing_head_first(cli, tiny_bert, corpus):
+    res = cli(*train_args(tiny_bert, corpus, "mlm", "run", "--head-warmup-steps", "3"))
+    assert res.code == 0, res.err
+    assert "has no MLM head" in res.err
+    manifest = json.loads(Path("run/manifest.json").read_text())
+    assert manifest["notes"]["head_warmup"]["steps"] == 3
+    assert Path("run/head.safetensors").is_file()
+    assert Path("run/head_warmup.jsonl").is_file()
+    res = cli("eval", "run", "--objective", "mlm", "--corpus", corpus, "--max-length", "16",
+              "--json")  # fmt: skip
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["mlm_head"] == "trained with the mask" and out["loss"] > 0
+    assert out["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_mlm_kd_runs(cli, tiny_bert, corpus):
+    res = cli(*train_args(tiny_bert, corpus, "mlm-kd", "run", "--head-warmup-steps", "2",
+                          "--max-steps", "4"))  # fmt: skip
+    assert res.code == 0, res.err
+    assert json.loads(Path("run/manifest.json").read_text())["notes"]["objective"] == "mlm-kd"
+
+
+def test_eval_objective_ranks_dense_below_masked(cli, tiny_bert, corpus):
+    assert cli("search", "-m", "random", "-s", "0.9", "--model", tiny_bert, "--out", "rnd").code == 0
+    assert cli("extract", "rnd", "--export", "sub").code == 0
+    common = ("--objective", "kd", "--corpus", corpus, "--max-length", "16", "--json")
+    dense = cli("eval", tiny_bert, *common)
+    run = cli("eval", "rnd", *common)
+    sub = cli("eval", "sub", *common)
+    assert dense.code == run.code == sub.code == 0, (dense.err, run.err, sub.err)
+    assert dense.json()["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert dense.json()["mask_sparsity"] is None
+    assert run.json()["loss"] > 0.01
+    assert sub.json()["loss"] == pytest.approx(run.json()["loss"], rel=1e-6)
+    keys = {"checkpoint", "objective", "loss", "split", "examples", "corpus", "mask_sparsity"}
+    assert keys <= set(run.json())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--corpus", "nothing/*.txt"], "matches no file"),
+        (["--max-length", "100"], "beyond the model's 64 positions"),
+        (["-m", "mlm", "--head-warmup-steps", "0"], "--head-warmup-steps is 0"),
+        (["-o", "init=zeros"], "init: Input should be 'magnitude' or 'random'"),
+        (["--batch-size", "3", "--grad-accum", "2"], "must be a multiple of"),
+    ],
+)
+def test_bad_training_input(cli, tiny_bert, corpus, extra, message):
+    args = train_args(tiny_bert, corpus, "kd", "run")
+    if "-m" in extra:
+        args[args.index("-m") + 1] = extra[1]
+        extra = extra[2:]
+    res = cli(*args, *extra)
+    assert res.code == 2, res.err
+    assert message in res.err
+    assert res.err.strip().splitlines()[-1].startswith("tamt: error: ")
+    assert "Traceback" not in res.err
+
+
+def test_empty_corpus_is_refused(cli, tiny_bert, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    res = cli(*train_args(tiny_bert, empty, "kd", "run"))
+    assert res.code == 2 and "empty" in res.err.lower()
+
+
+def test_resume_of_a_missing_or_one_shot_run(cli, tiny_bert, tmp_path):
+    res = cli("search", "--resume", tmp_path / "nope")
+    assert res.code == 2 and "is not a directory" in res.err
+    assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "o").code == 0
+    res = cli("search", "--resume", "o")
+    assert res.code == 2 and "nothing to resume" in res.err
+
+
+def test_two_processes_with_torchrun(tmp_path, tiny_bert, corpus):
+    env = {**os.environ, "TAMT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(29_500 + os.getpid() % 1000), "-m", "tamt_cli",
+        *train_args(tiny_bert, corpus, "kd", str(tmp_path / "ddp"), "--save-every", "4"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in tmp_path.iterdir() if p.name.startswith("ddp") or p.name.startswith(".ddp")]
+    assert [p.name for p in runs] == ["ddp"]
+    manifest = json.loads((tmp_path / "ddp/manifest.json").read_text())
+    assert manifest["notes"]["processes"] == 2 and manifest["status"] == "complete"
+    masks = artifacts.load_masks(tmp_path / "ddp/masks.safetensors")
+    assert all(int((~m).sum()) == m.numel() // 2 for m in masks.values())
