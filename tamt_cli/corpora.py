@@ -28,17 +28,16 @@ import itertools
 import json
 import math
 import os
-import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import numpy as np
 
-from tamt_cli.errors import UserError, did_you_mean
+from tamt_cli import hub
+from tamt_cli.errors import UserError, did_you_mean, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -356,7 +355,7 @@ def _local_ids(spec: _Local, tokenizer: Any, root: Path, fingerprint: str) -> np
                 cache_dir=tmp,
             )
         except Exception as exc:  # datasets wraps decode and read errors in several types
-            raise UserError(f"cannot read the corpus text files: {_first_line(exc)}") from None
+            raise UserError(f"cannot read the corpus text files: {first_line(exc)}") from None
         return _dataset_ids(dataset, tokenizer, fingerprint)
 
 
@@ -365,7 +364,7 @@ def _local_ids(spec: _Local, tokenizer: Any, root: Path, fingerprint: str) -> np
 
 def _hub_splits(spec: _Hub) -> dict[str, Any]:
     offline_hint = "; use --corpus demo or local text files (--corpus 'texts/*.txt')"
-    if not _hub_offline() and not _hub_reachable():
+    if not hub.offline() and not hub.reachable():
         raise UserError(
             f"cannot load corpus '{spec.alias}': the Hugging Face hub is unreachable"
             f"{offline_hint} (or set HF_DATASETS_OFFLINE=1 to use a copy already cached)"
@@ -377,37 +376,14 @@ def _hub_splits(spec: _Hub) -> dict[str, Any]:
             loaded = datasets.load_dataset(spec.name, spec.config)
         splits = {name: loaded[name] for name in ("train", "validation")}
     except Exception as exc:  # ConnectionError, DatasetNotFoundError, HTTP errors, …
-        reason = _first_line(exc)
-        if _hub_offline():
+        reason = first_line(exc)
+        if hub.offline():
             reason = (
                 "the Hugging Face hub is unreachable (offline mode: HF_HUB_OFFLINE or "
                 f"HF_DATASETS_OFFLINE is set) and it is not in the local cache ({reason})"
             )
         raise UserError(f"cannot load corpus '{spec.alias}': {reason}{offline_hint}") from None
     return splits
-
-
-def _hub_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- fingerprints --------------------------------------------------------------------------
@@ -477,7 +453,7 @@ def _read_cache(
             raise ValueError("no blocks")
         return train, held
     except Exception as exc:
-        _note(console, f"ignoring unreadable block cache {path} ({_first_line(exc)}); rebuilding")
+        _note(console, f"ignoring unreadable block cache {path} ({first_line(exc)}); rebuilding")
         return None
 
 

@@ -6,6 +6,12 @@ import difflib
 from collections.abc import Iterable
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Something the user asked for is wrong; shown as one line, exit code 2."""
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from tamt_cli.errors import UserError
+from tamt_cli import hub
+from tamt_cli.errors import UserError, first_line
 
 DEMO = "demo"
 
@@ -69,13 +67,13 @@ def load_encoder(ref: ModelRef) -> Any:
         try:
             return load()
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load model from '{ref.given}': {_first_line(exc)}") from None
+            raise UserError(f"cannot load model from '{ref.given}': {first_line(exc)}") from None
     try:
         return load(local_files_only=True)
     except (OSError, ValueError, KeyError):
         pass
     offline = "; use --model demo or a local model folder"
-    if _hub_offline() or not _hub_reachable():
+    if not hub.usable():
         raise UserError(
             f"cannot load model '{ref.given}': not in the local cache and the Hugging Face hub "
             f"is unreachable{offline}"
@@ -84,32 +82,9 @@ def load_encoder(ref: ModelRef) -> Any:
         return load()
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
-            f"cannot load model '{ref.given}' from the Hugging Face hub ({_first_line(exc)})"
+            f"cannot load model '{ref.given}' from the Hugging Face hub ({first_line(exc)})"
             f"{offline}"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _hub_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
-            return True
-    except OSError:
-        return False
 
 
 def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
@@ -129,7 +104,7 @@ def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
             ref.location, dtype=torch.float32, output_loading_info=True
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot build an MLM head for '{ref.given}': {_first_line(exc)}") from None
+        raise UserError(f"cannot build an MLM head for '{ref.given}': {first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     prefix = mlm.base_model_prefix

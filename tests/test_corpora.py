@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tamt_cli import corpora
+from tamt_cli import corpora, hub
 from tamt_cli.corpora import Blocks, describe_corpus, load_blocks
 from tamt_cli.errors import UserError
 from tests.tiny import SENTENCES, make_tokenizer
@@ -385,7 +385,7 @@ def test_hub_unreachable_is_checked_before_loading(tok, cache, monkeypatch):
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(corpora, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(datasets, "load_dataset", must_not_load)
     message = one_line_error(load_blocks, "wikitext-2", tok, 128, cache_dir=cache)
     assert "unreachable" in message and "--corpus demo" in message

@@ -229,7 +229,8 @@ def test_mlm_kd_runs(cli, tiny_bert, corpus):
 
 
 def test_eval_objective_ranks_dense_below_masked(cli, tiny_bert, corpus):
-    assert cli("search", "-m", "random", "-s", "0.9", "--model", tiny_bert, "--out", "rnd").code == 0
+    res = cli("search", "-m", "random", "-s", "0.9", "--model", tiny_bert, "--out", "rnd")
+    assert res.code == 0
     assert cli("extract", "rnd", "--export", "sub").code == 0
     common = ("--objective", "kd", "--corpus", corpus, "--max-length", "16", "--json")
     dense = cli("eval", tiny_bert, *common)

@@ -1,0 +1,84 @@
+"""Held-out pre-training loss of masks found by each method, at one sparsity and step budget.
+
+Runs the real command line: `tamt search` for `kd`, `mlm`, `omp` and `random`, then
+`tamt eval --objective kd` and `--objective mlm` (the MLM head is fitted on each subnetwork for
+the same number of steps, except for `mlm`, whose head trained with its mask) on every mask and
+on the dense model. Expected: dense < kd, mlm < omp < random.
+
+    python benchmarks/search_quality.py --steps 150 --max-length 64 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "enwiki-excerpt.txt"
+
+
+def tamt(*args: str, cwd: Path) -> dict:
+    env = {**os.environ, "TAMT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tamt_cli", *args, "--json"],
+        capture_output=True, text=True, cwd=cwd, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"tamt {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--corpus", default=str(SHARED))
+    parser.add_argument("--sparsity", default="0.7")
+    parser.add_argument("--steps", default="150")
+    parser.add_argument("--max-length", default="64")
+    parser.add_argument("--batch-size", default="16")
+    parser.add_argument("--head-warmup-steps", default="200")
+    parser.add_argument("--eval-blocks", default="128")
+    parser.add_argument("--lr", default=None, help="mask-training lr [method default]")
+    parser.add_argument("--methods", default="kd,mlm,omp,random")
+    args = parser.parse_args()
+    if not Path(args.corpus).exists() and args.corpus != "demo":
+        raise SystemExit(f"corpus {args.corpus} not found (pass --corpus demo or a text file)")
+
+    data = ["--corpus", args.corpus, "--max-length", args.max_length]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        subjects = [("dense", args.model, None)]
+        for method in args.methods.split(","):
+            cmd = ["search", "-m", method, "-s", args.sparsity, "--model", args.model,
+                   "--out", method, *data, "--batch-size", args.batch_size,
+                   "--max-steps", args.steps,
+                   "--head-warmup-steps", args.head_warmup_steps]  # fmt: skip
+            if args.lr and method in {"kd", "mlm", "mlm-kd"}:
+                cmd += ["--lr", args.lr]
+            t0 = time.perf_counter()
+            tamt(*cmd, cwd=cwd)
+            subjects.append((method, method, time.perf_counter() - t0))
+        for name, target, seconds in subjects:
+            common = [*data, "--eval-blocks", args.eval_blocks, "--batch-size", args.batch_size,
+                      "--head-warmup-steps", args.head_warmup_steps]  # fmt: skip
+            kd = tamt("eval", target, "--objective", "kd", *common, cwd=cwd)
+            mlm = tamt("eval", target, "--objective", "mlm", *common, cwd=cwd)
+            rows.append((name, kd["loss"], mlm["loss"], seconds, mlm["mlm_head"]))
+
+    print(f"model {args.model}  corpus {Path(args.corpus).name}  sparsity {args.sparsity}  "
+          f"steps {args.steps}  length {args.max_length}  batch {args.batch_size}  "
+          f"head warm-up {args.head_warmup_steps}")  # fmt: skip
+    print(f"{'subnetwork':<10}{'held-out KD':>13}{'held-out MLM':>14}{'search s':>10}  MLM head")
+    for name, kd, mlm, seconds, head in rows:
+        shown = f"{seconds:.0f}" if seconds is not None else "-"
+        print(f"{name:<10}{kd:>13.4f}{mlm:>14.4f}{shown:>10}  {head}")
+
+
+if __name__ == "__main__":
+    main()
