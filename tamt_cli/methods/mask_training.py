@@ -12,7 +12,8 @@ is read by no pre-training loss, so its mask stays the initial one.
 Defaults differ from the paper's where the paper's cannot work on short budgets: with
 ``τ = 0.01`` a score must move by 0.01 to flip, which AdamW at the paper's 5e-5 (MLM) or 2e-5
 (KD) needs hundreds of steps to do; the paper trained 11k–22k steps, resetting thresholds every
-1000 (MLM) or 100 (KD) steps. Defaults here: lr 1e-3... see ``DEFAULTS``.
+1000 (MLM) or 100 (KD) steps. The defaults here (``DEFAULTS``, ``DEFAULT_MAX_STEPS``) suit
+budgets of hundreds to a few thousand steps; pass the paper's values to reproduce it.
 """
 
 from __future__ import annotations
