@@ -210,7 +210,7 @@ def search(
     ] = None,
     eval_every: Annotated[
         int | None,
-        typer.Option(help="held-out loss every N steps", rich_help_panel="Training"),
+        typer.Option(help="held-out loss every N steps [max-steps/10]", rich_help_panel="Training"),
     ] = None,
     eval_blocks: Annotated[
         int | None,
@@ -218,7 +218,9 @@ def search(
     ] = None,
     save_every: Annotated[
         int | None,
-        typer.Option(help="checkpoint and mask every N steps", rich_help_panel="Training"),
+        typer.Option(
+            help="checkpoint and mask every N steps [max-steps/10]", rich_help_panel="Training"
+        ),
     ] = None,
     keep_checkpoints: Annotated[
         int | None,
@@ -241,6 +243,34 @@ def search(
             rich_help_panel="Training",
         ),
     ] = None,
+    objective: Annotated[
+        Objective | None,
+        typer.Option(
+            help="imp: the training objective, mlm (default), kd or mlm-kd (= -o objective=...)",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
+    steps_per_round: Annotated[
+        int | None,
+        typer.Option(
+            help="imp: training steps between prunings (= -o steps_per_round=N)",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
+    prune_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="imp: fraction of the original weights pruned per round [0.1]",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
+    rewind_step: Annotated[
+        int | None,
+        typer.Option(
+            help="imp: rewind to the weights after this many steps instead of the pre-trained",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="continue an interrupted run from its last checkpoint"),
@@ -254,7 +284,16 @@ def search(
     from tamt_cli import specs
 
     options = _parse_options(option) or {}
-    for key, value in (("like", like), ("init", init), ("reset_every", reset_every)):
+    method_flags = {
+        "like": like,
+        "init": init,
+        "reset_every": reset_every,
+        "objective": objective.value if objective else None,
+        "steps_per_round": steps_per_round,
+        "prune_fraction": prune_fraction,
+        "rewind_step": rewind_step,
+    }
+    for key, value in method_flags.items():
         if value is not None:
             options[key] = str(value) if isinstance(value, Path) else value
     flags = {
@@ -348,10 +387,6 @@ def extract(
             console.print(f"subnetwork written to [bold]{result['export']}[/bold]")
 
 
-def _not_yet(command: str) -> UserError:
-    return UserError(f"`tamt {command}` is not implemented in tamt {__version__} yet")
-
-
 @app.command()
 def finetune(
     subnetwork: Annotated[
@@ -411,7 +446,13 @@ def finetune(
     if dry_run:
         _show_spec(resolved, as_json)
         return
-    raise _not_yet("finetune")
+    from tamt_cli import finetune as finetuning
+
+    result = finetuning.run(resolved, _err())
+    if as_json:
+        _emit_json(result)
+    else:
+        finetuning.render(result, _out())
 
 
 @app.command("eval")
@@ -472,7 +513,14 @@ def evaluate(
         _show_spec(resolved, as_json)
         return
     if resolved.task is not None:
-        raise _not_yet("eval --task")
+        from tamt_cli import finetune as finetuning
+
+        result = finetuning.evaluate(resolved, _err())
+        if as_json:
+            _emit_json(result)
+        else:
+            finetuning.render(result, _out())
+        return
     from tamt_cli import evaluate as evaluating
 
     result = evaluating.run_objective(resolved, _err())

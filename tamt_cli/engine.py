@@ -27,6 +27,7 @@ from torch import nn
 from tamt_cli import artifacts
 from tamt_cli.errors import UserError
 
+#: builds one micro-batch from the indices of its examples and the micro-batch's generator
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -139,7 +140,7 @@ class Engine:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        data: torch.Tensor,
+        examples: int,
         make_batch: MakeBatch,
         loop: Loop,
         *,
@@ -148,7 +149,9 @@ class Engine:
         start_step: int = 0,
         metrics_name: str = METRICS,
     ) -> nn.Module:
-        """Train from ``start_step`` to ``loop.max_steps``; returns the unwrapped module."""
+        """Train from ``start_step`` to ``loop.max_steps`` over a data set of ``examples``
+        examples (``make_batch`` turns indices into model inputs); returns the unwrapped module.
+        ``module(**batch)`` must return the loss."""
         hooks = hooks or Hooks()
         micro, rest = divmod(loop.batch_size, self.world * loop.grad_accum)
         if micro == 0 or rest:
@@ -167,11 +170,11 @@ class Engine:
             running, count, t0 = 0.0, 0, time.perf_counter()
             for step in range(start_step, loop.max_steps):
                 torch.manual_seed((loop.seed * 1_000_003 + step) * 1_009 + self.rank)
-                ids = step_indices(data.shape[0], step, loop.batch_size, loop.seed)
+                ids = step_indices(examples, step, loop.batch_size, loop.seed)
                 mine = ids[self.rank * micro * loop.grad_accum :][: micro * loop.grad_accum]
                 total = torch.zeros((), device=self.device)
                 for i in range(loop.grad_accum):
-                    chunk = data[mine[i * micro : (i + 1) * micro]]
+                    chunk = mine[i * micro : (i + 1) * micro]
                     batch = make_batch(chunk, step_generator(loop.seed, step, self.rank, i))
                     batch = {k: v.to(self.device) for k, v in batch.items()}
                     sync = i == loop.grad_accum - 1

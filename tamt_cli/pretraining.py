@@ -37,8 +37,8 @@ class PretrainingData:
     ) -> Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]:
         info = self.tokenizer_info
 
-        def make(blocks: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-            return objectives.batch_for(blocks, objective, info, generator)
+        def make(indices: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+            return objectives.batch_for(self.train[indices], objective, info, generator)
 
         return make
 
@@ -131,7 +131,7 @@ def warm_up_head(head: nn.Module, job: Any, data: PretrainingData, engine: Any) 
         module,
         optimizer,
         scheduler,
-        data.train,
+        data.train.shape[0],
         data.batch_maker("mlm"),
         loop,
         run_dir=job.run.root if job.run is not None else None,
@@ -167,7 +167,7 @@ def held_out_loss(
     blocks = data.held_out[: spec.eval_blocks]
     if blocks.shape[0] == 0:
         raise UserError("the corpus has no held-out blocks to evaluate on")
-    make = data.batch_maker(objective)
+    info = data.tokenizer_info
     generator = torch.Generator().manual_seed(12_345)
     was = module.training
     module.eval()
@@ -175,7 +175,8 @@ def held_out_loss(
     try:
         for start in range(0, blocks.shape[0], spec.batch_size):
             chunk = blocks[start : start + spec.batch_size]
-            batch = {k: v.to(device) for k, v in make(chunk, generator).items()}
+            inputs = objectives.batch_for(chunk, objective, info, generator)
+            batch = {k: v.to(device) for k, v in inputs.items()}
             total += float(module(**batch)) * chunk.shape[0]
             count += chunk.shape[0]
     finally:

@@ -65,9 +65,9 @@ class SearchSpec(Spec):
     head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
     clip: float | None = Field(1.0, gt=0, description="gradient-norm clipping (none: off)")
     log_every: int = Field(10, gt=0)
-    eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
+    eval_every: int | None = Field(None, gt=0, description="held-out loss every N [steps/10]")
     eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
-    save_every: int | None = Field(None, gt=0, description="checkpoint + mask every N steps")
+    save_every: int | None = Field(None, gt=0, description="checkpoint + mask every N [steps/10]")
     keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 

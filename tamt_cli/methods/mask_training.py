@@ -138,15 +138,15 @@ class TrainingSession:
             clip=spec.clip,
             seed=spec.seed,
             log_every=spec.log_every,
-            eval_every=spec.eval_every,
-            save_every=spec.save_every,
+            eval_every=spec.eval_every or max(1, self.max_steps // 10),
+            save_every=spec.save_every or max(1, self.max_steps // 10),
             description=f"{self.objective} mask training",
         )
         engine.fit(
             loss_module,
             optimizer,
             scheduler,
-            data.train,
+            data.train.shape[0],
             data.batch_maker(self.objective),
             loop,
             run_dir=job.run.root,
@@ -226,8 +226,8 @@ class _Hooks:
         from tamt_cli import masking, pretraining
 
         job = self.s.job
-        masking.reset_thresholds(self.scores, self.s.sparsity, self.s.spec.scope)
-        self._sparsity = None
+        # The exact top-k of the scores is the mask a threshold reset would give; τ itself is
+        # left alone, so where checkpoints fall does not change the training.
         masks = masking.exact_masks_from(self.scores, self.s.sparsity, self.s.spec.scope)
         job.run.save_masks(masks, step=step)
         self.s.engine.save_checkpoint(
