@@ -49,7 +49,7 @@ def plugins_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         status = row["status"]
         style = "green" if status == "ok" else "red"
-        about = row["error"] if status == "error" else row["summary"]
+        about = row["summary"] if status == "ok" else row["error"]
         table.add_row(
             row["kind"],
             row["name"],

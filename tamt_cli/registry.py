@@ -16,10 +16,14 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from tamt_cli import __version__
 from tamt_cli.errors import UserError, unknown
 
 GROUPS = {"method": "tamt.methods", "task": "tamt.tasks"}
 STRICT_ENV = "TAMT_STRICT_PLUGINS"
+#: The plugin API this tamt provides (``tamt_cli.api``). A plugin declares the version it was
+#: built for as ``tamt_api = N`` on its class; another major version is refused.
+API_VERSION = 1
 
 
 class PluginError(UserError):
@@ -39,7 +43,7 @@ class Plugin:
     target: str
     distribution: str | None
     version: str | None
-    status: str = "not loaded"  # "ok" | "error" | "not loaded"
+    status: str = "not loaded"  # "ok" | "error" | "incompatible" | "not loaded"
     error: str | None = None
     summary: str = ""
     obj: Any = None
@@ -104,10 +108,17 @@ class Registry:
                 plugin.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
             else:
                 plugin.status, plugin.obj, plugin.summary = "ok", obj, summary
+                wanted = getattr(obj, "tamt_api", None)
+                if wanted is not None and not _compatible(wanted):
+                    plugin.status = "incompatible"
+                    plugin.error = (
+                        f"built for tamt plugin API {wanted}; this tamt {__version__} provides "
+                        f"API {API_VERSION} (upgrade the plugin or tamt)"
+                    )
         return plugin
 
     def _raise_if_broken(self, plugin: Plugin) -> None:
-        if plugin.status == "error":
+        if plugin.status in {"error", "incompatible"}:
             source = (
                 f" (from {plugin.distribution} {plugin.version})" if plugin.distribution else ""
             )
@@ -130,6 +141,13 @@ class Registry:
     def all(self) -> list[Plugin]:
         """Every plugin of this kind, each loaded so that its status is known."""
         return [self._load(name) for name in self.names()]
+
+
+def _compatible(wanted: Any) -> bool:
+    try:
+        return int(str(wanted).split(".")[0]) == API_VERSION
+    except ValueError:
+        return False
 
 
 def _plugin_from(ep: EntryPoint, kind: str) -> Plugin:

@@ -186,3 +186,45 @@ def test_light_commands_do_not_import_heavy_libraries(args, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+def test_incompatible_api_version_is_listed_and_refused(tmp_path, monkeypatch, cli):
+    site = tmp_path / "site"
+    install_fake_distribution(
+        site,
+        "tamt-future",
+        "[tamt.methods]\nfuture = toy_future:Future\nnow = toy_future:Now\n",
+        {
+            "toy_future": textwrap.dedent(GOOD)
+            + "\n\nclass Future(FirstRows):\n    tamt_api = 2\n"
+            + "\n\nclass Now(FirstRows):\n    tamt_api = 1\n"
+        },
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.methods.cache_clear()
+    try:
+        rows = {r["name"]: r for r in cli("plugins", "--json").json()}
+        assert rows["future"]["status"] == "incompatible"
+        assert "built for tamt plugin API 2" in rows["future"]["error"]
+        assert rows["now"]["status"] == "ok"
+        res = cli("search", "-m", "future", "-s", "0.5", "--dry-run")
+        assert res.code == 2
+        assert "method 'future' (from tamt-future 1.2.3) cannot be used" in res.err
+        assert "API 2" in res.err
+    finally:
+        registry.methods.cache_clear()
+        sys.modules.pop("toy_future", None)
+
+
+def test_public_api_is_light_and_complete():
+    code = (
+        "import sys, tamt_cli.api as api; "
+        "assert 'torch' not in sys.modules; "
+        "assert api.API_VERSION == 1; "
+        "names = set(api.__all__); "
+        "assert {'Method', 'SearchJob', 'Task', 'TaskBase', 'masking', 'engine'} <= names; "
+        "api.masking.prune_count(10, 0.5); "
+        "assert 'torch' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

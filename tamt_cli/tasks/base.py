@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from tamt_cli import hub
-from tamt_cli.errors import UserError, did_you_mean
+from tamt_cli.errors import UserError, did_you_mean, first_line
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -289,7 +289,3 @@ def load_hub(path: str, name: str | None, split: str, task: str) -> Dataset:
         ) from None
     return data
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

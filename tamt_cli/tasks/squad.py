@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tamt_cli.errors import UserError
-from tamt_cli.tasks.base import SQUAD_DEFAULTS, Head, TaskBase, first_line, load_hub
+from tamt_cli.errors import UserError, first_line
+from tamt_cli.tasks.base import SQUAD_DEFAULTS, Head, TaskBase, load_hub
 from tamt_cli.tasks.files import read_json, read_records, where
 from tamt_cli.tasks.metrics import squad_scores
 
