@@ -11,7 +11,8 @@ Light names (importing them costs nothing):
 * methods: :class:`Method` (the protocol), :class:`SearchJob` (what ``search`` receives),
   :class:`NoOptions`
 * tasks: :class:`Task` (the protocol), :class:`TaskBase` (a base class with the shared
-  plumbing), :class:`Defaults` (a task's fine-tuning defaults), :func:`model_inputs`
+  plumbing), :class:`Defaults` (a task's fine-tuning defaults), :func:`model_inputs`,
+  :func:`create_task` (a registered task, constructed with its options)
 
 Heavy modules, imported on first use — reach for them inside ``search``/``load``/``encode``, not
 at module level, so that ``tamt plugins`` stays fast:
@@ -32,7 +33,7 @@ from typing import Any
 from tamt_cli.errors import UserError, did_you_mean
 from tamt_cli.methods.base import Method, NoOptions, SearchJob
 from tamt_cli.registry import API_VERSION
-from tamt_cli.tasks.base import Defaults, Task, TaskBase, model_inputs
+from tamt_cli.tasks.base import Defaults, Task, TaskBase, create_task, model_inputs
 
 _HEAVY = {"masking", "engine", "objectives", "pretraining", "artifacts", "finetune"}
 
@@ -45,6 +46,7 @@ __all__ = [
     "Task",
     "TaskBase",
     "UserError",
+    "create_task",
     "did_you_mean",
     "model_inputs",
     *sorted(_HEAVY),

@@ -47,6 +47,11 @@ The model to fine-tune is ``AutoModelForSequenceClassification`` for ``classific
 ``regression`` (``num_labels`` outputs; ``task.model_config()`` gives the config keywords) and
 ``AutoModelForQuestionAnswering`` for ``span``; ``task.auto_model_class()`` returns the class.
 
+A task may take options (the columns of a generic data set, say): it then has an ``Options``
+pydantic model and is constructed with the validated options, ``cls(options)``
+(:func:`create_task`); its ``labels``/``num_labels`` may then be set per instance, at the latest
+by ``load``, which comes before the model is built.
+
 Task modules are imported by ``tamt plugins`` to report their status, so they import torch,
 transformers, datasets, numpy and scikit-learn inside methods, never at module level.
 """
@@ -54,6 +59,7 @@ transformers, datasets, numpy and scikit-learn inside methods, never at module l
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -256,11 +262,30 @@ def check_task(obj: Any) -> str:
     if getattr(obj, "main_metric", None) not in metric_names:
         raise TypeError(f"{obj.__name__}.main_metric is not one of its metric_names")
     num_labels = getattr(obj, "num_labels", None)
-    if head == "classification" and len(getattr(obj, "labels", ())) != num_labels:
+    configurable = getattr(obj, "Options", None) is not None  # labels may come with options
+    if (
+        head == "classification"
+        and not configurable
+        and len(getattr(obj, "labels", ())) != num_labels
+    ):
         raise TypeError(f"{obj.__name__}.labels does not name its {num_labels} labels")
     if not tuple(getattr(obj, "eval_splits", ()) or ()):
         raise TypeError(f"{obj.__name__}.eval_splits is empty")
     return str(getattr(obj, "summary", "") or "")
+
+
+def create_task(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The task registered as ``name``, constructed: ``cls()``, or ``cls(validated options)``
+    for a task class with an ``Options`` pydantic model."""
+    from tamt_cli import registry, specs
+
+    cls = registry.tasks().get(name)
+    model = getattr(cls, "Options", None)
+    if model is None:
+        if options:
+            raise UserError(f"task '{name}' takes no options (got {', '.join(options)})")
+        return cls()
+    return cls(specs.validate(model, dict(options or {}), f"options of task '{name}'"))
 
 
 # -- the hub --------------------------------------------------------------------------------
@@ -288,4 +313,3 @@ def load_hub(path: str, name: str | None, split: str, task: str) -> Dataset:
             "pass --data-dir with local files"
         ) from None
     return data
-
