@@ -228,13 +228,16 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, score: torch.Tensor, tau: torch.Tensor):
         keep = score > tau
-        ctx.save_for_backward(weight, keep)
-        return weight * keep
+        # one pass, no float copy of the mask; the mask is kept only if W itself trains
+        ctx.save_for_backward(weight, keep if ctx.needs_input_grad[0] else None)
+        return torch.where(keep, weight, weight.new_zeros(()))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         weight, keep = ctx.saved_tensors
-        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.where(keep, grad, grad.new_zeros(()))
         grad_score = grad * weight if ctx.needs_input_grad[1] else None
         return grad_weight, grad_score, None
 
