@@ -48,6 +48,22 @@ class Loop:
     save_every: int | None = None
     description: str = "training"
 
+    @classmethod
+    def from_spec(cls, spec: Any, max_steps: int, description: str, **overrides: Any) -> Loop:
+        """A loop with the common training fields of a run spec (batch size, accumulation,
+        clipping, seed, logging, evaluation and checkpoint intervals); ``overrides`` win."""
+        fields: dict[str, Any] = {
+            "batch_size": spec.batch_size,
+            "grad_accum": getattr(spec, "grad_accum", 1),
+            "clip": getattr(spec, "clip", 1.0),
+            "seed": spec.seed,
+            "log_every": getattr(spec, "log_every", 10),
+            "eval_every": getattr(spec, "eval_every", None),
+            "save_every": getattr(spec, "save_every", None),
+        }
+        fields.update(overrides)
+        return cls(max_steps=max_steps, description=description, **fields)
+
 
 class Hooks:
     """What a method adds to the loop; every hook is optional."""

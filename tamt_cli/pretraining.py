@@ -118,14 +118,8 @@ def warm_up_head(head: nn.Module, job: Any, data: PretrainingData, engine: Any) 
     module = objectives.PretrainingLoss(job.model, job.weights, "mlm", head)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     scheduler = eng.linear_schedule(optimizer, steps)
-    loop = eng.Loop(
-        max_steps=steps,
-        batch_size=spec.batch_size,
-        grad_accum=getattr(spec, "grad_accum", 1),
-        clip=getattr(spec, "clip", 1.0),
-        seed=spec.seed + 1,
-        log_every=getattr(spec, "log_every", 10),
-        description="MLM head warm-up",
+    loop = eng.Loop.from_spec(
+        spec, steps, "MLM head warm-up", seed=spec.seed + 1, eval_every=None, save_every=None
     )
     engine.fit(
         module,

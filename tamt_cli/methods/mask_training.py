@@ -131,16 +131,13 @@ class TrainingSession:
             raise UserError(f"run '{job.run.root}' already reached step {start}; nothing to do")
 
         hooks = _Hooks(self, scores, loss_module, data, optimizer, scheduler)
-        loop = eng.Loop(
-            max_steps=self.max_steps,
-            batch_size=spec.batch_size,
-            grad_accum=spec.grad_accum,
-            clip=spec.clip,
-            seed=spec.seed,
-            log_every=spec.log_every,
-            eval_every=spec.eval_every or max(1, self.max_steps // 10),
-            save_every=spec.save_every or max(1, self.max_steps // 10),
-            description=f"{self.objective} mask training",
+        tenth = max(1, self.max_steps // 10)
+        loop = eng.Loop.from_spec(
+            spec,
+            self.max_steps,
+            f"{self.objective} mask training",
+            eval_every=spec.eval_every or tenth,
+            save_every=spec.save_every or tenth,
         )
         engine.fit(
             loss_module,
