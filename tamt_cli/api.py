@@ -23,6 +23,7 @@ at module level, so that ``tamt plugins`` stays fast:
 * ``pretraining`` — corpora as token blocks, the MLM head and its warm-up, held-out loss
 * ``artifacts`` — mask files, manifests, atomic writes
 * ``finetune`` — fine-tuning a model on a task with a fixed mask
+* ``transfer`` — task models, task data in batches (``Batcher``, ``subset``), ``TaskLoss``
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tamt_cli.methods.base import Method, NoOptions, SearchJob
 from tamt_cli.registry import API_VERSION
 from tamt_cli.tasks.base import Defaults, Task, TaskBase, create_task, model_inputs
 
-_HEAVY = {"masking", "engine", "objectives", "pretraining", "artifacts", "finetune"}
+_HEAVY = {"masking", "engine", "objectives", "pretraining", "artifacts", "finetune", "transfer"}
 
 __all__ = [
     "API_VERSION",

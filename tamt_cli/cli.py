@@ -89,7 +89,7 @@ def _show_spec(spec: Any, as_json: bool) -> None:
         print_yaml(_out(), spec.to_yaml())
 
 
-def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
+def _parse_options(pairs: list[str] | None, flag: str = "--option") -> dict[str, Any] | None:
     """``-o name=value`` pairs as a dict, values read as YAML scalars (5 → int, true → bool)."""
     if not pairs:
         return None
@@ -99,7 +99,7 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any] | None:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise UserError(f"--option takes name=value, got '{pair}'")
+            raise UserError(f"{flag} takes name=value, got '{pair}'")
         try:
             options[name.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -271,6 +271,34 @@ def search(
             rich_help_panel="IMP",
         ),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="methods that fine-tune (e.g. movement): the task (= -o task=...)",
+            rich_help_panel="Task-driven methods",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="the task's local data (= -o data_dir=...)", rich_help_panel="Task-driven methods"
+        ),
+    ] = None,
+    train_size: Annotated[
+        int | None,
+        typer.Option(
+            help="a seeded subset of the task's training examples",
+            rich_help_panel="Task-driven methods",
+        ),
+    ] = None,
+    task_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task-option",
+            help="an option of the task, name=value (repeatable)",
+            rich_help_panel="Task-driven methods",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="continue an interrupted run from its last checkpoint"),
@@ -292,6 +320,10 @@ def search(
         "steps_per_round": steps_per_round,
         "prune_fraction": prune_fraction,
         "rewind_step": rewind_step,
+        "task": task,
+        "data_dir": data_dir,
+        "train_size": train_size,
+        "task_options": _parse_options(task_option, "--task-option"),
     }
     for key, value in method_flags.items():
         if value is not None:
