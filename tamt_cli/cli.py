@@ -442,6 +442,10 @@ def finetune(
     train_size: Annotated[int | None, typer.Option(help="seeded training subset size")] = None,
     eval_every: Annotated[int | None, typer.Option(help="evaluate every N steps")] = None,
     mixed_precision: Annotated[Precision | None, typer.Option(help="no, fp16 or bf16")] = None,
+    task_option: Annotated[
+        list[str] | None,
+        typer.Option("--task-option", help="an option of the task, name=value (repeatable)"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
@@ -472,6 +476,7 @@ def finetune(
         "train_size": train_size,
         "eval_every": eval_every,
         "mixed_precision": mixed_precision.value if mixed_precision else None,
+        "task_options": _parse_options(task_option, "--task-option"),
         "out": out,
     }
     resolved = specs.build(specs.FinetuneSpec, spec, flags)
@@ -503,6 +508,11 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="split to score [validation]")] = None,
     max_length: Annotated[int | None, typer.Option(help="max tokens")] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size")] = None,
+    doc_stride: Annotated[int | None, typer.Option(help="SQuAD: tokens shared by windows")] = None,
+    task_option: Annotated[
+        list[str] | None,
+        typer.Option("--task-option", help="an option of the task, name=value (repeatable)"),
+    ] = None,
     held_out: Annotated[
         float | None, typer.Option(help="--objective: held-out fraction of a local corpus")
     ] = None,
@@ -531,6 +541,8 @@ def evaluate(
         "split": split,
         "max_length": max_length,
         "batch_size": batch_size,
+        "doc_stride": doc_stride,
+        "task_options": _parse_options(task_option, "--task-option"),
         "held_out": held_out,
         "eval_blocks": eval_blocks,
         "step": step,

@@ -208,8 +208,8 @@ class Engine:
                 hooks.after_step(done)
                 running += float(total)
                 count += 1
-                fields = hooks.status(done)
-                bar.advance(loss=running / count, **fields)
+                fields = {"loss": running / count, **hooks.status(done)}
+                bar.advance(**fields)
                 if done % loop.log_every == 0 or done == loop.max_steps:
                     mean = float(
                         self.accelerator.reduce(
@@ -218,10 +218,12 @@ class Engine:
                     )
                     metrics.write(
                         step=done,
-                        loss=mean,
-                        lr=scheduler.get_last_lr()[0],
-                        seconds=round(time.perf_counter() - t0, 3),
-                        **fields,
+                        **{
+                            **fields,
+                            "loss": mean,
+                            "lr": scheduler.get_last_lr()[0],
+                            "seconds": round(time.perf_counter() - t0, 3),
+                        },
                     )
                     running, count = 0.0, 0
                 if loop.eval_every and (done % loop.eval_every == 0 or done == loop.max_steps):
@@ -230,6 +232,7 @@ class Engine:
                     if figures:
                         metrics.write(step=done, **figures)
                         bar.note(**figures)
+                        bar.advance(0, **fields)  # show the new figures now
                 if loop.save_every and done % loop.save_every == 0 and done != loop.max_steps:
                     hooks.save(done)
         return self.accelerator.unwrap_model(model)
@@ -387,11 +390,11 @@ class Progress:
         if self.enabled:
             self._bar.__exit__(*exc)
 
-    def advance(self, **figures: Any) -> None:
+    def advance(self, steps: int = 1, **figures: Any) -> None:
         if self.enabled:
             shown = {**figures, **self.notes}
             text = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
-            self._bar.update(self._task, advance=1, figures=text)
+            self._bar.update(self._task, advance=steps, figures=text)
 
     def note(self, **figures: Any) -> None:
         self.notes.update(figures)

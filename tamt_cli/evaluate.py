@@ -17,7 +17,10 @@ from tamt_cli.specs import EvalSpec
 
 @dataclass
 class Subject:
-    """What is scored: a model, and the mask (if any) over its pre-trained weights."""
+    """What is scored or fine-tuned: a model, and the mask (if any) over its pre-trained weights.
+
+    ``kind`` is ``search`` (a search run), ``subnetwork`` (an exported subnetwork folder),
+    ``mask`` (a bare mask file over ``--model``) or ``model`` (a plain model: dense)."""
 
     ref: Any
     masks: dict[str, Any] | None
@@ -27,33 +30,83 @@ class Subject:
     embeddings: bool = True
     pooler: bool = True
     notes: dict[str, Any] = field(default_factory=dict)
+    kind: str = "model"
+    mask_file: Path | None = None
+    #: SHA-256 the weights at ``ref`` must have for the mask to mean what it meant (or None)
+    weights_sha256: str | None = None
 
 
-def subject(checkpoint: str, step: int | None = None) -> Subject:
+def subject(
+    checkpoint: str,
+    step: int | None = None,
+    *,
+    model: str | None = None,
+    own_weights: bool = False,
+) -> Subject:
     """A search run or exported subnetwork (its manifest names the pre-trained model, whose
-    dense weights are the KD teacher), or a plain model (dense: no mask)."""
+    dense weights are the KD teacher), a mask file (``*.safetensors``) over ``model``, or a plain
+    model (dense: no mask).
+
+    ``model`` also says where a search run's model is loaded from now (the recorded weight hash
+    must still match). ``own_weights``: an exported subnetwork is its own folder (the zeros baked
+    in, as fine-tuning wants) rather than the pre-trained model it was cut from."""
     from tamt_cli import extract, models, pretraining
     from tamt_cli.specs import ExtractSpec
 
     path = Path(checkpoint)
+    if path.suffix == ".safetensors" and not path.is_dir():
+        if step is not None:
+            raise UserError(f"--step needs a search run; '{checkpoint}' is a mask file")
+        if model is None:
+            raise UserError(
+                f"mask file '{checkpoint}' needs --model, the model whose weights it masks"
+            )
+        masks = artifacts.load_masks(path)
+        return Subject(
+            ref=models.resolve(model),
+            masks=masks,
+            head_file=None,
+            manifest=None,
+            description=f"mask {path.name} over {model}",
+            embeddings="embeddings.word_embeddings.weight" in masks,
+            pooler="pooler.dense.weight" in masks,
+            kind="mask",
+            mask_file=path,
+        )
     if (path / artifacts.MANIFEST).is_file():
         manifest = artifacts.read_manifest(path)
-        if manifest.get("kind") not in {"search", "subnetwork"}:
-            raise UserError(f"'{checkpoint}' is a {manifest.get('kind')} run, not a subnetwork")
+        kind = manifest.get("kind")
+        if kind not in {"search", "subnetwork"}:
+            raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
         entry = extract.choose(manifest, ExtractSpec(run=path, step=step))
         masks = artifacts.load_masks(path / entry["file"])
         head = path / pretraining.HEAD_FILE
+        record = manifest["model"]
+        if kind == "subnetwork" and own_weights:
+            if model is not None:
+                raise UserError(
+                    f"'{checkpoint}' is an exported subnetwork, which is its own model; "
+                    "--model is for a mask file or a search run"
+                )
+            ref, sha = models.resolve(str(path)), None
+        else:
+            ref, sha = models.resolve(model or record["id"]), record.get("weights_sha256")
         return Subject(
-            ref=models.resolve(manifest["model"]["id"]),
+            ref=ref,
             masks=masks,
             head_file=head if head.is_file() else None,
             manifest=manifest,
-            description=f"{manifest.get('method')} mask of {manifest['model']['id']}",
+            description=f"{manifest.get('method')} mask of {record['id']}",
             embeddings=manifest.get("embeddings", True),
             pooler=manifest.get("pooler", True),
+            kind=str(kind),
+            mask_file=path / entry["file"],
+            weights_sha256=sha,
         )
     if step is not None:
         raise UserError(f"--step needs a search run; '{checkpoint}' is a model")
+    if model is not None:
+        raise UserError(f"--model is for a mask file or a search run; '{checkpoint}' is a model")
     return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
 
 

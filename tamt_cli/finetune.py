@@ -1,26 +1,582 @@
 """`tamt finetune` and `tamt eval --task`: transfer a subnetwork to a downstream task with its
-mask held fixed, and score fine-tuned checkpoints."""
+mask held fixed, and score fine-tuned checkpoints.
+
+A fine-tuning run directory (written under a temporary name, renamed when every seed is done)::
+
+    runs/finetune-<task>-<time>/
+    ├── spec.yaml        the resolved spec
+    ├── manifest.json    kind "finetune": task, seeds, members, subnetwork, hyper-parameters
+    ├── summary.json     best and final dev scores per seed, mean ± std over seeds
+    └── seed-<N>/        a plain Hugging Face folder (the zeros in the weights, tokenizer),
+        ├── metrics.json     best and final scores per split, the step of the best
+        ├── metrics.jsonl    the engine's log (loss, lr; scores at every evaluation)
+        ├── masks.safetensors    the mask held fixed (absent for a dense model)
+        └── manifest.json    kind "finetune", this seed, linked to the subnetwork
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import __version__
+from tamt_cli import artifacts, transfer
+from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec, FinetuneSpec
 
+SUMMARY = "summary.json"
+METRICS = "metrics.json"
+OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "warmup": 0}
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+# -- fine-tuning ----------------------------------------------------------------------------
+
 
 def run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
-    raise UserError(f"`tamt finetune` is not implemented in tamt {__version__} yet")
+    """Fine-tune ``spec.subnetwork`` on ``spec.task`` once per seed; returns the summary."""
+    with transfer.quiet():
+        return _run(spec, console)
+
+
+def settings(spec: FinetuneSpec, task: Any) -> dict[str, Any]:
+    """The hyper-parameters of the run: the flags given, else the task's (the paper's)."""
+    defaults = task.defaults
+    span = task.head == "span"
+    batch_size = spec.batch_size or defaults.batch_size
+    return {
+        "lr": spec.lr or defaults.lr,
+        "batch_size": batch_size,
+        "epochs": spec.epochs or defaults.epochs,
+        "max_length": spec.max_length or defaults.max_length,
+        "doc_stride": (spec.doc_stride or defaults.doc_stride) if span else None,
+        "train_size": spec.train_size,
+        "eval_every": spec.eval_every,  # None: once per epoch
+        "eval_batch_size": batch_size,
+        "clip": 1.0,
+        "mixed_precision": spec.mixed_precision,
+        "optimizer": OPTIMIZER,
+    }
+
+
+def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
+    from tamt_cli import evaluate
+    from tamt_cli.engine import Engine
+    from tamt_cli.tasks.base import create_task
+
+    task = create_task(spec.task, spec.task_options)
+    what = evaluate.subject(spec.subnetwork, model=spec.model, own_weights=True)
+    out = Path(spec.out) if spec.out else artifacts.default_run_dir("finetune", task.name)
+    if out.exists():
+        raise UserError(f"'{out}' already exists; choose another --out")
+    hp = settings(spec, task)
+    tokenizer = tokenizer_for(what)
+    check_positions(what.ref, hp["max_length"])
+    with console.status(f"loading {task.name} data"):
+        train_raw = task.load(task.train_split, spec.data_dir)
+        transfer.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
+        sets = transfer.eval_sets(
+            task, task.eval_splits, spec.data_dir, tokenizer, hp["max_length"], hp["doc_stride"]
+        )
+    link = subnetwork_link(spec, what)
+    engine = Engine(spec.mixed_precision, console)
+    notes: list[str] = []
+    try:
+        staged = artifacts.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
+        with staged as stage:
+            if stage is not None:
+                artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
+            runs = []
+            for seed in spec.seeds:
+                record = train_seed(
+                    seed, task, what, tokenizer, train_raw, sets, hp, spec, engine, stage, link
+                )
+                for note in record.pop("notes"):
+                    if note not in notes:
+                        notes.append(note)
+                        console.print(f"[yellow]note:[/yellow] {note}")
+                runs.append(record)
+            result = summarise(task, spec, out, what, link, runs, notes)
+            if stage is not None:
+                artifacts.write_json(stage / SUMMARY, result)
+                artifacts.write_json(
+                    stage / artifacts.MANIFEST,
+                    artifacts.new_manifest(
+                        "finetune",
+                        task=task.name,
+                        task_options=spec.task_options,
+                        seeds=spec.seeds,
+                        members=[seed_folder(s) for s in spec.seeds],
+                        subnetwork={**link, "mask_sparsity": result["mask_sparsity"]},
+                        hyperparameters=hp,
+                        data=data_record(spec, train_raw, sets),
+                        summary=SUMMARY,
+                    ),
+                )
+    finally:
+        engine.end()
+    return result
+
+
+def tokenizer_for(what: Any) -> Any:
+    """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
+    from tamt_cli import models
+
+    try:
+        return transfer.load_tokenizer(what.ref)
+    except UserError:
+        record = (what.manifest or {}).get("model")
+        if what.kind != "subnetwork" or not record:
+            raise
+        return transfer.load_tokenizer(models.resolve(record["id"]))
+
+
+def check_positions(ref: Any, max_length: int) -> None:
+    from transformers import AutoConfig
+
+    config = transfer.pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise UserError(
+            f"--max-length {max_length} is longer than the {positions} positions of "
+            f"'{ref.given}'; pass --max-length {positions} or less"
+        )
+
+
+class Tracker(Hooks):
+    """Scores the model at every evaluation; keeps the history, the best and the final."""
+
+    def __init__(self, scorer: Callable[[], dict[str, dict[str, float]]], split: str, metric: str):
+        self.scorer = scorer
+        self.split = split
+        self.metric = metric
+        self.history: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        scores = self.scorer()
+        self.seconds += time.perf_counter() - t0
+        self.history.append({"step": step, "metrics": scores})
+        return transfer.flat(scores)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The evaluation with the highest main metric on the main split (the earliest of
+        equals)."""
+        return max(self.history, key=lambda e: (e["metrics"][self.split][self.metric], -e["step"]))
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
+
+
+def train_seed(
+    seed: int,
+    task: Any,
+    what: Any,
+    tokenizer: Any,
+    train_raw: Any,
+    sets: list[transfer.EvalSet],
+    hp: dict[str, Any],
+    spec: FinetuneSpec,
+    engine: Any,
+    stage: Path | None,
+    link: dict[str, Any],
+) -> dict[str, Any]:
+    """Fine-tune one seed through the engine; save its folder under ``stage``."""
+    import torch
+
+    from tamt_cli import masking
+    from tamt_cli.engine import Loop, linear_schedule
+
+    raw = transfer.subset(train_raw, spec.train_size, seed, task.name)
+    features = task.encode(raw, tokenizer, hp["max_length"], hp["doc_stride"], train=True)
+    if len(features) == 0:
+        raise UserError(f"no training features for task '{task.name}'")
+    built = transfer.build(task, what, seed)
+    batcher = transfer.Batcher(features, tokenizer)
+    n, batch_size = len(batcher), hp["batch_size"]
+    per_epoch = math.ceil(n / batch_size)
+    steps = max(1, math.ceil(hp["epochs"] * n / batch_size))
+    module = transfer.TaskLoss(built.model)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=hp["lr"], weight_decay=0.0)
+    scheduler = linear_schedule(optimizer, steps)
+    main_split = task.eval_splits[0]
+    tracker = Tracker(
+        lambda: transfer.score(task, built.model, sets, hp["eval_batch_size"]),
+        main_split,
+        task.main_metric,
+    )
+    loop = Loop(
+        max_steps=steps,
+        batch_size=batch_size,
+        clip=hp["clip"],
+        seed=seed,
+        eval_every=spec.eval_every or per_epoch,
+        description=f"{task.name} seed {seed}",
+    )
+    folder = stage / seed_folder(seed) if stage is not None else None
+    if folder is not None:
+        folder.mkdir()
+    t0 = time.perf_counter()
+    engine.fit(
+        module,
+        optimizer,
+        scheduler,
+        n,
+        lambda indices, generator: batcher(indices.tolist()),
+        loop,
+        run_dir=folder,
+        hooks=tracker,
+    )
+    seconds = time.perf_counter() - t0
+    engine.accelerator.free_memory()
+    model = built.model
+    masking.detach_masks(built.weights)
+    if built.masks is not None:
+        masking.bake_masks(built.weights, built.masks)
+    best, final = tracker.best, tracker.final
+    record = {
+        "seed": seed,
+        "folder": seed_folder(seed),
+        "steps": steps,
+        "epochs": hp["epochs"],
+        "train_examples": len(raw),
+        "train_features": n,
+        "seconds": round(seconds, 2),
+        "eval_seconds": round(tracker.seconds, 2),
+        "best": {**best, "epoch": round(best["step"] * batch_size / n, 3)},
+        "final": {**final, "epoch": round(final["step"] * batch_size / n, 3)},
+    }
+    if folder is not None:
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        if built.masks is not None:
+            artifacts.save_masks(folder / artifacts.MASK_FILE, built.masks)
+        artifacts.write_json(
+            folder / METRICS,
+            {
+                "task": task.name,
+                "seed": seed,
+                "selected_by": f"{main_split}/{task.main_metric}",
+                "best": record["best"],
+                "final": record["final"],
+                "about": "best: the evaluation with the highest "
+                f"{main_split}/{task.main_metric} (the paper reports it); final: after the "
+                "last step, the weights saved here",
+                "evaluations": tracker.history,
+            },
+        )
+        artifacts.write_json(
+            folder / artifacts.MANIFEST,
+            artifacts.new_manifest(
+                "finetune",
+                task=task.name,
+                task_options=spec.task_options,
+                seed=seed,
+                subnetwork={**link, "mask_sparsity": built.sparsity},
+                model={
+                    "class": type(model).__name__,
+                    "model_type": model.config.model_type,
+                    "num_labels": model.config.num_labels,
+                },
+                hyperparameters={**hp, "steps": steps, "eval_every": loop.eval_every},
+                data={**data_record(spec, train_raw, sets), "train_examples": len(raw)},
+                best=record["best"],
+                final=record["final"],
+                seconds=record["seconds"],
+                notes=built.notes,
+            ),
+        )
+    record["mask_sparsity"] = built.sparsity
+    record["notes"] = built.notes
+    return record
+
+
+def subnetwork_link(spec: FinetuneSpec, what: Any) -> dict[str, Any]:
+    """What the fine-tuned model came from, for its manifest."""
+    manifest = what.manifest or {}
+    path = Path(spec.subnetwork)
+    return {
+        "given": spec.subnetwork,
+        "path": str(path.resolve()) if path.exists() else None,
+        "kind": what.kind,
+        "method": manifest.get("method"),
+        "sparsity": manifest.get("sparsity"),
+        "scope": manifest.get("scope"),
+        "mask_file": str(Path(what.mask_file).resolve()) if what.mask_file else None,
+        "source_run": manifest.get("source_run"),
+        "model": manifest.get("model") or {"id": what.ref.given, "location": what.ref.location},
+        "loaded_from": what.ref.location,
+    }
+
+
+def data_record(spec: FinetuneSpec, train_raw: Any, sets: list[transfer.EvalSet]) -> dict:
+    return {
+        "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
+        "source": "local files" if spec.data_dir else "Hugging Face hub",
+        "train_available": len(train_raw),
+        "train_size": spec.train_size,
+        "eval": {s.split: s.examples for s in sets},
+    }
+
+
+def aggregate(runs: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
+    """Per split and metric: the values over seeds, their mean and sample standard deviation
+    (None for one seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for split, metrics in runs[0][which]["metrics"].items():
+        for name in metrics:
+            values = [r[which]["metrics"][split][name] for r in runs]
+            out.setdefault(split, {})[name] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else None,
+                "values": values,
+            }
+    return out
+
+
+def summarise(
+    task: Any,
+    spec: FinetuneSpec,
+    out: Path,
+    what: Any,
+    link: dict[str, Any],
+    runs: list[dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any]:
+    for r in runs:
+        r["folder"] = str(out / seed_folder(r["seed"]))
+    return {
+        "out": str(out),
+        "task": task.name,
+        "subnetwork": spec.subnetwork,
+        "kind": what.kind,
+        "method": link["method"],
+        "mask_sparsity": runs[0].get("mask_sparsity"),
+        "selected_by": f"{task.eval_splits[0]}/{task.main_metric}",
+        "seeds": spec.seeds,
+        "best": aggregate(runs, "best"),
+        "final": aggregate(runs, "final"),
+        "runs": runs,
+        "notes": notes,
+    }
+
+
+# -- evaluation -----------------------------------------------------------------------------
 
 
 def evaluate(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    raise UserError(f"`tamt eval --task` is not implemented in tamt {__version__} yet")
+    """Score a fine-tuned folder (or any model folder with a matching head) on a task."""
+    with transfer.quiet():
+        return _evaluate(spec, console)
+
+
+def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
+    """The model folder ``checkpoint`` names (a one-seed run directory names its seed folder)
+    and its fine-tuning manifest, if it has one."""
+    path = Path(checkpoint)
+    if not (path / artifacts.MANIFEST).is_file():
+        return checkpoint, None
+    manifest = artifacts.read_manifest(path)
+    kind = manifest.get("kind")
+    if kind != "finetune":
+        if kind in {"search", "subnetwork"}:
+            raise UserError(
+                f"'{checkpoint}' is a {kind}, not a fine-tuned model; fine-tune it first: "
+                f"tamt finetune {checkpoint} --task ..."
+            )
+        return checkpoint, None
+    members = manifest.get("members")
+    if members is None:
+        return checkpoint, manifest
+    if len(members) != 1:
+        shown = ", ".join(str(path / m) for m in members)
+        raise UserError(
+            f"'{checkpoint}' holds {len(members)} fine-tuned models; evaluate one of: {shown}"
+        )
+    return fine_tuned(str(path / members[0]))
+
+
+def _evaluate(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    from tamt_cli import models
+    from tamt_cli.tasks.base import create_task
+
+    assert spec.task is not None
+    location, manifest = fine_tuned(spec.checkpoint)
+    ref = models.resolve(location)
+    same = manifest is not None and manifest.get("task") == spec.task
+    record = manifest if same and manifest is not None else {}
+    options = spec.task_options or record.get("task_options") or {}
+    task = create_task(spec.task, options)
+    hp = record.get("hyperparameters", {})
+    max_length = spec.max_length or hp.get("max_length") or task.defaults.max_length
+    doc_stride = spec.doc_stride or hp.get("doc_stride") or task.defaults.doc_stride
+    batch_size = spec.batch_size or hp.get("eval_batch_size") or task.defaults.batch_size
+    splits = task.splits(spec.split)
+    tokenizer = transfer.load_tokenizer(ref)
+    check_positions(ref, max_length)
+    with console.status(f"loading {task.name} data"):
+        sets = transfer.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
+    model = load_trained(task, ref)
+    with eval_progress(console, sets) as advance:
+        scores = transfer.score(task, model, sets, batch_size, advance)
+    if manifest is not None:
+        sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
+    elif (Path(location) / artifacts.MASK_FILE).is_file():
+        sparsity = transfer.mask_sparsity(
+            artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
+        )
+    else:
+        sparsity = transfer.measured_sparsity(model)
+    return {
+        "task": task.name,
+        "checkpoint": spec.checkpoint,
+        "split": ",".join(splits),
+        "examples": sum(s.examples for s in sets),
+        "metrics": transfer.flat(scores, prefix_always=False),
+        "splits": {s.split: {"examples": s.examples, "metrics": scores[s.split]} for s in sets},
+        "main_metric": task.main_metric,
+        "mask_sparsity": sparsity,
+        "model": ref.location,
+        "max_length": max_length,
+    }
+
+
+def load_trained(task: Any, ref: Any) -> Any:
+    """The checkpoint as the task's model; its head must be there and fit the task."""
+    import torch
+    from transformers import AutoConfig
+
+    config = transfer.pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    if task.head != "span":
+        wanted = task.model_config()["num_labels"]
+        if config.num_labels != wanted:
+            raise UserError(
+                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
+                f"needs {wanted}"
+            )
+    cls = task.auto_model_class()
+
+    def load(location: str, **kw: Any) -> Any:
+        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
+
+    model, info = transfer.pretrained(load, ref, "model")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(
+            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
+            "checkpoint); fine-tune it first with tamt finetune"
+        )
+    return model.eval()
+
+
+@contextlib.contextmanager
+def eval_progress(console: Console, sets: list[transfer.EvalSet]) -> Any:
+    """A progress bar over the features of every split; yields ``advance(split, n)``."""
+    if os.environ.get("TAMT_NO_PROGRESS"):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        ids = {s.split: bar.add_task(f"scoring {s.split}", total=len(s.features)) for s in sets}
+        yield lambda split, n: bar.advance(ids[split], n)
+
+
+# -- display --------------------------------------------------------------------------------
 
 
 def render(result: dict[str, Any], console: Console) -> None:
-    from tamt_cli.display import result_table
+    """A rich table of a fine-tuning summary or of an evaluation."""
+    if "checkpoint" in result:
+        render_eval(result, console)
+    else:
+        render_finetune(result, console)
 
-    console.print(result_table(result, "Result"))
+
+def render_eval(result: dict[str, Any], console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['task']} on {result['checkpoint']}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("split", "examples", "metric", "value"):
+        table.add_column(col, justify="left" if col in {"split", "metric"} else "right")
+    for split, row in result["splits"].items():
+        for i, (name, value) in enumerate(row["metrics"].items()):
+            table.add_row(split if i == 0 else "", str(row["examples"]) if i == 0 else "", name,
+                          _value(value))  # fmt: skip
+    console.print(table)
+    sparsity = result.get("mask_sparsity")
+    shown = "dense (no mask)" if sparsity is None else f"{sparsity:.2%}"
+    console.print(f"mask sparsity {shown}")
+
+
+def render_finetune(result: dict[str, Any], console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    sparsity = result.get("mask_sparsity")
+    shown = "dense" if sparsity is None else f"mask sparsity {sparsity:.2%}"
+    table = Table(
+        title=f"{result['task']}: {result['subnetwork']} ({shown})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption=f"best: highest {result['selected_by']} over the evaluations (the paper "
+        "reports it); final: after the last step (the saved weights)",
+        caption_justify="left",
+    )
+    columns = [(split, name) for split, metrics in result["best"].items() for name in metrics]
+    several = len(result["best"]) > 1
+    table.add_column("seed", justify="right")
+    table.add_column("best step", justify="right")
+    for split, name in columns:
+        label = f"{split}/{name}" if several else name
+        table.add_column(f"{label} best", justify="right")
+        table.add_column(f"{label} final", justify="right")
+    table.add_column("seconds", justify="right")
+    for r in result["runs"]:
+        cells = [str(r["seed"]), str(r["best"]["step"])]
+        for split, name in columns:
+            cells += [
+                _value(r["best"]["metrics"][split][name]),
+                _value(r["final"]["metrics"][split][name]),
+            ]
+        table.add_row(*cells, f"{r['seconds']:.0f}")
+    if len(result["runs"]) > 1:
+        table.add_section()
+        cells = ["mean ± std", ""]
+        for split, name in columns:
+            for which in ("best", "final"):
+                stat = result[which][split][name]
+                cells.append(f"{stat['mean']:.2f} ± {stat['std']:.2f}")
+        table.add_row(*cells, "", style="bold")
+    console.print(table)
+    console.print(f"fine-tuned models in [bold]{result['out']}[/bold]")
+
+
+def _value(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -103,6 +103,20 @@ class FinetuneSpec(Spec):
     eval_every: int | None = Field(None, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     out: Path | None = None
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of a task that takes them (e.g. columns)"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one seed")
+        if any(s < 0 for s in value):
+            raise ValueError(f"seeds must not be negative, got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat, got {value}")
+        return value
 
 
 class EvalSpec(Spec):
@@ -115,6 +129,11 @@ class EvalSpec(Spec):
     split: str = "validation"
     max_length: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
+    # --task: [the fine-tuning run's, else the task's]
+    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of a task that takes them (e.g. columns)"
+    )
     # --objective: the held-out pre-training loss of a subnetwork
     corpus: str = Field("wikitext-103", description="text whose held-out part is scored")
     held_out: float = Field(0.05, gt=0, le=0.5)

@@ -300,11 +300,13 @@ def test_corrupt_mask_file_in_a_run(cli, tiny_bert):
     assert not Path("subnet").exists()
 
 
-def test_finetune_and_eval_exist_but_are_not_implemented(cli):
-    res = cli("finetune", "subnet", "--task", "sst2")
-    assert res.code == 2 and "not implemented" in res.err
-    res = cli("eval", "ckpt", "--task", "sst2")
-    assert res.code == 2 and "not implemented" in res.err
+def test_finetune_and_eval_task_refuse_bad_input_in_one_line(cli):
+    res = cli("finetune", "subnet/", "--task", "sst22")
+    assert res.code == 2 and "unknown task 'sst22'; did you mean 'sst2'?" in res.err
+    res = cli("finetune", "no/such/subnet/", "--task", "sst2")
+    assert res.code == 2 and "does not exist" in res.err
+    res = cli("eval", "no/such/ckpt/", "--task", "sst2")
+    assert res.code == 2 and "does not exist" in res.err
     res = cli("eval", "ckpt", "--task", "sst2", "--objective", "kd")
     assert res.code == 2 and "either --task" in res.err
 

@@ -1,0 +1,338 @@
+"""Models and data for transfer: the task model with a subnetwork's mask held fixed, task
+features in batches, and scores of a model on a task's eval splits.
+
+Used by `tamt finetune` and `tamt eval --task` (:mod:`tamt_cli.finetune`). The mask is held
+fixed by writing its zeros into the weights and attaching it as a fixed parametrization
+(``W ⊙ M``): masked weights are exactly zero in every forward pass, receive exactly zero
+gradient, and (with no weight decay) stay exactly zero in the optimiser's parameters too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tamt_cli import hub, masking
+from tamt_cli.errors import UserError, first_line
+from tamt_cli.tasks.base import MODEL_INPUTS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from tamt_cli.evaluate import Subject
+    from tamt_cli.models import ModelRef
+
+#: encoded columns the model reads at prediction time (gold labels stay out)
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: a measured fraction of exactly-zero prunable weights below this means "dense"
+DENSE_BELOW = 1e-3
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No load reports, download bars or tokenizing bars from transformers and datasets."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def pretrained(load: Callable[..., Any], ref: ModelRef, what: str) -> Any:
+    """``load(location, **kw)`` for a local folder, or for a hub id from the local cache first
+    (the hub only when it answers), with one-line errors."""
+    failures = (OSError, ValueError, KeyError, RuntimeError)
+    if ref.local:
+        try:
+            return load(ref.location)
+        except failures as exc:
+            raise UserError(f"cannot load {what} from '{ref.given}': {first_line(exc)}") from None
+    try:
+        return load(ref.location, local_files_only=True)
+    except failures:
+        pass
+    if not hub.usable():
+        raise UserError(
+            f"cannot load {what} '{ref.given}': no such file or folder, and as a hub id it is "
+            "not in the local cache (the Hugging Face hub is unreachable)"
+        )
+    try:
+        return load(ref.location)
+    except failures as exc:
+        raise UserError(f"cannot load {what} '{ref.given}' ({first_line(exc)})") from None
+
+
+def load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of '{ref.given}' has no padding token")
+    return tokenizer
+
+
+# -- the task model -------------------------------------------------------------------------
+
+
+@dataclass
+class TaskModel:
+    """A task model ready to train: the mask (if any) written into its weights and attached."""
+
+    model: Any
+    weights: list[masking.Prunable]  # the masked weights ([] for a dense model)
+    masks: dict[str, torch.Tensor] | None  # the masks applied, by weight name
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float | None:
+        return mask_sparsity(self.masks)
+
+
+def build(task: Any, what: Subject, seed: int) -> TaskModel:
+    """The task's model (``task.auto_model_class()``) from the subject's weights, a new head
+    initialised from ``seed``, its mask held fixed."""
+    from tamt_cli import models
+
+    cls = task.auto_model_class()
+    config = task.model_config()
+    torch.manual_seed(seed)
+
+    def load(location: str, **kw: Any) -> Any:
+        return cls.from_pretrained(
+            location, **config, dtype=torch.float32, ignore_mismatched_sizes=True, **kw
+        )
+
+    with quiet():
+        model = pretrained(load, what.ref, "model")
+    notes: list[str] = []
+    if what.weights_sha256 is not None and models.weights_hash(model.base_model) != (
+        what.weights_sha256
+    ):
+        with quiet():  # the task model may lack part of the encoder (a QA model: the pooler)
+            encoder = models.load_encoder(what.ref)
+        if models.weights_hash(encoder) != what.weights_sha256:
+            raise UserError(
+                f"model '{what.ref.given}' now has different weights from those the mask of "
+                f"'{what.mask_file}' was found on; the mask would not mean the same thing"
+            )
+        del encoder
+    if what.masks is None:
+        return TaskModel(model, [], None, notes)
+    weights, masks, dropped = fit_masks(model, what.masks, f"the mask of '{what.mask_file}'")
+    if dropped:
+        notes.append(
+            f"{type(model).__name__} has no {', '.join(dropped)}; "
+            f"{'its mask is' if len(dropped) == 1 else 'their masks are'} not used"
+        )
+    masking.bake_masks(weights, masks)
+    masking.attach_masks(weights, masks)
+    return TaskModel(model, weights, masks, notes)
+
+
+def fit_masks(
+    model: Any, masks: Mapping[str, torch.Tensor], what: str
+) -> tuple[list[masking.Prunable], dict[str, torch.Tensor], list[str]]:
+    """The model's prunable weights the masks cover, the masks for them, and the names of masked
+    weights the model lacks because its head does not use them (the pooler of a QA model).
+    Any other mismatch is a one-line error."""
+    embeddings = any(name.startswith("embeddings.") for name in masks)
+    has_pooler = getattr(masking.base_model(model), "pooler", None) is not None
+    dropped = [name for name in masks if name.startswith("pooler.") and not has_pooler]
+    pooler = has_pooler and any(name.startswith("pooler.") for name in masks)
+    weights = masking.prunable_weights(model, embeddings=embeddings, pooler=pooler)
+    kept = {name: mask.to("cpu", dtype=torch.bool) for name, mask in masks.items()}
+    for name in dropped:
+        del kept[name]
+    masking.check_fits(kept, masking.shapes(weights), what)
+    return weights, kept, dropped
+
+
+def mask_sparsity(masks: Mapping[str, torch.Tensor] | None) -> float | None:
+    """The fraction of the masked weights that are pruned (None: no mask)."""
+    if not masks:
+        return None
+    total = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m.bool()).sum()) for m in masks.values())
+    return pruned / total if total else None
+
+
+def measured_sparsity(model: Any) -> float | None:
+    """The fraction of exactly-zero prunable weights (word embeddings, encoder matrices,
+    pooler), or None when it is below :data:`DENSE_BELOW` (a dense model)."""
+    try:
+        weights = masking.prunable_weights(model)
+    except UserError:
+        return None
+    total = sum(p.numel for p in weights)
+    zeros = sum(int((p.weight == 0).sum()) for p in weights)
+    fraction = zeros / total if total else 0.0
+    return fraction if fraction >= DENSE_BELOW else None
+
+
+class TaskLoss(torch.nn.Module):
+    """``module(**batch)`` → the task model's loss, as the engine wants."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.model(**batch).loss
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
+    """``size`` examples drawn without replacement by ``seed`` (kept in file order)."""
+    if size is None:
+        return raw
+    if size > len(raw):
+        raise UserError(
+            f"--train-size {size} is larger than the {len(raw)} training examples of task '{task}'"
+        )
+    order = torch.randperm(len(raw), generator=torch.Generator().manual_seed(seed))
+    return raw.select(sorted(order[:size].tolist()))
+
+
+class Batcher:
+    """Model inputs for given feature indices: lists padded per batch (on the tokenizer's
+    padding side), scalars stacked."""
+
+    def __init__(self, features: Dataset, tokenizer: Any, keys: Sequence[str] = MODEL_INPUTS):
+        keep = [c for c in keys if c in features.column_names]
+        self.data = features.select_columns(keep).with_format(None)
+        self.pad = {
+            "input_ids": int(tokenizer.pad_token_id),
+            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+        }
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.data[list(indices)]
+        out: dict[str, torch.Tensor] = {}
+        for key, values in rows.items():
+            if values and isinstance(values[0], list):
+                width = max(len(v) for v in values)
+                fill = self.pad.get(key, 0)
+                padded = [
+                    [fill] * (width - len(v)) + v if self.left else v + [fill] * (width - len(v))
+                    for v in values
+                ]
+                out[key] = torch.tensor(padded, dtype=torch.long)
+            else:
+                out[key] = torch.tensor(values)
+        return out
+
+
+@dataclass
+class EvalSet:
+    """One eval split: raw examples, their features, and batches of model inputs."""
+
+    split: str
+    raw: Dataset
+    features: Dataset
+    batcher: Batcher
+
+    @property
+    def examples(self) -> int:
+        return len(self.raw)
+
+
+def eval_sets(
+    task: Any,
+    splits: Sequence[str],
+    data_dir: Any,
+    tokenizer: Any,
+    max_length: int | None,
+    doc_stride: int | None,
+) -> list[EvalSet]:
+    out = []
+    for split in splits:
+        raw = task.load(split, data_dir)
+        features = task.encode(raw, tokenizer, max_length, doc_stride, train=False)
+        out.append(EvalSet(split, raw, features, Batcher(features, tokenizer, INPUTS)))
+    return out
+
+
+# -- prediction and scores ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(
+    model: Any,
+    data: EvalSet,
+    batch_size: int,
+    span: bool,
+    advance: Callable[[int], None] | None = None,
+) -> Any:
+    """Logits of every feature, in feature order (span tasks: ``(start, end)`` logits)."""
+    import numpy as np
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    starts: list[Any] = []
+    ends: list[Any] = []
+    logits: list[Any] = []
+    try:
+        for first in range(0, len(data.batcher), batch_size):
+            indices = range(first, min(first + batch_size, len(data.batcher)))
+            batch = {k: v.to(device) for k, v in data.batcher(indices).items()}
+            output = model(**batch)
+            if span:
+                starts.append(output.start_logits.float().cpu().numpy())
+                ends.append(output.end_logits.float().cpu().numpy())
+            else:
+                logits.append(output.logits.float().cpu().numpy())
+            if advance is not None:
+                advance(len(indices))
+    finally:
+        model.train(was_training)
+    if span:
+        return np.concatenate(starts), np.concatenate(ends)
+    return np.concatenate(logits)
+
+
+def score(
+    task: Any,
+    model: Any,
+    sets: Sequence[EvalSet],
+    batch_size: int,
+    advance: Callable[[str, int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{split: {metric: value}}`` (percent) of ``model`` on every eval set."""
+    out: dict[str, dict[str, float]] = {}
+    for data in sets:
+        step = None if advance is None else (lambda n, s=data.split: advance(s, n))
+        predictions = predict(model, data, batch_size, task.head == "span", step)
+        scores = task.metrics(data.raw, data.features, predictions)
+        out[data.split] = {k: _finite(v) for k, v in scores.items()}
+    return out
+
+
+def _finite(value: Any) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
+
+
+def flat(scores: Mapping[str, Mapping[str, float]], prefix_always: bool = True) -> dict[str, float]:
+    """``{"split/metric": value}``; with ``prefix_always=False`` a single split's metrics keep
+    their bare names."""
+    if not prefix_always and len(scores) == 1:
+        return dict(next(iter(scores.values())))
+    return {f"{split}/{name}": v for split, values in scores.items() for name, v in values.items()}
