@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, transfer
+from tamt_cli import artifacts, models, transfer
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec, FinetuneSpec
@@ -131,8 +131,6 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
 
 def tokenizer_for(what: Any) -> Any:
     """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
-    from tamt_cli import models
-
     try:
         return transfer.load_tokenizer(what.ref)
     except UserError:
@@ -145,7 +143,7 @@ def tokenizer_for(what: Any) -> Any:
 def check_positions(ref: Any, max_length: int) -> None:
     from transformers import AutoConfig
 
-    config = transfer.pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
         raise UserError(
@@ -411,7 +409,6 @@ def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
 
 
 def _evaluate(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    from tamt_cli import models
     from tamt_cli.tasks.base import create_task
 
     assert spec.task is not None
@@ -460,7 +457,7 @@ def load_trained(task: Any, ref: Any) -> Any:
     import torch
     from transformers import AutoConfig
 
-    config = transfer.pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
     if task.head != "span":
         wanted = task.model_config()["num_labels"]
         if config.num_labels != wanted:
@@ -473,7 +470,7 @@ def load_trained(task: Any, ref: Any) -> Any:
     def load(location: str, **kw: Any) -> Any:
         return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
 
-    model, info = transfer.pretrained(load, ref, "model")
+    model, info = models.pretrained(load, ref, "model")
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,44 +48,47 @@ def resolve(given: str) -> ModelRef:
     return ModelRef(given, given, False)
 
 
-def load_encoder(ref: ModelRef) -> Any:
-    """The bare encoder (``AutoModel``) in float32, with one-line errors for anything missing.
+def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> Any:
+    """``load(location, **kw)`` with one-line errors: a local folder directly; a hub id from the
+    local cache first, and from the hub only when it answers at all, so an offline machine
+    fails at once instead of after minutes of retries."""
+    failures = (OSError, ValueError, KeyError, RuntimeError)
+    ways = "; use --model demo or a local model folder" if what == "model" else ""
+    if ref.local:
+        try:
+            return load(ref.location)
+        except failures as exc:
+            raise UserError(f"cannot load {what} from '{ref.given}': {first_line(exc)}") from None
+    try:
+        return load(ref.location, local_files_only=True)
+    except failures:
+        pass
+    if not hub.usable():
+        raise UserError(
+            f"cannot load {what} '{ref.given}': not in the local cache and the Hugging Face hub "
+            f"is unreachable{ways}"
+        )
+    try:
+        return load(ref.location)
+    except failures as exc:
+        raise UserError(
+            f"cannot load {what} '{ref.given}' from the Hugging Face hub ({first_line(exc)}){ways}"
+        ) from None
 
-    A hub id is first looked up in the local cache; the hub is only asked when the cache does
-    not have it and the hub answers at all, so an offline machine fails at once instead of
-    after minutes of retries."""
+
+def load_encoder(ref: ModelRef) -> Any:
+    """The bare encoder (``AutoModel``) in float32."""
     import torch
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    def load(**kw: Any) -> Any:
-        config = AutoConfig.from_pretrained(ref.location, **kw)
-        return AutoModel.from_pretrained(ref.location, config=config, dtype=torch.float32, **kw)
+    def load(location: str, **kw: Any) -> Any:
+        config = AutoConfig.from_pretrained(location, **kw)
+        return AutoModel.from_pretrained(location, config=config, dtype=torch.float32, **kw)
 
-    if ref.local:
-        try:
-            return load()
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load model from '{ref.given}': {first_line(exc)}") from None
-    try:
-        return load(local_files_only=True)
-    except (OSError, ValueError, KeyError):
-        pass
-    offline = "; use --model demo or a local model folder"
-    if not hub.usable():
-        raise UserError(
-            f"cannot load model '{ref.given}': not in the local cache and the Hugging Face hub "
-            f"is unreachable{offline}"
-        )
-    try:
-        return load()
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(
-            f"cannot load model '{ref.given}' from the Hugging Face hub ({first_line(exc)})"
-            f"{offline}"
-        ) from None
+    return pretrained(load, ref)
 
 
 def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:

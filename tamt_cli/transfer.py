@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tamt_cli import hub, masking
-from tamt_cli.errors import UserError, first_line
+from tamt_cli import masking, models
+from tamt_cli.errors import UserError
 from tamt_cli.tasks.base import MODEL_INPUTS
 
 if TYPE_CHECKING:
@@ -49,34 +49,10 @@ def quiet() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
-def pretrained(load: Callable[..., Any], ref: ModelRef, what: str) -> Any:
-    """``load(location, **kw)`` for a local folder, or for a hub id from the local cache first
-    (the hub only when it answers), with one-line errors."""
-    failures = (OSError, ValueError, KeyError, RuntimeError)
-    if ref.local:
-        try:
-            return load(ref.location)
-        except failures as exc:
-            raise UserError(f"cannot load {what} from '{ref.given}': {first_line(exc)}") from None
-    try:
-        return load(ref.location, local_files_only=True)
-    except failures:
-        pass
-    if not hub.usable():
-        raise UserError(
-            f"cannot load {what} '{ref.given}': no such file or folder, and as a hub id it is "
-            "not in the local cache (the Hugging Face hub is unreachable)"
-        )
-    try:
-        return load(ref.location)
-    except failures as exc:
-        raise UserError(f"cannot load {what} '{ref.given}' ({first_line(exc)})") from None
-
-
 def load_tokenizer(ref: ModelRef) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
+    tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of '{ref.given}' has no padding token")
     return tokenizer
@@ -102,8 +78,6 @@ class TaskModel:
 def build(task: Any, what: Subject, seed: int) -> TaskModel:
     """The task's model (``task.auto_model_class()``) from the subject's weights, a new head
     initialised from ``seed``, its mask held fixed."""
-    from tamt_cli import models
-
     cls = task.auto_model_class()
     config = task.model_config()
     torch.manual_seed(seed)
@@ -114,7 +88,7 @@ def build(task: Any, what: Subject, seed: int) -> TaskModel:
         )
 
     with quiet():
-        model = pretrained(load, what.ref, "model")
+        model = models.pretrained(load, what.ref, "model")
     notes: list[str] = []
     if what.weights_sha256 is not None and models.weights_hash(model.base_model) != (
         what.weights_sha256
