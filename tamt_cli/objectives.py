@@ -6,7 +6,8 @@ of every token is most of a step's cost on a small encoder and a large vocabular
 
 KD: the dense model is the teacher: the same module with every mask switched off (no second
 copy); loss = mean over the L transformer layers (embedding output excluded) of the mean over
-tokens of ``1 - cos(h_student, h_teacher)``.
+tokens of ``1 - cos(h_student, h_teacher)``. A method that trains the weights themselves (IMP)
+passes ``teacher=``, a frozen copy of the pre-trained encoder, which is then used instead.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class PretrainingLoss(nn.Module):
         weights: list[masking.Prunable],
         objective: str,
         head: nn.Module | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -109,6 +111,10 @@ class PretrainingLoss(nn.Module):
         self.head = head
         self.objective = objective
         self._weights = weights  # a plain list: not registered twice as submodules
+        # When the weights themselves train (IMP), the teacher cannot be the same tensors with
+        # the masks off: ``teacher`` is then a frozen copy of the pre-trained encoder (a
+        # submodule, so it moves with the loss module; it has no trainable parameters).
+        self.teacher = teacher
 
     def forward(
         self,
@@ -135,7 +141,14 @@ class PretrainingLoss(nn.Module):
     def teacher_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Hidden states of the dense model: the same tensors with the masks off, no dropout."""
+        """Hidden states of the dense model: the same tensors with the masks off, no dropout
+        (or the frozen ``teacher`` copy when one was given)."""
+        if self.teacher is not None:
+            with eval_mode(self.teacher):
+                out = self.teacher(
+                    input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+                )
+            return tuple(h.detach() for h in out.hidden_states[1:])
         with masking.masks_disabled(self._weights), eval_mode(self.encoder):
             out = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True

@@ -32,7 +32,8 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:
     """The spec saved in ``run_dir``; a spec file or flags given as well must agree with it."""
     saved_path = Path(run_dir) / artifacts.SPEC_FILE
-    artifacts.read_manifest(run_dir)
+    if artifacts.read_manifest(run_dir).get("status") == "complete":
+        raise UserError(f"run '{run_dir}' is already complete; there is nothing to resume")
     if not saved_path.is_file():
         raise UserError(f"'{run_dir}' has no {artifacts.SPEC_FILE}; it cannot be resumed")
     saved = specs.validate(SearchSpec, specs.read_spec_file(saved_path), str(saved_path))

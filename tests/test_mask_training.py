@@ -195,6 +195,8 @@ def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
     assert json.loads(Path("part/manifest.json").read_text())["status"] == "running"
     assert not Path("part/masks.safetensors").exists()
     monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    res = cli("search", "--resume", "part", "-s", "0.6")  # other settings are refused
+    assert res.code == 2 and "started with sparsity=0.5" in res.err
     res = cli("search", "--resume", "part")
     assert res.code == 0, res.err
     a = artifacts.load_masks(Path("full/masks.safetensors"))
@@ -204,7 +206,8 @@ def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
     assert steps == sorted(steps) and steps[-1] == 8
     # a resume with different settings is refused, and a finished run has nothing to do
     res = cli("search", "--resume", "part", "-s", "0.6")
-    assert res.code == 2 and "started with sparsity=0.5" in res.err
+    assert res.code == 2 and "already complete" in res.err
+    assert json.loads(Path("part/manifest.json").read_text())["status"] == "complete"
 
 
 def test_mlm_fits_a_missing_head_first(cli, tiny_bert, corpus):
