@@ -22,8 +22,9 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "enwiki-excerpt.txt"
 
 
-def tamt(*args: str, cwd: Path) -> dict:
-    env = {**os.environ, "TAMT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+def tamt(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """`python -m tamt_cli ARGS --json` in ``cwd``; its JSON output, or exit with its error."""
+    env = {**os.environ, "TAMT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "tamt_cli", *args, "--json"],
         capture_output=True, text=True, cwd=cwd, env=env,

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import tamt as run_tamt  # the same subprocess helper
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SST2 = SHARED / "glue" / "SST-2"
@@ -34,14 +35,7 @@ THREADS: dict[str, str] = {}
 
 
 def tamt(*args: str, cwd: Path) -> dict:
-    env = {**os.environ, "TAMT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", **THREADS}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tamt_cli", *args, "--json"],
-        capture_output=True, text=True, cwd=cwd, env=env,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"tamt {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    return run_tamt(*args, cwd=cwd, env=THREADS)
 
 
 def stat(summary: dict, which: str) -> str:

@@ -23,6 +23,27 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """About 300 lines of English made from the tiny tokenizer's sentences."""
+    import random
+
+    from tests.tiny import SENTENCES
+
+    rng = random.Random(0)
+    words = " ".join(SENTENCES).split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(300)]
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Tokenised corpora are cached per test, never in the user's cache."""
+    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
 def other_bert(tmp_path_factory) -> Path:
     """A tiny BERT of a different shape (hidden 48), for masks that must not fit."""
     return make_bert(tmp_path_factory.mktemp("other-bert"), hidden=48)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,8 @@ import torch
 
 from tamt_cli import artifacts, masking, objectives
 from tamt_cli.methods import imp
-from tests.tiny import SENTENCES
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    rng = random.Random(1)
-    words = " ".join(SENTENCES).split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(300)]
-    path = tmp_path_factory.mktemp("imp-corpus") / "text.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def imp_args(tiny_bert, corpus, out="run", *extra, sparsity="0.3", objective="kd"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,8 @@ import pytest
 import torch
 
 from tamt_cli import artifacts, masking, objectives
-from tests.tiny import SENTENCES
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """About 300 lines of English made from the tiny tokenizer's sentences."""
-    rng = random.Random(0)
-    words = " ".join(SENTENCES).split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(300)]
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def train_args(tiny_bert, corpus, method="kd", out="run", *extra):
