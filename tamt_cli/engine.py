@@ -10,6 +10,7 @@ the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from torch import nn
 
 from tamt_cli import artifacts
 from tamt_cli.errors import UserError
+from tamt_cli.objectives import eval_mode
 
 #: builds one micro-batch from the indices of its examples and the micro-batch's generator
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
@@ -194,8 +196,8 @@ class Engine:
                     batch = make_batch(chunk, step_generator(loop.seed, step, self.rank, i))
                     batch = {k: v.to(self.device) for k, v in batch.items()}
                     sync = i == loop.grad_accum - 1
-                    ctx = self.accelerator.no_sync(model) if not sync and self.world > 1 else None
-                    with ctx if ctx is not None else _null():
+                    quiet = not sync and self.world > 1
+                    with self.accelerator.no_sync(model) if quiet else contextlib.nullcontext():
                         loss = model(**batch) / loop.grad_accum
                         self.accelerator.backward(loss)
                     total += loss.detach()
@@ -227,7 +229,7 @@ class Engine:
                     )
                     running, count = 0.0, 0
                 if loop.eval_every and (done % loop.eval_every == 0 or done == loop.max_steps):
-                    with _eval(model):
+                    with eval_mode(model):
                         figures = hooks.evaluate(done)
                     if figures:
                         metrics.write(step=done, **figures)
@@ -296,25 +298,6 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-class _eval:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.model.train()
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0) -> Any:

@@ -291,11 +291,6 @@ def parametrizations(weights: Iterable[Prunable]) -> dict[str, Any]:
     return out
 
 
-def current_masks(weights: Iterable[Prunable]) -> Masks:
-    """The keep-masks the attached parametrizations apply right now."""
-    return {name: mod.keep().cpu() for name, mod in parametrizations(weights).items()}  # type: ignore[operator]
-
-
 @contextlib.contextmanager
 def masks_disabled(weights: Iterable[Prunable]) -> Iterator[None]:
     """Run the dense model: every attached mask is switched off inside the block.
