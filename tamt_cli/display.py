@@ -39,6 +39,10 @@ def sparsity_table(report: dict[str, Any], title: str = "Sparsity") -> Table:
         "",
         style="bold",
     )
+    absent = report.get("not_prunable") or {}
+    if absent:
+        table.caption = "not prunable: " + ", ".join(f"{n} ({why})" for n, why in absent.items())
+        table.caption_justify = "left"
     return table
 
 

@@ -59,6 +59,7 @@ def run(spec: ExtractSpec, console: Console) -> dict[str, Any]:
     masking.check_fits(masks, {m.name: m.shape for m in infos}, f"mask file '{mask_path}'")
     targets = {m.name: m.target for m in infos}
     report = masking.sparsity_report(infos, masks, targets)
+    report["not_prunable"] = manifest["sparsity_report"].get("not_prunable") or {}
     result: dict[str, Any] = {
         "run": str(spec.run),
         "mask": str(mask_path),
@@ -120,7 +121,10 @@ def export(
         console.status(f"writing {spec.export}"),
         artifacts.staged_dir(spec.export, overwrite=spec.overwrite) as stage,
     ):
-        model.save_pretrained(str(stage))
+        # weights the checkpoint lacked (an MLM checkpoint's pooler) stay out of the export too
+        absent = models.absent_keys(model)
+        state = {k: v for k, v in model.state_dict().items() if k not in absent}
+        model.save_pretrained(str(stage), state_dict=state)
         models.save_tokenizer(ref, stage)
         artifacts.save_masks(stage / artifacts.MASK_FILE, masks)
         artifacts.write_json(stage / artifacts.MANIFEST, sub_manifest)

@@ -85,20 +85,16 @@ def prunable_weights(
 ) -> list[Prunable]:
     """The matrices the paper masks: Q, K, V, attention output, FFN in/out of every layer, the
     pooler and the word embeddings (the last two optional). Biases, LayerNorms, position and
-    token-type embeddings and task heads are never masked."""
-    base = base_model(model)
-    found: list[Prunable] = []
-    for name, module in base.named_modules():
-        if not isinstance(module, nn.Linear | nn.Embedding):
-            continue
-        for kind, pattern in _PATTERNS.items():
-            match = pattern.match(name)
-            if match:
-                if (kind == "embedding" and not embeddings) or (kind == "pooler" and not pooler):
-                    break
-                layer = int(match.group(1)) if match.groups() else None
-                found.append(Prunable(f"{name}.weight", kind, layer, module))
-                break
+    token-type embeddings and task heads are never masked, and neither is a weight that the
+    checkpoint did not hold (:func:`absent_weights`: e.g. the pooler of an MLM checkpoint)."""
+    absent = set(absent_weights(model))
+    found = [
+        p
+        for p in _candidates(model)
+        if p.name not in absent
+        and not (p.kind == "embedding" and not embeddings)
+        and not (p.kind == "pooler" and not pooler)
+    ]
     if not any(p.layer is not None for p in found):
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise UserError(
@@ -106,6 +102,30 @@ def prunable_weights(
             "BERT-family encoders (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, DistilBERT)"
         )
     return found
+
+
+def _candidates(model: nn.Module) -> list[Prunable]:
+    """Every matrix of ``model``'s encoder that matches a prunable kind."""
+    found: list[Prunable] = []
+    for name, module in base_model(model).named_modules():
+        if not isinstance(module, nn.Linear | nn.Embedding):
+            continue
+        for kind, pattern in _PATTERNS.items():
+            match = pattern.match(name)
+            if match:
+                layer = int(match.group(1)) if match.groups() else None
+                found.append(Prunable(f"{name}.weight", kind, layer, module))
+                break
+    return found
+
+
+def absent_weights(model: nn.Module) -> list[str]:
+    """Prunable-kind weights of ``model`` that its checkpoint did not hold: they were freshly
+    initialised by the loader, so no mask computed from them would mean anything."""
+    from tamt_cli.models import absent_keys
+
+    absent = absent_keys(base_model(model))
+    return [p.name for p in _candidates(model) if p.name in absent]
 
 
 def prune_count(numel: int, sparsity: float) -> int:

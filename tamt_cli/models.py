@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,50 +77,100 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
         ) from None
 
 
-def load_encoder(ref: ModelRef) -> Any:
-    """The bare encoder (``AutoModel``) in float32."""
+#: attribute a loader sets on a model: its state-dict keys that the checkpoint did not hold
+ABSENT = "tamt_absent_keys"
+#: the seed of every weight a checkpoint lacks, so that a load is the same every time
+INIT_SEED = 0
+#: MLM heads made of several modules of the MLM model, applied in this order (by model type)
+_HEAD_MODULES = {
+    "distilbert": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+    "electra": ("generator_predictions", "generator_lm_head"),
+}
+
+
+def mark_absent(model: Any, keys: Any, prefix: str = "") -> None:
+    """Record which of ``model``'s state-dict keys its checkpoint lacked (names relative to
+    ``model``; keys of a task model carry ``prefix``, the base model's, which is stripped)."""
+    names = {k.removeprefix(prefix) for k in keys if not prefix or k.startswith(prefix)}
+    object.__setattr__(model, ABSENT, frozenset(names))
+
+
+def absent_keys(model: Any) -> frozenset[str]:
+    """State-dict keys of ``model`` that its checkpoint did not hold (freshly initialised)."""
+    return frozenset(getattr(model, ABSENT, frozenset()))
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No load reports (UNEXPECTED / MISSING tables) and no progress bars from transformers,
+    and every weight a checkpoint lacks initialised from one fixed seed."""
     import torch
-    from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_encoder(ref: ModelRef) -> Any:
+    """The bare encoder (``AutoModel``) in float32. Weights its checkpoint lacks (the pooler of
+    an MLM checkpoint) are recorded with :func:`mark_absent`: they are never masked or hashed."""
+    import torch
+    from transformers import AutoConfig, AutoModel
 
     def load(location: str, **kw: Any) -> Any:
         config = AutoConfig.from_pretrained(location, **kw)
-        return AutoModel.from_pretrained(location, config=config, dtype=torch.float32, **kw)
+        return AutoModel.from_pretrained(
+            location, config=config, dtype=torch.float32, output_loading_info=True, **kw
+        )
 
-    return pretrained(load, ref)
+    with quiet_loading():
+        model, info = pretrained(load, ref)
+    mark_absent(model, info["missing_keys"])
+    return model
 
 
 def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
     """The checkpoint's MLM head, its decoder tied to ``encoder``'s (unmasked) word embeddings.
 
     Returns (head, pretrained): ``pretrained`` is False when the checkpoint has no head weights
-    (a sentence encoder such as the demo model) and the head was freshly initialised.
-    Call before any mask is attached to the embeddings."""
+    (a sentence encoder such as the demo model) and the head was freshly initialised, always
+    the same way (:data:`INIT_SEED`). Call before any mask is attached to the embeddings."""
     import torch
+    from torch import nn
     from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        mlm, info = AutoModelForMaskedLM.from_pretrained(
-            ref.location, dtype=torch.float32, output_loading_info=True
-        )
+        with quiet_loading():
+            mlm, info = AutoModelForMaskedLM.from_pretrained(
+                ref.location, dtype=torch.float32, output_loading_info=True
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot build an MLM head for '{ref.given}': {first_line(exc)}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     prefix = mlm.base_model_prefix
-    heads = [(name, mod) for name, mod in mlm.named_children() if name != prefix]
-    if len(heads) != 1:
-        raise UserError(
-            f"the MLM objective needs a model with one MLM head module; '{ref.given}' "
-            f"({type(mlm).__name__}) has {len(heads)}; use --method kd"
-        )
-    name, head = heads[0]
-    missing = [k for k in info["missing_keys"] if k.startswith(f"{name}.")]
+    names = _HEAD_MODULES.get(mlm.config.model_type)
+    if names is not None:
+        head: Any = nn.Sequential(*(getattr(mlm, n) for n in names))
+    else:
+        heads = [
+            (name, mod)
+            for name, mod in mlm.named_children()
+            if name != prefix and any(True for _ in mod.parameters())
+        ]
+        if len(heads) != 1:
+            raise UserError(
+                f"the MLM objective needs a model with one MLM head module; '{ref.given}' "
+                f"({type(mlm).__name__}) has {len(heads)}; use --method kd"
+            )
+        names = (heads[0][0],)
+        head = heads[0][1]
+    missing = [k for k in info["missing_keys"] if k.split(".")[0] in names]
     mlm.get_output_embeddings().weight = encoder.get_input_embeddings().weight
     return head, not missing
 
@@ -137,12 +188,14 @@ def save_tokenizer(ref: ModelRef, out: Path) -> bool:
 
 
 def weights_hash(model: Any) -> str:
-    """SHA-256 over the state dict (names, dtypes, shapes, bytes), in sorted key order."""
+    """SHA-256 over the state dict (names, dtypes, shapes, bytes), in sorted key order; weights
+    the checkpoint did not hold (:func:`absent_keys`) are left out."""
     import torch
 
     digest = hashlib.sha256()
     state = model.state_dict()
-    for name in sorted(state):
+    absent = absent_keys(model)
+    for name in sorted(set(state) - absent):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -158,7 +158,11 @@ def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, d
     targets = job.targets
     if targets is None and spec.scope == "local" and spec.sparsity is not None:
         targets = {p.name: spec.sparsity for p in job.weights}
-    return masks, masking.sparsity_report(job.weights, masks, targets)
+    report = masking.sparsity_report(job.weights, masks, targets)
+    report["not_prunable"] = {
+        name: "not in the checkpoint" for name in masking.absent_weights(job.model)
+    }
+    return masks, report
 
 
 def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any) -> dict:

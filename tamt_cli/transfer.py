@@ -84,15 +84,21 @@ def build(task: Any, what: Subject, seed: int) -> TaskModel:
 
     def load(location: str, **kw: Any) -> Any:
         return cls.from_pretrained(
-            location, **config, dtype=torch.float32, ignore_mismatched_sizes=True, **kw
+            location,
+            **config,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **kw,
         )
 
     with quiet():
-        model = models.pretrained(load, what.ref, "model")
+        model, info = models.pretrained(load, what.ref, "model")
+    base = model.base_model
+    prefix = f"{model.base_model_prefix}." if base is not model else ""
+    models.mark_absent(base, info["missing_keys"], prefix)
     notes: list[str] = []
-    if what.weights_sha256 is not None and models.weights_hash(model.base_model) != (
-        what.weights_sha256
-    ):
+    if what.weights_sha256 is not None and models.weights_hash(base) != what.weights_sha256:
         with quiet():  # the task model may lack part of the encoder (a QA model: the pooler)
             encoder = models.load_encoder(what.ref)
         if models.weights_hash(encoder) != what.weights_sha256:

@@ -72,3 +72,47 @@ def make_bert(out: Path, seed: int = 0, **kw) -> Path:
     model = BertModel(bert_config(len(tokenizer), **kw))
     model.save_pretrained(str(out))
     return out
+
+
+def make_mlm_checkpoint(out: Path, layout: str, seed: int = 0) -> Path:
+    """A tiny randomly initialised checkpoint saved as ``layout``: ``bert-mlm``
+    (``BertForMaskedLM``: MLM head, no pooler weights), ``bert-pretraining``
+    (``BertForPreTraining``: MLM and NSP heads, pooler), ``bert-nopooler`` (``BertModel``
+    without a pooling layer), ``roberta-mlm`` (``RobertaForMaskedLM``: no pooler) or
+    ``distilbert-mlm`` (``DistilBertForMaskedLM``: no pooler at all)."""
+    import torch
+    from transformers import (
+        BertForMaskedLM,
+        BertForPreTraining,
+        BertModel,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    tokenizer = make_tokenizer(out)
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    if layout == "bert-mlm":
+        model = BertForMaskedLM(bert_config(vocab))
+    elif layout == "bert-pretraining":
+        model = BertForPreTraining(bert_config(vocab))
+    elif layout == "bert-nopooler":
+        model = BertModel(bert_config(vocab), add_pooling_layer=False)
+    elif layout == "roberta-mlm":
+        config = RobertaConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=72, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        model = RobertaForMaskedLM(config)
+    elif layout == "distilbert-mlm":
+        config = DistilBertConfig(
+            vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        model = DistilBertForMaskedLM(config)
+    else:
+        raise ValueError(layout)
+    model.save_pretrained(str(out))
+    return out
