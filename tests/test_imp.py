@@ -175,7 +175,7 @@ def test_a_run_rewinds_and_prunes_by_trained_magnitude(cli, tiny_bert, corpus, m
     monkeypatch.setattr(imp, "prune_round", watch_prune)
     monkeypatch.setattr(imp.IMPSession, "prune", watch_session)
     monkeypatch.setattr(imp._Hooks, "after_step", watch_step)
-    res = cli(*imp_args(tiny_bert, corpus, "run", objective="mlm-kd"))
+    res = cli(*imp_args(tiny_bert, corpus, "run", "--head-lr", "0.01", objective="mlm-kd"))
     assert res.code == 0, res.err
     assert checks and all(checks)
     assert "has no MLM head" in res.err
@@ -215,7 +215,7 @@ def test_a_run_rewinds_and_prunes_by_trained_magnitude(cli, tiny_bert, corpus, m
     heads = [{k: v for k, v in r["state"].items() if k.startswith("head.")} for r in rewound]
     assert heads[0] and all(torch.equal(heads[0][k], h[k]) for h in heads for k in h)
 
-    # the MLM proxy of an IMP run: a head fitted on the subnetwork
+    # the MLM proxy of an IMP run: the head fitted on the dense model
     res = cli("eval", "run", "--objective", "mlm", "--corpus", corpus, "--max-length", "16",
               "--head-warmup-steps", "2", "--json")  # fmt: skip
     assert res.code == 0, res.err
@@ -327,3 +327,45 @@ def test_round_levels():
     assert imp.reachable_levels(0.25) == [0.25, 0.5, 0.75]
     with pytest.raises(Exception, match=r"reachable: 0\.4, 0\.8"):
         imp.round_levels(0.2, 0.4)
+
+
+# -- the reference code's settings: one decay over the run, no rewinding ---------------------
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("run", [0.75, 0.5, 0.75, 0.5]),
+                                                    ("round", [0.5, 0.0, 0.5, 0.0])])  # fmt: skip
+def test_schedule_restarts_every_round_with_the_decay_horizon_asked(
+    cli, tiny_bert, corpus, schedule, expected
+):
+    res = cli(*imp_args(tiny_bert, corpus, "run", "--schedule", schedule, "--log-every", "1"))
+    assert res.code == 0, res.err
+    rows = [json.loads(r) for r in Path("run/metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] / 0.01 for r in rows if "lr" in r]
+    assert lrs == pytest.approx(expected)
+    notes = json.loads(Path("run/manifest.json").read_text())["notes"]
+    assert (notes["schedule"], notes["rewind"]) == (schedule, True)
+
+
+def test_no_rewind_keeps_training_the_pruned_trained_weights(cli, tiny_bert, corpus, monkeypatch):
+    after: dict[str, list[dict]] = {}
+    original = imp.IMPSession.prune
+
+    def watch(self, r, *, step):
+        original(self, r, step=step)
+        state = {p.name: p.weight.detach().clone() for p in self.job.weights}
+        after.setdefault(self.job.run.root.name, []).append(state)
+
+    monkeypatch.setattr(imp.IMPSession, "prune", watch)
+    for out, extra in (("rewound", []), ("kept", ["--no-rewind"])):
+        res = cli(*imp_args(tiny_bert, corpus, out, *extra))
+        assert res.code == 0, res.err
+    dense = {p.name: p.weight.detach() for p in masking.prunable_weights(pretrained(tiny_bert))}
+    trained = [n for n in dense if not n.startswith("pooler.")]  # the pooler is not trained
+    for state in after["rewound"]:  # after every pruning: the pre-trained weights again
+        assert all(torch.equal(state[n], dense[n]) for n in trained)
+    for state in after["kept"][1:]:  # after a trained interval: the trained weights stay
+        assert all(not torch.equal(state[n], dense[n]) for n in trained)
+    notes = json.loads(Path("kept/manifest.json").read_text())["notes"]
+    assert notes["rewind"] is False
+    res = cli(*imp_args(tiny_bert, corpus, "bad", "--no-rewind", "--rewind-step", "1"))
+    assert res.code == 2 and "--rewind-step needs rewinding" in res.err

@@ -8,11 +8,18 @@ pruned. Round 1 prunes the pre-trained weights at step 0. After every pruning th
 trainable parameter: encoder and, for MLM, the head) is rewound to the pre-trained weights, or
 with ``--rewind-step k`` to the weights after ``k`` steps of the first training interval, and
 then trains for ``--steps-per-round`` steps on the objective (``mlm`` default, ``kd``,
-``mlm-kd``) with a fresh AdamW and linear schedule, through the one training engine. The last
-round only prunes: a run is ``(R − 1) · steps-per-round`` steps. Every round's mask is a normal
-mask artifact (``masks/step-NNNNNN.safetensors``, listed in the manifest with its sparsity and
-round); the final mask (``masks.safetensors``) is the target one, meant for the pre-trained
-weights like every other mask.
+``mlm-kd``) with a fresh AdamW, through the one training engine. The last round only prunes: a
+run is ``(R − 1) · steps-per-round`` steps. Every round's mask is a normal mask artifact
+(``masks/step-NNNNNN.safetensors``, listed in the manifest with its sparsity and round); the
+final mask (``masks.safetensors``) is the target one, meant for the pre-trained weights like
+every other mask.
+
+Two settings exist because the paper and the reference code differ. ``--schedule run`` (the
+default, as the reference code ran): every round restarts at ``--lr`` and decays linearly over
+the length of the whole run, so the rate stays near ``--lr`` in every round; ``--schedule round``
+decays to zero within every round. ``--no-rewind`` prunes the trained weights and keeps training
+them without rewinding: the reference code's rewind snapshot aliased the live parameters, so its
+"rewind" restored the trained weights, and the paper's IMP numbers may come from this setting.
 
 Masks are ``KeepMask`` parametrizations: pruned weights are exactly zero in the forward pass,
 and a gradient hook zeroes their gradient too, so that they get no update even through the MLM
@@ -64,6 +71,17 @@ class IMPOptions(BaseModel):
     rewind_step: int = Field(
         0, ge=0, description="rewind to the weights after this many steps (0: pre-trained)"
     )
+    rewind: bool = Field(
+        True,
+        description="rewind the unpruned weights after every pruning (false: keep training "
+        "the pruned trained weights, as the reference code in effect did)",
+    )
+    schedule: Literal["run", "round"] = Field(
+        "run",
+        description="learning-rate decay: run (every round restarts at --lr and decays over "
+        "the whole run, so lr stays near --lr, as the reference code) or round (to zero "
+        "within every round)",
+    )
 
 
 def _decimal(value: float) -> float:
@@ -109,6 +127,8 @@ class IterativeMagnitudePruning:
         if spec.sparsity is None:
             raise UserError(f"--sparsity is required for method '{spec.method}'")
         levels = round_levels(spec.sparsity, opts.prune_fraction)
+        if opts.rewind_step > 0 and not opts.rewind:
+            raise UserError("--rewind-step needs rewinding; leave out --no-rewind or the step")
         if opts.rewind_step >= opts.steps_per_round:
             raise UserError(
                 f"--rewind-step {opts.rewind_step} must be below --steps-per-round "
@@ -193,14 +213,28 @@ class IMPSession:
         self.data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
         last = eng.checkpoints(job.run.root)[-1:] if job.resume else []
         head = None
-        if "mlm" in self.objective:  # a resumed run restores its head from the checkpoint
-            head = pretraining.attach_head(job, self.data, engine, warm=not last)
+        self.head_lr: float | None = None
+        if "mlm" in self.objective:  # a resumed run then restores a trained head's state
+            head, record = pretraining.shared_head(
+                job.ref,
+                job.model,
+                job.weights,
+                self.data,
+                engine,
+                job.console,
+                steps=spec.head_warmup_steps,
+                lr=spec.head_warmup_lr,
+                batch_size=spec.batch_size,
+                run_dir=job.run.root,
+            )
+            self.head_lr = pretraining.head_lr(spec.head_lr, record)
+            pretraining.train_head(head, job.model, self.head_lr)
+            job.notes["mlm_head"] = record
         teacher = None
         if "kd" in self.objective:  # the weights train: the teacher is a frozen pre-trained copy
             teacher = copy.deepcopy(job.model).eval()
             teacher.requires_grad_(False)
-        for p in job.model.parameters():
-            p.requires_grad_(True)
+        job.model.requires_grad_(True)
         pooler = getattr(job.model, "pooler", None)
         if pooler is not None:  # read by no pre-training loss: no gradient, not trained
             pooler.requires_grad_(False)
@@ -240,9 +274,10 @@ class IMPSession:
 
         groups = [{"params": self.encoder_params, "lr": self.lr}]
         if self.head_params:
-            groups.append({"params": self.head_params, "lr": self.spec.head_lr or self.lr})
+            groups.append({"params": self.head_params, "lr": self.head_lr})
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=0.0)
-        return optimizer, eng.linear_schedule(optimizer, self.per_round)
+        horizon = self.total_steps if self.options.schedule == "run" else self.per_round
+        return optimizer, eng.linear_schedule(optimizer, horizon)
 
     # -- rounds ---------------------------------------------------------------------------------
     def prune(self, r: int, *, step: int) -> None:
@@ -255,7 +290,8 @@ class IMPSession:
         self.masks = masks
         self.round = r
         apply_masks(job.weights, masks)
-        rewind(self.params, self.snapshot)
+        if self.options.rewind:
+            rewind(self.params, self.snapshot)
         job.run.save_masks(masks, step=step, sparsity=level, round=r)
         report = masking.sparsity_report(job.weights, masks)["overall"]
         self.say(
@@ -365,9 +401,11 @@ class IMPSession:
             steps_per_round=self.per_round,
             prune_fraction=self.options.prune_fraction,
             rewind_step=self.options.rewind_step,
+            rewind=self.options.rewind,
+            schedule=self.options.schedule,
             steps=self.total_steps,
             lr=self.lr,
-            head_lr=spec.head_lr or self.lr if head is not None else None,
+            head_lr=self.head_lr,
             teacher="frozen pre-trained copy" if "kd" in self.objective else None,
             corpus=self.data.source,
             corpus_fingerprint=self.data.fingerprint,
