@@ -44,6 +44,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class HeadChoice(str, Enum):
+    shared = "shared"
+    own = "own"
+
+
 class Objective(str, Enum):
     mlm = "mlm"
     kd = "kd"
@@ -193,7 +198,12 @@ def search(
         typer.Option(help="learning rate [method default]", rich_help_panel="Training"),
     ] = None,
     head_lr: Annotated[
-        float | None, typer.Option(help="MLM-head learning rate", rich_help_panel="Training")
+        float | None,
+        typer.Option(
+            help="MLM-head learning rate while the mask trains, 0 freezes it [5e-5 for a "
+            "pre-trained head, 0 for a fitted one]",
+            rich_help_panel="Training",
+        ),
     ] = None,
     head_warmup_steps: Annotated[
         int | None,
@@ -201,6 +211,10 @@ def search(
             help="steps fitting a missing MLM head on the frozen model [300]",
             rich_help_panel="Training",
         ),
+    ] = None,
+    head_warmup_lr: Annotated[
+        float | None,
+        typer.Option(help="learning rate of that fit [1e-3]", rich_help_panel="Training"),
     ] = None,
     clip: Annotated[
         float | None, typer.Option(help="gradient-norm clip [1.0]", rich_help_panel="Training")
@@ -271,6 +285,22 @@ def search(
             rich_help_panel="IMP",
         ),
     ] = None,
+    rewind: Annotated[
+        bool | None,
+        typer.Option(
+            "--rewind/--no-rewind",
+            help="imp: rewind the unpruned weights after every pruning [rewind]",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="imp: lr decay over the whole run (run, as the reference code) or to zero in "
+            "every round (round) [run]",
+            rich_help_panel="IMP",
+        ),
+    ] = None,
     task: Annotated[
         str | None,
         typer.Option(
@@ -320,6 +350,8 @@ def search(
         "steps_per_round": steps_per_round,
         "prune_fraction": prune_fraction,
         "rewind_step": rewind_step,
+        "rewind": rewind,
+        "schedule": schedule,
         "task": task,
         "data_dir": data_dir,
         "train_size": train_size,
@@ -347,6 +379,7 @@ def search(
         "lr": lr,
         "head_lr": head_lr,
         "head_warmup_steps": head_warmup_steps,
+        "head_warmup_lr": head_warmup_lr,
         "clip": clip,
         "log_every": log_every,
         "eval_every": eval_every,
@@ -520,11 +553,20 @@ def evaluate(
         int | None, typer.Option(help="--objective: held-out blocks scored [256]")
     ] = None,
     step: Annotated[int | None, typer.Option(help="a search run's mask at this step")] = None,
+    head: Annotated[
+        HeadChoice | None,
+        typer.Option(
+            help="--objective mlm: shared (the checkpoint's head, or one fitted once on the "
+            "dense model: the same for every subnetwork) or own (a search run's trained head) "
+            "[shared]"
+        ),
+    ] = None,
     head_warmup_steps: Annotated[
         int | None, typer.Option(help="--objective mlm: steps fitting a missing head [300]")
     ] = None,
-    head_lr: Annotated[float | None, typer.Option(help="learning rate of that fit")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of the head fit [0]")] = None,
+    head_warmup_lr: Annotated[
+        float | None, typer.Option(help="learning rate of that fit [1e-3]")
+    ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -546,9 +588,9 @@ def evaluate(
         "held_out": held_out,
         "eval_blocks": eval_blocks,
         "step": step,
+        "head": head.value if head else None,
         "head_warmup_steps": head_warmup_steps,
-        "head_lr": head_lr,
-        "seed": seed,
+        "head_warmup_lr": head_warmup_lr,
     }
     resolved = specs.build(specs.EvalSpec, spec, flags)
     if (resolved.task is None) == (resolved.objective is None):

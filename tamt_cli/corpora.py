@@ -209,7 +209,7 @@ def load_blocks(
         digest.update(b"\0")
     fingerprint = digest.hexdigest()
 
-    root = _cache_root(cache_dir)
+    root = cache_root(cache_dir)
     path = root / f"{fingerprint}.safetensors"
     cached = _read_cache(path, fingerprint, max_length, console)
     if cached is not None:
@@ -418,7 +418,8 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 # -- the block cache -----------------------------------------------------------------------
 
 
-def _cache_root(cache_dir: Path | None) -> Path:
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """Where tokenised blocks (and other derived data, e.g. fitted heads) are cached."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV, "").strip()

@@ -111,11 +111,20 @@ def subject(
 
 
 def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    """The held-out pre-training loss of a subnetwork. For MLM every subnetwork of a model is
+    scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
+    fitted once on the dense model; ``--head own`` scores a search run with the head it
+    trained along with its mask."""
     from tamt_cli import masking, models, objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
     what = subject(spec.checkpoint, spec.step)
+    if spec.head == "own" and "mlm" in spec.objective and what.head_file is None:
+        raise UserError(
+            f"--head own needs a search run that trained an MLM head; '{spec.checkpoint}' has "
+            f"no {pretraining.HEAD_FILE} (use --head shared)"
+        )
     engine = Engine("no", console)
     try:
         with console.status(f"loading model {what.ref.given}"):
@@ -130,35 +139,31 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         for p in model.parameters():
             p.requires_grad_(False)
         batch = spec.batch_size or 16
-        train_spec = SimpleNamespace(
+        data_spec = SimpleNamespace(
             corpus=spec.corpus,
             max_length=spec.max_length or 128,
             held_out=spec.held_out,
             batch_size=batch,
             eval_blocks=spec.eval_blocks,
-            head_warmup_steps=spec.head_warmup_steps,
-            head_lr=spec.head_lr,
-            seed=spec.seed,
         )
-        data = pretraining.prepare(what.ref, model, train_spec, engine, console)
-        head = None
-        head_source = None
-        job = SimpleNamespace(
-            spec=train_spec,
-            ref=what.ref,
-            model=model,
-            weights=weights,
-            console=console,
-            run=None,
-            notes={},
-        )
-        if "mlm" in spec.objective:
-            head, pretrained = models.load_mlm_head(what.ref, model)
-            if what.head_file is not None:
+        data = pretraining.prepare(what.ref, model, data_spec, engine, console)
+        head, head_record = None, None
+        if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
+            head, head_record = pretraining.shared_head(
+                what.ref,
+                model,
+                weights,
+                data,
+                engine,
+                console,
+                steps=spec.head_warmup_steps,
+                lr=spec.head_warmup_lr,
+                batch_size=batch,
+            )
+            if spec.head == "own":
+                assert what.head_file is not None
                 _load_head(head, what.head_file)
-                head_source = "trained with the mask"
-            elif pretrained:
-                head_source = "the checkpoint's"
+                head_record = {"kind": "own", "about": "trained with the mask by the search"}
         sparsity = None
         if what.masks is not None:
             masking.check_fits(
@@ -167,14 +172,9 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
             masking.attach_masks(weights, what.masks)
             pruned = sum(int((~m).sum()) for m in what.masks.values())
             sparsity = pruned / sum(m.numel() for m in what.masks.values())
-        if head is not None and head_source is None:
-            pretraining.warm_up_head(head, job, data, engine)
-            head_source = f"fitted on this subnetwork for {job.notes['head_warmup']['steps']} steps"
-            for p in head.parameters():
-                p.requires_grad_(False)
         module = objectives.PretrainingLoss(model, weights, spec.objective, head)
         module.to(engine.device)
-        loss = pretraining.held_out_loss(module, data, spec.objective, train_spec, engine.device)
+        loss = pretraining.held_out_loss(module, data, spec.objective, data_spec, engine.device)
     finally:
         engine.end()
     return {
@@ -185,9 +185,9 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "split": "held-out",
         "examples": int(min(spec.eval_blocks, data.held_out.shape[0])),
         "corpus": data.source,
-        "max_length": train_spec.max_length,
+        "max_length": data_spec.max_length,
         "mask_sparsity": sparsity,
-        "mlm_head": head_source,
+        "mlm_head": head_record,
     }
 
 
@@ -199,7 +199,7 @@ def _load_head(head: Any, path: Path) -> None:
     except Exception as exc:
         raise UserError(f"head file '{path}' is unreadable or corrupt ({exc})") from None
     own = dict(head.named_parameters())
-    unknown = [k for k in state if k not in own]
+    unknown = [k for k in state if k not in own or own[k].shape != state[k].shape]
     if unknown:
         raise UserError(f"head file '{path}' does not fit the model ('{unknown[0]}')")
     import torch

@@ -4,8 +4,11 @@ held-out loss, and the trainable state that checkpoints carry."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +21,14 @@ from tamt_cli.errors import UserError
 HEAD_FILE = "head.safetensors"
 HEAD_WARMUP_METRICS = "head_warmup.jsonl"
 DEFAULT_HEAD_WARMUP = 300
-DEFAULT_HEAD_LR = 1e-3
+DEFAULT_HEAD_WARMUP_LR = 1e-3
+#: the MLM head's learning rate in the paper's and the reference code's mask training
+PAPER_HEAD_LR = 5e-5
+#: a head fitted on the dense model (a checkpoint without one) is frozen by default: see README
+DEFAULT_FITTED_HEAD_LR = 0.0
+#: a fitted head does not depend on a search's seed: every search of a model shares it
+HEAD_SEED = 0
+HEAD_CACHE_VERSION = 1
 
 
 @dataclass
@@ -82,56 +92,164 @@ def prepare(ref: Any, model: Any, spec: Any, engine: Any, console: Console) -> P
     )
 
 
-def attach_head(job: Any, data: PretrainingData, engine: Any, *, warm: bool = True) -> nn.Module:
-    """The checkpoint's MLM head tied to the encoder; fitted on the frozen (dense, unless masks
-    are attached) model first when the checkpoint has no head weights."""
+def shared_head(
+    ref: Any,
+    model: nn.Module,
+    weights: list[Any],
+    data: PretrainingData,
+    engine: Any,
+    console: Console,
+    *,
+    steps: int | None,
+    lr: float | None,
+    batch_size: int,
+    run_dir: Path | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The MLM head every subnetwork of ``model`` is scored with, and mask training starts from:
+    the checkpoint's pre-trained head, or for a checkpoint without one a head fitted once on the
+    frozen dense model (seeded; cached by model, corpus and fit settings, so every search and
+    evaluation with the same settings gets the identical head). Call before masks are attached.
+
+    Returns the head (frozen, its decoder tied to the encoder's word embeddings) and a record
+    of where it came from."""
     from tamt_cli import models
 
-    head, pretrained = models.load_mlm_head(job.ref, job.model)
-    if not pretrained and warm:
-        warm_up_head(head, job, data, engine)
-    for name, p in head.named_parameters():
-        p.requires_grad_(not _tied(head, name, job.model))
-    return head
-
-
-def warm_up_head(head: nn.Module, job: Any, data: PretrainingData, engine: Any) -> None:
-    spec = job.spec
-    steps = DEFAULT_HEAD_WARMUP if spec.head_warmup_steps is None else spec.head_warmup_steps
+    head, pretrained = models.load_mlm_head(ref, model)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    if pretrained:
+        return head, {"kind": "pretrained", "about": "the checkpoint's pre-trained head"}
+    steps = DEFAULT_HEAD_WARMUP if steps is None else steps
     if steps == 0:
         raise UserError(
-            f"model '{job.ref.given}' has no MLM head weights and --head-warmup-steps is 0; give "
+            f"model '{ref.given}' has no MLM head weights and --head-warmup-steps is 0; give "
             "it steps to fit a head on the frozen model, or use --method kd"
         )
+    lr = lr or DEFAULT_HEAD_WARMUP_LR
+    fit = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": HEAD_SEED,
+        "max_length": int(data.train.shape[1]),
+        "corpus_fingerprint": data.fingerprint,
+        "model_sha256": models.weights_hash(model),
+        "version": HEAD_CACHE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:32]
+    path = heads_cache() / f"{key}.safetensors"
+    record = {
+        "kind": "fitted",
+        "about": f"fitted on the dense model for {steps} steps (lr {lr:g})",
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": HEAD_SEED,
+        "cache": str(path),
+    }
+    trainable = {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}
+    if engine.broadcast(path.is_file()) and _load_cached_head(trainable, path):
+        return head, {**record, "reused": True}
+    console.print(
+        f"model '{ref.given}' has no MLM head: fitting one on the frozen model for {steps} "
+        f"steps (lr {lr:g}; --head-warmup-steps, --head-warmup-lr); it is cached"
+    )
+    fit_head(head, trainable, model, weights, data, engine, steps, lr, batch_size, run_dir)
+    if engine.is_main:
+        from safetensors.torch import save as st_save
+
+        from tamt_cli import artifacts
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in trainable.items()}
+        meta = {k: str(v) for k, v in fit.items()}
+        artifacts.write_bytes(path, st_save(tensors, metadata=meta))
+    engine.barrier()
+    return head, {**record, "reused": False}
+
+
+def heads_cache() -> Path:
+    from tamt_cli import corpora
+
+    return corpora.cache_root() / "heads"
+
+
+def _load_cached_head(params: dict[str, nn.Parameter], path: Path) -> bool:
+    """Copy a cached head into ``params``; False (refit) when the file is unreadable or stale."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception:
+        return False
+    if set(state) != set(params) or any(state[n].shape != p.shape for n, p in params.items()):
+        return False
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+    return True
+
+
+def fit_head(
+    head: nn.Module,
+    trainable: dict[str, nn.Parameter],
+    model: nn.Module,
+    weights: list[Any],
+    data: PretrainingData,
+    engine: Any,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    run_dir: Path | None,
+) -> None:
+    """Train the head's own parameters on the MLM loss of the frozen dense ``model``."""
     from tamt_cli import engine as eng
 
-    lr = spec.head_lr or DEFAULT_HEAD_LR
-    job.console.print(
-        f"model '{job.ref.given}' has no MLM head: fitting one on the frozen model for "
-        f"{steps} steps (lr {lr:g}; --head-warmup-steps, --head-lr)"
-    )
-    for p in job.model.parameters():
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
         p.requires_grad_(False)
-    trainable = [p for n, p in head.named_parameters() if not _tied(head, n, job.model)]
-    for p in trainable:
+    for p in trainable.values():
         p.requires_grad_(True)
-    module = objectives.PretrainingLoss(job.model, job.weights, "mlm", head)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    module = objectives.PretrainingLoss(model, weights, "mlm", head)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
     scheduler = eng.linear_schedule(optimizer, steps)
-    loop = eng.Loop.from_spec(
-        spec, steps, "MLM head warm-up", seed=spec.seed + 1, eval_every=None, save_every=None
+    loop = eng.Loop(
+        max_steps=steps, batch_size=batch_size, seed=HEAD_SEED, description="MLM head fit"
     )
-    engine.fit(
-        module,
-        optimizer,
-        scheduler,
-        data.train.shape[0],
-        data.batch_maker("mlm"),
-        loop,
-        run_dir=job.run.root if job.run is not None else None,
-        metrics_name=HEAD_WARMUP_METRICS,
-    )
-    job.notes["head_warmup"] = {"steps": steps, "lr": lr}
+    try:
+        engine.fit(
+            module,
+            optimizer,
+            scheduler,
+            data.train.shape[0],
+            data.batch_maker("mlm"),
+            loop,
+            run_dir=run_dir,
+            metrics_name=HEAD_WARMUP_METRICS,
+        )
+    finally:
+        engine.accelerator.free_memory()
+        for p in trainable.values():
+            p.requires_grad_(False)
+        for p, was in zip(model.parameters(), frozen, strict=True):
+            p.requires_grad_(was)
+
+
+def head_lr(given: float | None, record: dict[str, Any]) -> float:
+    """The learning rate of the MLM head while a mask (or IMP's weights) trains: ``given``, or
+    the paper's 5e-5 for a pre-trained head and :data:`DEFAULT_FITTED_HEAD_LR` for a fitted one
+    (0 freezes the head)."""
+    if given is not None:
+        return given
+    return PAPER_HEAD_LR if record["kind"] == "pretrained" else DEFAULT_FITTED_HEAD_LR
+
+
+def train_head(head: nn.Module, model: nn.Module, lr: float) -> list[nn.Parameter]:
+    """Let the head's own parameters (not the tied decoder) train when ``lr`` > 0; returns them."""
+    params = [p for n, p in head.named_parameters() if not _tied(head, n, model)]
+    for p in params:
+        p.requires_grad_(lr > 0)
+    return params if lr > 0 else []
 
 
 def _tied(head: nn.Module, name: str, encoder: nn.Module) -> bool:
@@ -145,10 +263,6 @@ def _tied(head: nn.Module, name: str, encoder: nn.Module) -> bool:
     else:
         original = embeddings.weight
     return param is original
-
-
-def loss_module(job: Any, objective: str, head: nn.Module | None) -> objectives.PretrainingLoss:
-    return objectives.PretrainingLoss(job.model, job.weights, objective, head)
 
 
 @torch.no_grad()
@@ -195,6 +309,6 @@ def restore_trainable(module: nn.Module, tensors: dict[str, torch.Tensor]) -> No
         own[name].copy_(value)
 
 
-def head_state(head: nn.Module) -> dict[str, torch.Tensor]:
-    """The trained head's own parameters (not the tied decoder weight)."""
-    return {n: p for n, p in head.named_parameters() if p.requires_grad}
+def head_state(head: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's own parameters (not the decoder weight tied to ``model``'s embeddings)."""
+    return {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}

@@ -61,8 +61,11 @@ class SearchSpec(Spec):
     batch_size: int = Field(16, gt=0, description="blocks per optimiser step, all processes")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step")
     lr: float | None = Field(None, gt=0, description="learning rate [method default]")
-    head_lr: float | None = Field(None, gt=0, description="MLM-head learning rate")
+    head_lr: float | None = Field(
+        None, ge=0, description="MLM-head learning rate while the mask trains (0: frozen)"
+    )
     head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
+    head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
     clip: float | None = Field(1.0, gt=0, description="gradient-norm clipping (none: off)")
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0, description="held-out loss every N [steps/10]")
@@ -139,9 +142,13 @@ class EvalSpec(Spec):
     held_out: float = Field(0.05, gt=0, le=0.5)
     eval_blocks: int = Field(256, gt=0, description="held-out blocks scored")
     step: int | None = Field(None, ge=0, description="a search run's mask at this step")
+    head: Literal["shared", "own"] = Field(
+        "shared",
+        description="MLM head: shared (the checkpoint's, or one fitted once on the dense model) "
+        "or own (the head a search run trained with its mask)",
+    )
     head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
-    head_lr: float | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
+    head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
 
 
 S = TypeVar("S", bound=BaseModel)

@@ -192,20 +192,77 @@ def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
     assert json.loads(Path("part/manifest.json").read_text())["status"] == "complete"
 
 
-def test_mlm_fits_a_missing_head_first(cli, tiny_bert, corpus):
+def test_mlm_fits_a_missing_head_once_and_scores_every_subnetwork_with_it(cli, tiny_bert, corpus):
     res = cli(*train_args(tiny_bert, corpus, "mlm", "run", "--head-warmup-steps", "3"))
     assert res.code == 0, res.err
     assert "has no MLM head" in res.err
     manifest = json.loads(Path("run/manifest.json").read_text())
-    assert manifest["notes"]["head_warmup"]["steps"] == 3
+    head = manifest["notes"]["mlm_head"]
+    assert (head["kind"], head["steps"], head["reused"]) == ("fitted", 3, False)
+    assert manifest["notes"]["head_lr"] == 0.0  # a fitted head is frozen by default
     assert Path("run/head.safetensors").is_file()
     assert Path("run/head_warmup.jsonl").is_file()
-    res = cli("eval", "run", "--objective", "mlm", "--corpus", corpus, "--max-length", "16",
-              "--json")  # fmt: skip
+    assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "omp").code == 0
+    common = ("--objective", "mlm", "--corpus", corpus, "--max-length", "16", "--batch-size",
+              "4", "--head-warmup-steps", "3", "--json")  # fmt: skip
+    first = cli("eval", "run", *common)
+    assert first.code == 0, first.err
+    out = first.json()
+    # the same fit settings as the search: the cached head, not a new fit
+    assert out["mlm_head"]["kind"] == "fitted" and out["mlm_head"]["reused"] is True
+    assert out["mask_sparsity"] == pytest.approx(0.5, abs=1e-3) and out["loss"] > 0
+    again = cli("eval", "run", *common).json()
+    assert again["loss"] == out["loss"]  # bit for bit
+    own = cli("eval", "run", *common, "--head", "own").json()
+    assert own["mlm_head"]["kind"] == "own"
+    assert own["loss"] == out["loss"]  # the frozen head is the shared one
+    omp = cli("eval", "omp", *common).json()
+    assert omp["mlm_head"]["reused"] is True and omp["loss"] != out["loss"]
+    res = cli("eval", "omp", *common, "--head", "own")
+    assert res.code == 2 and "--head own needs a search run that trained" in res.err
+    # a head that trains with the mask is the run's own, and scores differently
+    res = cli(*train_args(tiny_bert, corpus, "mlm", "trained", "--head-warmup-steps", "3",
+                          "--head-lr", "0.05"))  # fmt: skip
     assert res.code == 0, res.err
-    out = res.json()
-    assert out["mlm_head"] == "trained with the mask" and out["loss"] > 0
-    assert out["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    shared = cli("eval", "trained", *common).json()
+    own = cli("eval", "trained", *common, "--head", "own").json()
+    assert shared["loss"] != own["loss"]
+
+
+@pytest.mark.parametrize("method", ["mlm", "mlm-kd"])
+def test_same_seed_same_mask_on_a_headless_model(cli, tiny_bert, corpus, method, monkeypatch,
+                                                 tmp_path):  # fmt: skip
+    """Every random draw is seeded: the head fit, its data, the training, a resumed run."""
+    args = ("--head-warmup-steps", "4", "--save-every", "4", "--seed", "2")
+    masks = []
+    for i in range(2):  # a fresh cache each time: the head is fitted again, identically
+        monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / f"cache{i}"))
+        assert cli(*train_args(tiny_bert, corpus, method, f"r{i}", *args)).code == 0
+        masks.append(artifacts.load_masks(Path(f"r{i}/masks.safetensors")))
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    init = masking.masks_from_scores(
+        masking.magnitude_scores(masking.prunable_weights(loaded_model(tiny_bert))), 0.5
+    )
+    assert any(not torch.equal(masks[0][k], init[k]) for k in init)  # it did train
+
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+
+    def crash(self, step):
+        original(self, step)
+        if step == 2:  # before the first checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume"))
+    monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    assert cli(*train_args(tiny_bert, corpus, method, "part", *args)).code == 130
+    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume-2"))
+    res = cli("search", "--resume", "part")
+    assert res.code == 0, res.err
+    resumed = artifacts.load_masks(Path("part/masks.safetensors"))
+    assert all(torch.equal(masks[0][k], resumed[k]) for k in resumed)
 
 
 def test_mlm_kd_runs(cli, tiny_bert, corpus):

@@ -90,34 +90,45 @@ class TrainingSession:
         self.max_steps = self.spec.max_steps or DEFAULT_MAX_STEPS
         self.lr = self.spec.lr or DEFAULTS[objective]["lr"]
         self.reset_every = options.reset_every or DEFAULTS[objective]["reset_every"]
+        self.head_lr: float | None = None  # resolved once the head's origin is known
 
     def run(self) -> dict[str, Any]:
         import torch
 
         from tamt_cli import engine as eng
-        from tamt_cli import masking, pretraining
+        from tamt_cli import masking, objectives, pretraining
 
         spec, job, engine = self.spec, self.job, self.engine
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
-        resuming = bool(job.resume and eng.checkpoints(job.run.root))
-        head = None
-        if "mlm" in self.objective:  # a resumed run restores its head from the checkpoint
-            head = pretraining.attach_head(job, data, engine, warm=not resuming)
         for p in job.model.parameters():
             p.requires_grad_(False)
+        head, head_params = None, []
+        if "mlm" in self.objective:  # a resumed run then restores a trained head's state
+            head, record = pretraining.shared_head(
+                job.ref,
+                job.model,
+                job.weights,
+                data,
+                engine,
+                job.console,
+                steps=spec.head_warmup_steps,
+                lr=spec.head_warmup_lr,
+                batch_size=spec.batch_size,
+                run_dir=job.run.root,
+            )
+            self.head_lr = pretraining.head_lr(spec.head_lr, record)
+            head_params = pretraining.train_head(head, job.model, self.head_lr)
+            job.notes["mlm_head"] = record
         init = self.initial_masks()
         scores = masking.attach_scores(job.weights, init, self.options.tau)
         kinds = {p.name: p.kind for p in job.weights}
         for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
-        loss_module = pretraining.loss_module(job, self.objective, head)
-        head_params = [
-            p for p in (head.parameters() if head is not None else []) if p.requires_grad
-        ]
+        loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
         trained = [m.score for m in scores.values() if m.score.requires_grad]
         groups = [{"params": trained, "lr": self.lr}]
         if head_params:
-            groups.append({"params": head_params, "lr": spec.head_lr or self.lr})
+            groups.append({"params": head_params, "lr": self.head_lr})
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=0.0)
         scheduler = eng.linear_schedule(optimizer, self.max_steps)
 
@@ -153,12 +164,12 @@ class TrainingSession:
         masking.reset_thresholds(scores, self.sparsity, spec.scope)
         final = masking.exact_masks_from(scores, self.sparsity, spec.scope)
         if head is not None:
-            job.run.save_tensors(pretraining.HEAD_FILE, pretraining.head_state(head))
+            job.run.save_tensors(pretraining.HEAD_FILE, pretraining.head_state(head, job.model))
         job.notes.update(
             objective=self.objective,
             steps=self.max_steps,
             lr=self.lr,
-            head_lr=spec.head_lr or self.lr if head is not None else None,
+            head_lr=self.head_lr,
             reset_every=self.reset_every,
             init=self.options.init,
             tau=self.options.tau,
