@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tamt_cli import artifacts
-from tests.tiny import SENTENCES
+from tests.tiny import SENTENCES, sentence, write_sst2, write_tsv
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -36,33 +36,11 @@ def one_thread():
 
 # -- tiny data --------------------------------------------------------------------------------
 
-WORDS = " ".join(SENTENCES).split()
-
-
-def sentence(rng: random.Random, cue: str) -> str:
-    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))] + [cue]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ([header] if header else []) + rows
-    path.write_text("".join("\t".join(str(c) for c in row) + "\n" for row in lines))
-
 
 @pytest.fixture(scope="session")
 def sst2(tmp_path_factory) -> Path:
     """SST-2 layout (``sentence<TAB>label``): 48 training and 24 dev sentences."""
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("glue") / "SST-2"
-    for name, n in (("train.tsv", 48), ("dev.tsv", 24)):
-        rows = []
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            rows.append([sentence(rng, "cat" if label else "dog"), label])
-        write_tsv(folder / name, ["sentence", "label"], rows)
-    return folder
+    return write_sst2(tmp_path_factory.mktemp("glue") / "SST-2")
 
 
 @pytest.fixture(scope="session")
