@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tamt_cli import masking, models
+from tamt_cli import masking, models, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.tasks.base import MODEL_INPUTS
 
@@ -33,20 +33,10 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DENSE_BELOW = 1e-3
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No load reports, download bars or tokenizing bars from transformers and datasets."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
+def quiet() -> contextlib.AbstractContextManager[None]:
+    """No load reports, download bars or tokenizing bars from transformers and datasets (see
+    :func:`tamt_cli.verbosity.quiet_libraries`)."""
+    return verbosity.quiet_libraries()
 
 
 def load_tokenizer(ref: ModelRef) -> Any:
