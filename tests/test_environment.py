@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -14,7 +15,7 @@ from tamt_cli import hub
 class _Answer(http.server.BaseHTTPRequestHandler):
     """Answers every HEAD or GET with 200, recording the request line it was sent."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_HEAD(self) -> None:
         type(self).seen.append(self.requestline)
