@@ -833,6 +833,76 @@ def plugins(
         _out().print(plugins_table(rows))
 
 
+@app.command("env")
+def env(
+    as_json: JsonOpt = False,
+    no_hub: Annotated[
+        bool, typer.Option("--no-hub", help="do not try to reach the Hugging Face hub")
+    ] = False,
+) -> None:
+    """Versions, accelerators, plugins, caches and hub access: what a bug report needs."""
+    from tamt_cli import environment
+
+    result = environment.report(check_hub=not no_hub)
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli.display import env_table
+
+        _out().print(env_table(result))
+
+
+cache_app = typer.Typer(
+    help="tamt's cache of tokenised corpora (`TAMT_CACHE_DIR`, else "
+    "`$XDG_CACHE_HOME/tamt/blocks`, else `~/.cache/tamt/blocks`).",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
+def _cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """tamt's cache of tokenised corpora: `tamt cache` lists it."""
+    if ctx.invoked_subcommand is None:
+        cache_list(as_json)
+
+
+@cache_app.command("list")
+def cache_list(as_json: JsonOpt = False) -> None:
+    """The cached token blocks, by corpus, with their size."""
+    from tamt_cli import environment
+
+    summary = environment.cache_summary()
+    if as_json:
+        _emit_json(summary)
+    else:
+        from tamt_cli.display import cache_table
+
+        _out().print(cache_table(summary))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help=f"only this corpus, as `tamt cache list` names it {_default('every corpus')}"
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove cached token blocks (they are rebuilt when next needed)."""
+    from tamt_cli import environment
+
+    result = environment.clear_cache(corpus)
+    if as_json:
+        _emit_json(result)
+    else:
+        size = environment.human_bytes(result["bytes"])
+        _out().print(f"removed {result['files']} file(s), {size}, from {result['path']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure becomes one line on stderr and an exit code
     (0 ok, 2 user error, 1 internal error, 130 interrupted)."""

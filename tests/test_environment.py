@@ -79,3 +79,73 @@ def test_hub_check_goes_through_a_proxy(local_server, fresh_hub_session):
     fresh_hub_session.setenv("HTTP_PROXY", local_server)
     assert hub.reachable(timeout=5)
     assert any("http://hub.invalid" in line for line in _Answer.seen), _Answer.seen
+
+
+def test_env_reports_versions_plugins_caches_and_the_hub(cli, tmp_path):
+    import torch
+    import transformers
+
+    res = cli("env", "--json")
+    assert res.code == 0, res.err
+    report = res.json()
+    from tamt_cli import __version__
+
+    assert report["tamt"] == __version__
+    assert report["libraries"]["torch"] == torch.__version__
+    assert report["libraries"]["transformers"] == transformers.__version__
+    assert {"datasets", "accelerate", "huggingface_hub", "scikit-learn"} <= set(report["libraries"])
+    assert report["accelerators"]["cuda"] == torch.cuda.is_available()
+    rows = {(p["kind"], p["name"]): p for p in report["plugins"]}
+    assert rows[("method", "omp")]["status"] == "ok"
+    assert rows[("task", "sst2")]["distribution"] == "tamt-cli"
+    assert report["caches"]["tamt_blocks"]["path"] == str(tmp_path / "cache")
+    assert report["hub"]["offline_mode"] is True and report["hub"]["reachable"] is None
+    res = cli("env")
+    assert res.code == 0 and "offline mode" in res.out and "transformers" in res.out
+
+
+def test_env_checks_the_hub_when_online(cli, local_server, fresh_hub_session):
+    import huggingface_hub.constants as constants
+
+    for var in hub.OFFLINE_VARS:
+        fresh_hub_session.delenv(var, raising=False)
+    fresh_hub_session.setattr(constants, "ENDPOINT", local_server)
+    report = cli("env", "--json").json()
+    assert report["hub"] == {
+        "endpoint": local_server,
+        "offline_mode": False,
+        "reachable": True,
+        "proxy": False,
+    }
+    assert cli("env", "--json", "--no-hub").json()["hub"]["reachable"] is None
+
+
+def test_cache_lists_and_clears_token_blocks_by_corpus(cli, corpus, tmp_path, monkeypatch):
+    from tamt_cli.corpora import load_blocks
+    from tests.tiny import make_tokenizer
+
+    monkeypatch.delenv("TAMT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "xdg" / "tamt" / "blocks"
+    tok = make_tokenizer(tmp_path / "tok")
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[:4000])
+    for text, length in ((corpus, 16), (corpus, 24), (other, 16)):
+        load_blocks(str(text), tok, length)
+    (root / "notes.safetensors").write_bytes(b"not a block file")  # never listed or removed
+
+    listed = cli("cache", "list", "--json").json()
+    assert listed["path"] == str(root)
+    by_corpus = {row["corpus"]: row for row in listed["corpora"]}  # named as the runs name them
+    assert by_corpus[str(corpus)]["files"] == 2 and by_corpus["other.txt"]["files"] == 1
+    assert listed["bytes"] == sum(f.stat().st_size for f in root.iterdir()) - 16
+    assert {f["max_length"] for f in listed["files"] if f["corpus"] == str(corpus)} == {16, 24}
+    assert cli("cache").out == cli("cache", "list").out
+
+    res = cli("cache", "clear", "--corpus", "nothing.txt")
+    assert res.code == 2 and str(corpus) in res.err and "\n" not in res.err.strip()
+    res = cli("cache", "clear", "--corpus", str(corpus), "--json")
+    assert res.json()["files"] == 2
+    assert [row["corpus"] for row in cli("cache", "--json").json()["corpora"]] == ["other.txt"]
+    assert cli("cache", "clear").code == 0
+    assert sorted(p.name for p in root.iterdir()) == ["notes.safetensors"]
