@@ -216,7 +216,8 @@ def train_seed(
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
     built = transfer.build(task, what, seed)
-    batcher = transfer.Batcher(features, tokenizer)
+    multiple = 8 if hp["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
+    batcher = transfer.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hp["batch_size"]
     per_epoch = math.ceil(n / batch_size)
     steps = max(1, math.ceil(hp["epochs"] * n / batch_size))

@@ -177,36 +177,34 @@ def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
 
 
 class Batcher:
-    """Model inputs for given feature indices: lists padded per batch (on the tokenizer's
-    padding side), scalars stacked."""
+    """Model inputs for given feature indices, padded per batch by transformers'
+    ``DataCollatorWithPadding`` (on the tokenizer's padding side; to a multiple of
+    ``pad_to_multiple_of``, e.g. 8 for tensor cores under mixed precision); scalars stacked."""
 
-    def __init__(self, features: Dataset, tokenizer: Any, keys: Sequence[str] = MODEL_INPUTS):
+    def __init__(
+        self,
+        features: Dataset,
+        tokenizer: Any,
+        keys: Sequence[str] = MODEL_INPUTS,
+        pad_to_multiple_of: int | None = None,
+    ):
+        from transformers import DataCollatorWithPadding
+
         keep = [c for c in keys if c in features.column_names]
         self.data = features.select_columns(keep).with_format(None)
-        self.pad = {
-            "input_ids": int(tokenizer.pad_token_id),
-            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-        }
-        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.collate = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+        )
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.data[list(indices)]
-        out: dict[str, torch.Tensor] = {}
-        for key, values in rows.items():
-            if values and isinstance(values[0], list):
-                width = max(len(v) for v in values)
-                fill = self.pad.get(key, 0)
-                padded = [
-                    [fill] * (width - len(v)) + v if self.left else v + [fill] * (width - len(v))
-                    for v in values
-                ]
-                out[key] = torch.tensor(padded, dtype=torch.long)
-            else:
-                out[key] = torch.tensor(values)
-        return out
+        examples = [
+            dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)
+        ]
+        return dict(self.collate(examples))
 
 
 @dataclass

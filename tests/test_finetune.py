@@ -406,3 +406,38 @@ def test_real_sst2_files_go_through(cli, tiny_bert):
     assert 0 <= result["final"]["validation"]["accuracy"]["mean"] <= 100
     manifest = json.loads(Path("ft/seed-1/manifest.json").read_text())
     assert manifest["data"]["eval"] == {"validation": 1500}
+
+
+def test_batches_are_padded_per_batch_as_before(tiny_bert):
+    """Padding through DataCollatorWithPadding: the pad id, token type 0 and attention 0 after
+    (or, for a left-padding tokenizer, before) each row; labels stacked; a multiple of 8 on
+    request (mixed precision)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from tamt_cli import transfer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    pad = tokenizer.pad_token_id
+    features = Dataset.from_dict(
+        {
+            "input_ids": [[2, 7, 8, 3], [2, 9, 3], [2, 5, 6, 7, 8, 3]],
+            "token_type_ids": [[0, 0, 1, 1], [0, 1, 1], [0, 0, 0, 1, 1, 1]],
+            "attention_mask": [[1, 1, 1, 1], [1, 1, 1], [1, 1, 1, 1, 1, 1]],
+            "labels": [1, 0, 1],
+            "sentence": ["a", "b", "c"],  # not a model input: left out
+        }
+    )
+    batch = transfer.Batcher(features, tokenizer)([1, 0])
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].tolist() == [[2, 9, 3, pad], [2, 7, 8, 3]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.long
+    eights = transfer.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
+    assert eights["input_ids"].shape == (2, 8)
+    assert eights["input_ids"][0].tolist() == [2, 7, 8, 3] + [pad] * 4
+    tokenizer.padding_side = "left"
+    left = transfer.Batcher(features, tokenizer)([1, 2])
+    assert left["input_ids"].tolist() == [[pad, pad, pad, 2, 9, 3], [2, 5, 6, 7, 8, 3]]
+    assert left["attention_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]
