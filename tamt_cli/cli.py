@@ -145,6 +145,17 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _present(result: Any, as_json: bool, table: str) -> None:
+    """``result`` as one JSON document on stdout, or as the table ``tamt_cli.display.<table>``
+    makes of it."""
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli import display
+
+        _out().print(getattr(display, table)(result))
+
+
 def _show_spec(spec: Any, as_json: bool) -> None:
     if as_json:
         _emit_json(spec.model_dump(mode="json"))
@@ -825,12 +836,7 @@ def plugins(
 
     kinds = [kind.value] if kind else ["method", "task"]
     rows = [p.as_dict() for k in kinds for p in registry.registry(k).all()]
-    if as_json:
-        _emit_json(rows)
-    else:
-        from tamt_cli.display import plugins_table
-
-        _out().print(plugins_table(rows))
+    _present(rows, as_json, "plugins_table")
 
 
 @app.command("env")
@@ -843,13 +849,7 @@ def env(
     """Versions, accelerators, plugins, caches and hub access: what a bug report needs."""
     from tamt_cli import environment
 
-    result = environment.report(check_hub=not no_hub)
-    if as_json:
-        _emit_json(result)
-    else:
-        from tamt_cli.display import env_table
-
-        _out().print(env_table(result))
+    _present(environment.report(check_hub=not no_hub), as_json, "env_table")
 
 
 cache_app = typer.Typer(
@@ -873,13 +873,7 @@ def cache_list(as_json: JsonOpt = False) -> None:
     """The cached token blocks, by corpus, with their size."""
     from tamt_cli import environment
 
-    summary = environment.cache_summary()
-    if as_json:
-        _emit_json(summary)
-    else:
-        from tamt_cli.display import cache_table
-
-        _out().print(cache_table(summary))
+    _present(environment.cache_summary(), as_json, "cache_table")
 
 
 @cache_app.command("clear")
