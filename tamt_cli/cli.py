@@ -22,7 +22,6 @@ app = typer.Typer(
     name="tamt",
     help="Find winning lottery tickets in BERT: search masks, extract subnetworks, transfer them.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -55,17 +54,83 @@ class Objective(str, Enum):
     mlm_kd = "mlm-kd"
 
 
+def _default(value: object) -> str:
+    """``[default: value]`` for help text (escaped: rich markup takes brackets for styles)."""
+    return f"\\[default: {value}]"
+
+
+REQUIRED = "\\[required]"
+TASK_DEFAULT = "the task's"
+RUN_DEFAULT = "the fine-tuning run's, else the task's"
+
+
+# -- shell completion (`tamt --install-completion`) -------------------------------------------
+
+
+def _complete_paths(incomplete: str) -> list[str]:
+    """Files and folders whose path starts with ``incomplete`` (folders end in ``/``)."""
+    import glob
+
+    found = sorted(glob.glob(glob.escape(os.path.expanduser(incomplete)) + "*"))
+    return [f + os.sep if os.path.isdir(f) else f for f in found]
+
+
+def _complete_models(incomplete: str) -> list[str]:
+    return [name for name in ("demo",) if name.startswith(incomplete)] + _complete_paths(incomplete)
+
+
+def _complete_corpora(incomplete: str) -> list[str]:
+    names = ("wikitext-103", "wikitext-2", "demo")
+    return [n for n in names if n.startswith(incomplete)] + _complete_paths(incomplete)
+
+
+def _registered(kind: str, incomplete: str) -> list[str]:
+    """Names of the installed methods or tasks, plugins included (entry points only: nothing is
+    imported, so completion stays fast)."""
+    from tamt_cli import registry
+
+    return [name for name in registry.registry(kind).names() if name.startswith(incomplete)]
+
+
+def _complete_methods(incomplete: str) -> list[str]:
+    return _registered("method", incomplete)
+
+
+def _complete_tasks(incomplete: str) -> list[str]:
+    return _registered("task", incomplete)
+
+
 SpecOpt = Annotated[
     Path | None,
     typer.Option(
         "--spec",
-        help="spec file (YAML, JSON or TOML) with this command's fields; flags given here win",
+        help="spec file (YAML, JSON or TOML) with this command's fields, required ones "
+        f"included; flags given here win {_default('none')}",
+        autocompletion=_complete_paths,
     ),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="print the resolved, validated spec and stop")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+TRACKER_NAMES = ("tensorboard", "wandb", "mlflow", "trackio", "all", "none")
+
+
+def _complete_trackers(incomplete: str) -> list[str]:
+    done, _, last = incomplete.rpartition(",")
+    return [f"{done},{t}" if done else t for t in TRACKER_NAMES if t.startswith(last)]
+
+
+ReportToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--report-to",
+        help="experiment trackers for the metrics and the spec, comma-separated: tensorboard "
+        "(written in the run directory), wandb, mlflow, trackio, all (those installed) or none "
+        f"{_default('none')}",
+        autocompletion=_complete_trackers,
+    ),
+]
 
 
 def _out() -> Any:
@@ -75,14 +140,25 @@ def _out() -> Any:
 
 
 def _err() -> Any:
-    from rich.console import Console
+    from tamt_cli import verbosity
 
-    return Console(stderr=True)
+    return verbosity.console()
 
 
 def _emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
+
+
+def _present(result: Any, as_json: bool, table: str) -> None:
+    """``result`` as one JSON document on stdout, or as the table ``tamt_cli.display.<table>``
+    makes of it."""
+    if as_json:
+        _emit_json(result)
+    else:
+        from tamt_cli import display
+
+        _out().print(getattr(display, table)(result))
 
 
 def _show_spec(spec: Any, as_json: bool) -> None:
@@ -124,164 +200,231 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="show the version"),
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="errors and the result only")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="also the libraries' warnings and debug lines"),
+    ] = False,
 ) -> None:
     """Find winning lottery tickets in BERT: search masks, extract subnetworks, transfer them."""
+    from tamt_cli import verbosity
+
+    if quiet and verbose:
+        raise UserError("give -q/--quiet or -v/--verbose, not both")
+    verbosity.set_level(verbosity.QUIET if quiet else verbosity.VERBOSE if verbose else 0)
 
 
 @app.command()
 def search(
     method: Annotated[
-        str | None, typer.Option("--method", "-m", help="pruning method (see `tamt plugins`)")
+        str | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help=f"pruning method (see `tamt plugins`) {REQUIRED}",
+            autocompletion=_complete_methods,
+        ),
     ] = None,
     sparsity: Annotated[
         float | None,
-        typer.Option("--sparsity", "-s", help="fraction of masked weights pruned, in (0, 1)"),
+        typer.Option(
+            "--sparsity",
+            "-s",
+            help=f"fraction of masked weights pruned, in (0, 1) {REQUIRED} (random --like: "
+            "optional)",
+        ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="hub id, local folder, or `demo` [default: bert-base-uncased]"),
+        typer.Option(
+            help=f"hub id, local folder, or `demo` {_default('bert-base-uncased')}",
+            autocompletion=_complete_models,
+        ),
     ] = None,
     scope: Annotated[
         Scope | None,
-        typer.Option(help="local: every matrix at the target; global: overall [default: local]"),
+        typer.Option(
+            help=f"local: every matrix at the target; global: overall {_default('local')}"
+        ),
     ] = None,
     embeddings: Annotated[
         bool | None,
         typer.Option(
-            "--embeddings/--no-embeddings", help="mask the word embeddings [default: yes]"
+            "--embeddings/--no-embeddings",
+            help=f"mask the word embeddings {_default('--embeddings')}",
         ),
     ] = None,
     pooler: Annotated[
-        bool | None, typer.Option("--pooler/--no-pooler", help="mask the pooler [default: yes]")
+        bool | None,
+        typer.Option("--pooler/--no-pooler", help=f"mask the pooler {_default('--pooler')}"),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"random seed {_default(0)}")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="run directory [default: runs/<method>-s<sparsity>-<time>]")
+        Path | None,
+        typer.Option(help=f"run directory {_default('runs/<method>-s<sparsity>-<time>')}"),
     ] = None,
     like: Annotated[
         Path | None,
-        typer.Option(help="random: copy this mask file's per-matrix sparsity (= -o like=PATH)"),
+        typer.Option(
+            help="random: copy this mask file's per-matrix sparsity (= -o like=PATH) "
+            f"{_default('none')}",
+            autocompletion=_complete_paths,
+        ),
     ] = None,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help="method option name=value (repeatable)"),
+        typer.Option(
+            "--option", "-o", help=f"method option name=value (repeatable) {_default('none')}"
+        ),
     ] = None,
     corpus: Annotated[
         str | None,
         typer.Option(
             help="training text: wikitext-103, wikitext-2, demo, or files/globs (quote globs; "
-            "comma-separated) [default: wikitext-103]",
+            f"comma-separated) {_default('wikitext-103')}",
+            autocompletion=_complete_corpora,
             rich_help_panel="Training",
         ),
     ] = None,
     max_length: Annotated[
-        int | None, typer.Option(help="tokens per block [128]", rich_help_panel="Training")
+        int | None,
+        typer.Option(help=f"tokens per block {_default(128)}", rich_help_panel="Training"),
     ] = None,
     held_out: Annotated[
         float | None,
-        typer.Option(help="held-out fraction of a local corpus [0.05]", rich_help_panel="Training"),
+        typer.Option(
+            help=f"held-out fraction of a local corpus {_default(0.05)}", rich_help_panel="Training"
+        ),
     ] = None,
     max_steps: Annotated[
         int | None,
-        typer.Option(help="optimiser steps [method default]", rich_help_panel="Training"),
+        typer.Option(
+            help="optimiser steps " + _default("the method's: 1000 for mask training"),
+            rich_help_panel="Training",
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(help="blocks per step, all processes [16]", rich_help_panel="Training"),
+        typer.Option(
+            help=f"blocks per step, all processes {_default(16)}", rich_help_panel="Training"
+        ),
     ] = None,
     grad_accum: Annotated[
         int | None,
-        typer.Option(help="micro-batches per step [1]", rich_help_panel="Training"),
+        typer.Option(help=f"micro-batches per step {_default(1)}", rich_help_panel="Training"),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="learning rate [method default]", rich_help_panel="Training"),
+        typer.Option(
+            help="learning rate " + _default("the method's: 1e-3 mask training, 5e-5 imp"),
+            rich_help_panel="Training",
+        ),
     ] = None,
     head_lr: Annotated[
         float | None,
         typer.Option(
-            help="MLM-head learning rate while the mask trains, 0 freezes it [5e-5 for a "
-            "pre-trained head, 0 for a fitted one]",
+            help="MLM-head learning rate while the mask trains, 0 freezes it "
+            + _default("5e-5 for a pre-trained head, 0 for a fitted one"),
             rich_help_panel="Training",
         ),
     ] = None,
     head_warmup_steps: Annotated[
         int | None,
         typer.Option(
-            help="steps fitting a missing MLM head on the frozen model [300]",
+            help=f"steps fitting a missing MLM head on the frozen model {_default(300)}",
             rich_help_panel="Training",
         ),
     ] = None,
     head_warmup_lr: Annotated[
         float | None,
-        typer.Option(help="learning rate of that fit [1e-3]", rich_help_panel="Training"),
+        typer.Option(
+            help=f"learning rate of that fit {_default('1e-3')}", rich_help_panel="Training"
+        ),
     ] = None,
     clip: Annotated[
-        float | None, typer.Option(help="gradient-norm clip [1.0]", rich_help_panel="Training")
+        float | None,
+        typer.Option(help=f"gradient-norm clip {_default(1.0)}", rich_help_panel="Training"),
     ] = None,
     log_every: Annotated[
-        int | None, typer.Option(help="log every N steps [10]", rich_help_panel="Training")
+        int | None,
+        typer.Option(
+            help=f"log (and print a progress line) every N steps {_default(10)}",
+            rich_help_panel="Training",
+        ),
     ] = None,
     eval_every: Annotated[
         int | None,
-        typer.Option(help="held-out loss every N steps [max-steps/10]", rich_help_panel="Training"),
+        typer.Option(
+            help=f"held-out loss every N steps {_default('max-steps/10')}",
+            rich_help_panel="Training",
+        ),
     ] = None,
     eval_blocks: Annotated[
         int | None,
-        typer.Option(help="held-out blocks per evaluation [64]", rich_help_panel="Training"),
+        typer.Option(
+            help=f"held-out blocks per evaluation {_default(64)}", rich_help_panel="Training"
+        ),
     ] = None,
     save_every: Annotated[
         int | None,
         typer.Option(
-            help="checkpoint and mask every N steps [max-steps/10]", rich_help_panel="Training"
+            help=f"checkpoint and mask every N steps {_default('max-steps/10')}",
+            rich_help_panel="Training",
         ),
     ] = None,
     keep_checkpoints: Annotated[
         int | None,
-        typer.Option(help="resumable checkpoints kept [1]", rich_help_panel="Training"),
+        typer.Option(help=f"resumable checkpoints kept {_default(1)}", rich_help_panel="Training"),
     ] = None,
     mixed_precision: Annotated[
-        Precision | None, typer.Option(help="no, fp16 or bf16", rich_help_panel="Training")
+        Precision | None,
+        typer.Option(help=f"no, fp16 or bf16 {_default('no')}", rich_help_panel="Training"),
     ] = None,
     init: Annotated[
         str | None,
         typer.Option(
-            help="mask training: initial mask, magnitude or random (= -o init=...)",
+            help="mask training: initial mask, magnitude or random (= -o init=...) "
+            f"{_default('magnitude')}",
             rich_help_panel="Training",
         ),
     ] = None,
     reset_every: Annotated[
         int | None,
         typer.Option(
-            help="mask training: exact-sparsity threshold reset interval (= -o reset_every=N)",
+            help="mask training: exact-sparsity threshold reset interval (= -o reset_every=N) "
+            f"{_default(100)}",
             rich_help_panel="Training",
         ),
     ] = None,
     objective: Annotated[
         Objective | None,
         typer.Option(
-            help="imp: the training objective, mlm (default), kd or mlm-kd (= -o objective=...)",
+            help=f"imp: the training objective, mlm, kd or mlm-kd (= -o objective=...) "
+            f"{_default('mlm')}",
             rich_help_panel="IMP",
         ),
     ] = None,
     steps_per_round: Annotated[
         int | None,
         typer.Option(
-            help="imp: training steps between prunings (= -o steps_per_round=N)",
+            help=f"imp: training steps between prunings (= -o steps_per_round=N) {_default(100)}",
             rich_help_panel="IMP",
         ),
     ] = None,
     prune_fraction: Annotated[
         float | None,
         typer.Option(
-            help="imp: fraction of the original weights pruned per round [0.1]",
+            help=f"imp: fraction of the original weights pruned per round {_default(0.1)}",
             rich_help_panel="IMP",
         ),
     ] = None,
     rewind_step: Annotated[
         int | None,
         typer.Option(
-            help="imp: rewind to the weights after this many steps instead of the pre-trained",
+            help="imp: rewind to the weights after this many steps instead of the pre-trained "
+            f"{_default('0, the pre-trained weights')}",
             rich_help_panel="IMP",
         ),
     ] = None,
@@ -289,7 +432,7 @@ def search(
         bool | None,
         typer.Option(
             "--rewind/--no-rewind",
-            help="imp: rewind the unpruned weights after every pruning [rewind]",
+            help=f"imp: rewind the unpruned weights after every pruning {_default('rewind')}",
             rich_help_panel="IMP",
         ),
     ] = None,
@@ -297,27 +440,31 @@ def search(
         str | None,
         typer.Option(
             help="imp: lr decay over the whole run (run, as the reference code) or to zero in "
-            "every round (round) [run]",
+            f"every round (round) {_default('run')}",
             rich_help_panel="IMP",
         ),
     ] = None,
     task: Annotated[
         str | None,
         typer.Option(
-            help="methods that fine-tune (e.g. movement): the task (= -o task=...)",
+            help="methods that fine-tune (e.g. movement): the task (= -o task=...) "
+            f"{_default('none')}",
+            autocompletion=_complete_tasks,
             rich_help_panel="Task-driven methods",
         ),
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="the task's local data (= -o data_dir=...)", rich_help_panel="Task-driven methods"
+            help=f"the task's local data (= -o data_dir=...) {_default('the hub')}",
+            rich_help_panel="Task-driven methods",
+            autocompletion=_complete_paths,
         ),
     ] = None,
     train_size: Annotated[
         int | None,
         typer.Option(
-            help="a seeded subset of the task's training examples",
+            help=f"a seeded subset of the task's training examples {_default('all')}",
             rich_help_panel="Task-driven methods",
         ),
     ] = None,
@@ -325,13 +472,17 @@ def search(
         list[str] | None,
         typer.Option(
             "--task-option",
-            help="an option of the task, name=value (repeatable)",
+            help=f"an option of the task, name=value (repeatable) {_default('none')}",
             rich_help_panel="Task-driven methods",
         ),
     ] = None,
+    report_to: ReportToOpt = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="continue an interrupted run from its last checkpoint"),
+        typer.Option(
+            help=f"continue an interrupted run from its last checkpoint {_default('none')}",
+            autocompletion=_complete_paths,
+        ),
     ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
@@ -387,6 +538,7 @@ def search(
         "save_every": save_every,
         "keep_checkpoints": keep_checkpoints,
         "mixed_precision": mixed_precision.value if mixed_precision else None,
+        "report_to": report_to,
     }
     if resume is not None:
         resolved = searching.resumed_spec(resume, spec, flags)
@@ -409,17 +561,30 @@ def search(
 
 @app.command()
 def extract(
-    run: Annotated[Path | None, typer.Argument(help="a search run directory")] = None,
-    sparsity: Annotated[
-        float | None, typer.Option(help="the run's mask at this sparsity (runs with several)")
+    run: Annotated[
+        Path | None,
+        typer.Argument(help=f"a search run directory {REQUIRED}", autocompletion=_complete_paths),
     ] = None,
-    step: Annotated[int | None, typer.Option(help="the mask saved at this training step")] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            help=f"the run's mask at this sparsity (runs with several) {_default('the target')}"
+        ),
+    ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(help=f"the mask saved at this training step {_default('the final mask')}"),
+    ] = None,
     export: Annotated[
         Path | None,
-        typer.Option(help="write a plain Hugging Face folder with the zeros baked in"),
+        typer.Option(
+            help=f"write a plain Hugging Face folder with the zeros baked in {_default('none')}",
+            autocompletion=_complete_paths,
+        ),
     ] = None,
     overwrite: Annotated[
-        bool | None, typer.Option("--overwrite", help="replace an existing --export folder")
+        bool | None,
+        typer.Option("--overwrite", help=f"replace an existing --export folder {_default('off')}"),
     ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
@@ -456,30 +621,74 @@ def extract(
 def finetune(
     subnetwork: Annotated[
         str | None,
-        typer.Argument(help="search run, exported subnetwork, mask file (with --model) or model"),
+        typer.Argument(
+            help=f"search run, exported subnetwork, mask file (with --model) or model {REQUIRED}",
+            autocompletion=_complete_models,
+        ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="downstream task, e.g. sst2, mnli, squad")
+        str | None,
+        typer.Option(
+            help=f"downstream task, e.g. sst2, mnli, squad {REQUIRED}",
+            autocompletion=_complete_tasks,
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="model for a bare mask file")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"model for a bare mask file {_default('none')}", autocompletion=_complete_models
+        ),
+    ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="local task data (GLUE TSV, SQuAD JSON)")
+        Path | None,
+        typer.Option(
+            help=f"local task data (GLUE TSV, SQuAD JSON) {_default('the hub')}",
+            autocompletion=_complete_paths,
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="fine-tuning seed [default: 1]")] = None,
-    seeds: Annotated[str | None, typer.Option(help="several seeds, e.g. 1,2,3")] = None,
-    lr: Annotated[float | None, typer.Option(help="learning rate [task default]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size [task default]")] = None,
-    epochs: Annotated[float | None, typer.Option(help="epochs [task default]")] = None,
-    max_length: Annotated[int | None, typer.Option(help="max tokens [task default]")] = None,
-    doc_stride: Annotated[int | None, typer.Option(help="SQuAD doc stride [128]")] = None,
-    train_size: Annotated[int | None, typer.Option(help="seeded training subset size")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="evaluate every N steps")] = None,
-    mixed_precision: Annotated[Precision | None, typer.Option(help="no, fp16 or bf16")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"fine-tuning seed {_default(1)}")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help=f"several seeds, e.g. 1,2,3 {_default('--seed')}")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=f"learning rate {_default(TASK_DEFAULT + ': 2e-5 GLUE')}")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"batch size {_default(TASK_DEFAULT + ': 32 GLUE')}")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help=f"epochs {_default(TASK_DEFAULT + ': 3 GLUE')}")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help=f"max tokens {_default(TASK_DEFAULT + ': 128 GLUE')}")
+    ] = None,
+    doc_stride: Annotated[
+        int | None, typer.Option(help=f"SQuAD: tokens shared by windows {_default(128)}")
+    ] = None,
+    train_size: Annotated[
+        int | None, typer.Option(help=f"seeded training subset size {_default('all')}")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help=f"evaluate every N steps {_default('once per epoch')}")
+    ] = None,
+    mixed_precision: Annotated[
+        Precision | None, typer.Option(help=f"no, fp16 or bf16 {_default('no')}")
+    ] = None,
     task_option: Annotated[
         list[str] | None,
-        typer.Option("--task-option", help="an option of the task, name=value (repeatable)"),
+        typer.Option(
+            "--task-option",
+            help=f"an option of the task, name=value (repeatable) {_default('none')}",
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"output directory {_default('runs/finetune-<task>-<time>')}",
+            autocompletion=_complete_paths,
+        ),
+    ] = None,
+    report_to: ReportToOpt = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -511,6 +720,7 @@ def finetune(
         "mixed_precision": mixed_precision.value if mixed_precision else None,
         "task_options": _parse_options(task_option, "--task-option"),
         "out": out,
+        "report_to": report_to,
     }
     resolved = specs.build(specs.FinetuneSpec, spec, flags)
     if dry_run:
@@ -528,44 +738,79 @@ def finetune(
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[
-        str | None, typer.Argument(help="fine-tuned run, subnetwork folder, or model")
+        str | None,
+        typer.Argument(
+            help=f"fine-tuned run, subnetwork folder, or model {REQUIRED}",
+            autocompletion=_complete_models,
+        ),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="downstream task to score")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help=f"downstream task to score {REQUIRED} (or --objective)",
+            autocompletion=_complete_tasks,
+        ),
+    ] = None,
     objective: Annotated[
-        Objective | None, typer.Option(help="pre-training loss proxy instead of a task")
+        Objective | None,
+        typer.Option(help=f"pre-training loss proxy instead of a task {_default('none')}"),
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="local task data")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help=f"local task data {_default('the hub')}", autocompletion=_complete_paths),
+    ] = None,
     corpus: Annotated[
-        str | None, typer.Option(help="--objective: text whose held-out part is scored")
+        str | None,
+        typer.Option(
+            help=f"--objective: text whose held-out part is scored {_default('wikitext-103')}",
+            autocompletion=_complete_corpora,
+        ),
     ] = None,
-    split: Annotated[str | None, typer.Option(help="split to score [validation]")] = None,
-    max_length: Annotated[int | None, typer.Option(help="max tokens")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size")] = None,
-    doc_stride: Annotated[int | None, typer.Option(help="SQuAD: tokens shared by windows")] = None,
+    split: Annotated[
+        str | None, typer.Option(help=f"split to score {_default('validation')}")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help=f"max tokens {_default(RUN_DEFAULT)}")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"batch size {_default(RUN_DEFAULT)}")
+    ] = None,
+    doc_stride: Annotated[
+        int | None,
+        typer.Option(help=f"SQuAD: tokens shared by windows {_default(RUN_DEFAULT)}"),
+    ] = None,
     task_option: Annotated[
         list[str] | None,
-        typer.Option("--task-option", help="an option of the task, name=value (repeatable)"),
+        typer.Option(
+            "--task-option",
+            help=f"an option of the task, name=value (repeatable) {_default('none')}",
+        ),
     ] = None,
     held_out: Annotated[
-        float | None, typer.Option(help="--objective: held-out fraction of a local corpus")
+        float | None,
+        typer.Option(help=f"--objective: held-out fraction of a local corpus {_default(0.05)}"),
     ] = None,
     eval_blocks: Annotated[
-        int | None, typer.Option(help="--objective: held-out blocks scored [256]")
+        int | None, typer.Option(help=f"--objective: held-out blocks scored {_default(256)}")
     ] = None,
-    step: Annotated[int | None, typer.Option(help="a search run's mask at this step")] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(help=f"a search run's mask at this step {_default('the final mask')}"),
+    ] = None,
     head: Annotated[
         HeadChoice | None,
         typer.Option(
             help="--objective mlm: shared (the checkpoint's head, or one fitted once on the "
             "dense model: the same for every subnetwork) or own (a search run's trained head) "
-            "[shared]"
+            + _default("shared")
         ),
     ] = None,
     head_warmup_steps: Annotated[
-        int | None, typer.Option(help="--objective mlm: steps fitting a missing head [300]")
+        int | None,
+        typer.Option(help=f"--objective mlm: steps fitting a missing head {_default(300)}"),
     ] = None,
     head_warmup_lr: Annotated[
-        float | None, typer.Option(help="learning rate of that fit [1e-3]")
+        float | None, typer.Option(help=f"learning rate of that fit {_default('1e-3')}")
     ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
@@ -620,7 +865,9 @@ def evaluate(
 
 @app.command()
 def plugins(
-    kind: Annotated[Kind | None, typer.Option(help="only methods or only tasks")] = None,
+    kind: Annotated[
+        Kind | None, typer.Option(help=f"only methods or only tasks {_default('both')}")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List installed methods and tasks, where they come from, and which failed to load."""
@@ -628,12 +875,65 @@ def plugins(
 
     kinds = [kind.value] if kind else ["method", "task"]
     rows = [p.as_dict() for k in kinds for p in registry.registry(k).all()]
-    if as_json:
-        _emit_json(rows)
-    else:
-        from tamt_cli.display import plugins_table
+    _present(rows, as_json, "plugins_table")
 
-        _out().print(plugins_table(rows))
+
+@app.command("env")
+def env(
+    as_json: JsonOpt = False,
+    no_hub: Annotated[
+        bool, typer.Option("--no-hub", help="do not try to reach the Hugging Face hub")
+    ] = False,
+) -> None:
+    """Versions, accelerators, plugins, caches and hub access: what a bug report needs."""
+    from tamt_cli import environment
+
+    _present(environment.report(check_hub=not no_hub), as_json, "env_table")
+
+
+cache_app = typer.Typer(
+    help="tamt's cache of tokenised corpora (`TAMT_CACHE_DIR`, else "
+    "`$XDG_CACHE_HOME/tamt/blocks`, else `~/.cache/tamt/blocks`).",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
+def _cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """tamt's cache of tokenised corpora: `tamt cache` lists it."""
+    if ctx.invoked_subcommand is None:
+        cache_list(as_json)
+
+
+@cache_app.command("list")
+def cache_list(as_json: JsonOpt = False) -> None:
+    """The cached token blocks, by corpus, with their size."""
+    from tamt_cli import environment
+
+    _present(environment.cache_summary(), as_json, "cache_table")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help=f"only this corpus, as `tamt cache list` names it {_default('every corpus')}"
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove cached token blocks (they are rebuilt when next needed)."""
+    from tamt_cli import environment
+
+    result = environment.clear_cache(corpus)
+    if as_json:
+        _emit_json(result)
+    else:
+        size = environment.human_bytes(result["bytes"])
+        _out().print(f"removed {result['files']} file(s), {size}, from {result['path']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,9 @@ the held-out blocks are the last ``ceil(held_out * blocks)`` of the stream, so h
 overlaps training text.
 
 Blocks are cached as safetensors (``train`` and ``held_out`` int32 tensors) under
-``cache_dir``, ``$TAMT_CACHE_DIR`` or ``~/.cache/tamt/blocks``, named by a fingerprint of the
-corpus content, the tokenizer, ``max_length``, ``held_out`` and :data:`FORMAT_VERSION`.
+``cache_dir``, ``$TAMT_CACHE_DIR`` or ``$XDG_CACHE_HOME/tamt/blocks`` (``~/.cache/tamt/blocks``),
+named by a fingerprint of the corpus content, the tokenizer, ``max_length``, ``held_out`` and
+:data:`FORMAT_VERSION`.
 """
 
 from __future__ import annotations
@@ -419,13 +420,16 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
-    """Where tokenised blocks (and other derived data, e.g. fitted heads) are cached."""
+    """Where token blocks (and heads fitted on a model, under ``heads/``) are cached:
+    ``cache_dir``, else ``$TAMT_CACHE_DIR``, else ``$XDG_CACHE_HOME/tamt/blocks``
+    (``~/.cache/tamt/blocks``)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV, "").strip()
     if env:
         return Path(env).expanduser()
-    return Path("~/.cache/tamt/blocks").expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path("~/.cache").expanduser()) / "tamt" / "blocks"
 
 
 def _read_cache(

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.objectives import eval_mode
 
@@ -33,6 +33,15 @@ from tamt_cli.objectives import eval_mode
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+#: experiment trackers `--report-to` takes (through Accelerate), and the package each needs
+TRACKERS = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+}
+#: the project name trackers file the runs under
+TRACKER_PROJECT = "tamt"
 
 
 @dataclass
@@ -107,14 +116,32 @@ class Engine:
     """An Accelerate-driven loop: processes, mixed precision, accumulation, clipping, progress,
     metrics and checkpoints. One instance per command run."""
 
-    def __init__(self, mixed_precision: str = "no", console: Console | None = None) -> None:
+    def __init__(
+        self,
+        mixed_precision: str = "no",
+        console: Console | None = None,
+        report_to: Sequence[str] = (),
+    ) -> None:
         from accelerate import Accelerator
 
         # Accelerate only forms a CPU process group (gloo) when told the run is on the CPU.
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         cpu = several and not torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-        self.console = console or Console(stderr=True)
+        self.report_to = installed_trackers(report_to)
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision,
+            cpu=cpu,
+            log_with=self.report_to or None,
+            # where trackers that write files (tensorboard) write is set per run by track()
+            project_dir="." if self.report_to else None,
+        )
+        self.console = console or verbosity.console()
+        self._tracked: Path | None = None
+        verbosity.debug(
+            self.console,
+            f"engine: {self.world} process(es) on {self.device}, mixed precision "
+            f"{mixed_precision}, trackers: {', '.join(self.report_to) or 'none'}",
+        )
 
     # -- processes ---------------------------------------------------------------------------
     @property
@@ -147,10 +174,39 @@ class Engine:
         self.accelerator.wait_for_everyone()
 
     def end(self) -> None:
-        """Tear the process group down (a distributed run aborts at exit otherwise)."""
+        """Close the trackers and tear the process group down (a distributed run aborts at exit
+        otherwise)."""
+        self.stop_tracking()
         self.accelerator.end_training()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+    # -- experiment trackers -------------------------------------------------------------
+    def track(self, run_dir: Path, name: str, config: Mapping[str, Any]) -> None:
+        """Start the ``--report-to`` trackers for the run written to ``run_dir`` (named ``name``
+        there, with ``config`` as its configuration); every row of its metrics log goes to them
+        until :meth:`stop_tracking`. File-writing trackers (TensorBoard) write in ``run_dir``."""
+        if not self.report_to:
+            return
+        self.stop_tracking()
+        self.accelerator.project_configuration.logging_dir = str(run_dir)
+        runs = {"wandb": {"name": name, "dir": str(run_dir)}, "mlflow": {"run_name": name}}
+        runs["trackio"] = {"name": name}
+        self.accelerator.init_trackers(
+            TRACKER_PROJECT,
+            config=tracker_config(config),
+            init_kwargs={k: v for k, v in runs.items() if k in self.report_to},
+        )
+        self._tracked = Path(run_dir)
+
+    def stop_tracking(self) -> None:
+        """End the trackers' run (files closed), if one is open."""
+        if self._tracked is None:
+            return
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
+        self._tracked = None
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(
@@ -183,6 +239,15 @@ class Engine:
         metrics = MetricsLog(
             run_dir / metrics_name if run_dir else None, start_step, enabled=self.is_main
         )
+        # rows of another log of the same run (the MLM-head warm-up) go under their own names
+        prefix = "" if metrics_name == METRICS else f"{Path(metrics_name).stem}/"
+
+        def record(step: int, row: dict[str, Any]) -> None:
+            metrics.write(step=step, **row)
+            if self._tracked is not None and run_dir is not None:
+                values = {prefix + k: v for k, v in row.items() if _loggable(v)}
+                self.accelerator.log(values, step=step)
+
         model.train()
         with self.progress(loop, start_step) as bar:
             running, count, t0 = 0.0, 0, time.perf_counter()
@@ -218,22 +283,21 @@ class Engine:
                             torch.tensor(running / count, device=self.device), reduction="mean"
                         )
                     )
-                    metrics.write(
-                        step=done,
-                        **{
-                            **fields,
-                            "loss": mean,
-                            "lr": scheduler.get_last_lr()[0],
-                            "seconds": round(time.perf_counter() - t0, 3),
-                        },
-                    )
+                    row = {
+                        **fields,
+                        "loss": mean,
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                    record(done, row)
+                    bar.line(done, row)
                     running, count = 0.0, 0
                 if loop.eval_every and (done % loop.eval_every == 0 or done == loop.max_steps):
                     with eval_mode(model):
                         figures = hooks.evaluate(done)
                     if figures:
-                        metrics.write(step=done, **figures)
-                        bar.note(**figures)
+                        record(done, figures)
+                        bar.note(done, **figures)
                         bar.advance(0, **fields)  # show the new figures now
                 if loop.save_every and done % loop.save_every == 0 and done != loop.max_steps:
                     hooks.save(done)
@@ -333,12 +397,22 @@ def _step_of(line: str) -> int:
 
 
 class Progress:
-    """A rich progress bar with loss and method figures, on the main process only."""
+    """Progress of a loop on the main process. On a terminal, a live bar with the loss and the
+    method's figures; elsewhere (a log file, a batch job, CI) or with ``TAMT_NO_PROGRESS=1``, one
+    plain, full line every ``--log-every`` steps and after every evaluation. Nothing under ``-q``.
+    """
 
     def __init__(self, console: Console, loop: Loop, start: int, enabled: bool) -> None:
-        self.enabled = enabled and not os.environ.get("TAMT_NO_PROGRESS")
+        self.console = console
+        self.loop = loop
+        self.start = start
         self.notes: dict[str, Any] = {}
-        if not self.enabled:
+        self.t0 = time.perf_counter()
+        if not enabled or console.quiet:
+            self.mode = None
+        else:
+            self.mode = "bar" if verbosity.live(console) else "lines"
+        if self.mode != "bar":
             return
         from rich.progress import (
             BarColumn,
@@ -365,22 +439,94 @@ class Progress:
         )
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        if self.mode == "bar":
             self._bar.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
+        if self.mode == "bar":
             self._bar.__exit__(*exc)
 
     def advance(self, steps: int = 1, **figures: Any) -> None:
-        if self.enabled:
+        if self.mode == "bar":
             shown = {**figures, **self.notes}
             text = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
             self._bar.update(self._task, advance=steps, figures=text)
 
-    def note(self, **figures: Any) -> None:
+    def line(self, step: int, row: dict[str, Any]) -> None:
+        """A logged row as one plain line: step/total, the figures, the latest evaluation,
+        seconds so far and the time left."""
+        if self.mode == "lines":
+            self._say(step, {k: v for k, v in {**row, **self.notes}.items() if k != "seconds"})
+
+    def note(self, step: int, **figures: Any) -> None:
+        """Figures of an evaluation: shown with every later step (a line of their own now)."""
         self.notes.update(figures)
+        if self.mode == "lines":
+            self._say(step, figures)
+
+    def _say(self, step: int, figures: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start
+        left = elapsed / done * (self.loop.max_steps - step) if done > 0 else None
+        text = "  ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+        eta = _duration(left) if left is not None else "?"
+        line = (
+            f"{self.loop.description}  step {step}/{self.loop.max_steps}  {text}  "
+            f"{elapsed:.1f} s  ETA {eta}"
+        )
+        # soft_wrap: the line is printed whole, never wrapped or cut to the console's width
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def installed_trackers(names: Sequence[str]) -> list[str]:
+    """The trackers of ``--report-to`` (``all``: every one installed; ``none``: none), each
+    checked to be installed."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
+    wanted: list[str] = []
+    for name in names:
+        if name == "all":
+            wanted += [t for t in TRACKERS if t in available and t not in wanted]
+        elif name != "none" and name not in wanted:
+            if name not in TRACKERS:
+                valid = ", ".join([*TRACKERS, "all", "none"])
+                raise UserError(f"--report-to: unknown tracker '{name}'; valid: {valid}")
+            if name not in available:
+                raise UserError(
+                    f"--report-to {name}: the {name} package is not installed "
+                    f"(pip install {TRACKERS[name]})"
+                )
+            wanted.append(name)
+    return wanted
+
+
+def tracker_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run's spec as flat tracker configuration: nested fields as ``options/name``, lists and
+    other values as text, unset fields left out."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(tracker_config(value, f"{name}/"))
+        elif value is None:
+            continue
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat
+
+
+def _loggable(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fmt(value: Any) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, transfer
+from tamt_cli import artifacts, models, transfer, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec, FinetuneSpec
@@ -90,7 +89,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
             task, task.eval_splits, spec.data_dir, tokenizer, hp["max_length"], hp["doc_stride"]
         )
     link = subnetwork_link(spec, what)
-    engine = Engine(spec.mixed_precision, console)
+    engine = Engine(spec.mixed_precision, console, spec.report_to)
     notes: list[str] = []
     try:
         staged = artifacts.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
@@ -100,7 +99,18 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
             runs = []
             for seed in spec.seeds:
                 record = train_seed(
-                    seed, task, what, tokenizer, train_raw, sets, hp, spec, engine, stage, link
+                    seed,
+                    task,
+                    what,
+                    tokenizer,
+                    train_raw,
+                    sets,
+                    hp,
+                    spec,
+                    engine,
+                    stage,
+                    link,
+                    run_name=out.name,
                 )
                 for note in record.pop("notes"):
                     if note not in notes:
@@ -192,8 +202,10 @@ def train_seed(
     engine: Any,
     stage: Path | None,
     link: dict[str, Any],
+    run_name: str = "",
 ) -> dict[str, Any]:
-    """Fine-tune one seed through the engine; save its folder under ``stage``."""
+    """Fine-tune one seed through the engine; save its folder under ``stage`` (a run of the
+    ``--report-to`` trackers named ``<run_name>/seed-<N>``)."""
     import torch
 
     from tamt_cli import masking
@@ -204,7 +216,8 @@ def train_seed(
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
     built = transfer.build(task, what, seed)
-    batcher = transfer.Batcher(features, tokenizer)
+    multiple = 8 if hp["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
+    batcher = transfer.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hp["batch_size"]
     per_epoch = math.ceil(n / batch_size)
     steps = max(1, math.ceil(hp["epochs"] * n / batch_size))
@@ -228,6 +241,8 @@ def train_seed(
     folder = stage / seed_folder(seed) if stage is not None else None
     if folder is not None:
         folder.mkdir()
+    name = f"{run_name or task.name}/{seed_folder(seed)}"
+    engine.track(folder or Path("."), name, {**spec.model_dump(mode="json"), "seed": seed})
     t0 = time.perf_counter()
     engine.fit(
         module,
@@ -240,6 +255,7 @@ def train_seed(
         hooks=tracker,
     )
     seconds = time.perf_counter() - t0
+    engine.stop_tracking()  # each seed is a run of its own
     engine.accelerator.free_memory()
     model = built.model
     masking.detach_masks(built.weights)
@@ -483,7 +499,7 @@ def load_trained(task: Any, ref: Any) -> Any:
 @contextlib.contextmanager
 def eval_progress(console: Console, sets: list[transfer.EvalSet]) -> Any:
     """A progress bar over the features of every split; yields ``advance(split, n)``."""
-    if os.environ.get("TAMT_NO_PROGRESS"):
+    if not verbosity.live(console):
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -20,15 +18,24 @@ def offline() -> bool:
     )
 
 
+def endpoint() -> str:
+    """The hub's address (``HF_ENDPOINT``, else huggingface.co), as ``huggingface_hub`` uses it."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
 def reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    """Whether the hub answers an HTTP request within ``timeout`` seconds, through
+    ``huggingface_hub``'s own HTTP client (so proxies such as ``HTTPS_PROXY`` apply). Any answer,
+    even an error status, means the hub is reachable."""
+    from huggingface_hub import get_session
+
     try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
-            return True
-    except OSError:
+        get_session().head(endpoint(), timeout=timeout, follow_redirects=False)
+    except Exception:  # connection refused, no route, DNS failure, timeout, proxy failure
         return False
+    return True
 
 
 def usable() -> bool:

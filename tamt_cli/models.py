@@ -102,20 +102,16 @@ def absent_keys(model: Any) -> frozenset[str]:
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """No load reports (UNEXPECTED / MISSING tables) and no progress bars from transformers,
-    and every weight a checkpoint lacks initialised from one fixed seed."""
+    """No load reports (UNEXPECTED / MISSING tables) and no progress bars from transformers (as
+    :func:`tamt_cli.verbosity.quiet_libraries`), and every weight a checkpoint lacks initialised
+    from one fixed seed."""
     import torch
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(INIT_SEED)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    from tamt_cli.verbosity import quiet_libraries
+
+    with quiet_libraries(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        yield
 
 
 def load_encoder(ref: ModelRef) -> Any:

@@ -43,7 +43,7 @@ def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -
         asked = {**given.model_dump(exclude_unset=True), **asked}
     current = saved.model_dump()
     for key, value in asked.items():
-        if key == "out":
+        if key in {"out", "report_to"}:  # where the run is and what watches it may change
             continue
         old = current.get(key)
         new = {**(old or {}), **value} if key == "options" else value
@@ -52,7 +52,8 @@ def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -
                 f"--resume: the run was started with {key}={old!r}, not {new!r}; resume it "
                 "with the same settings (or start a new run)"
             )
-    return saved.model_copy(update={"out": Path(run_dir)})
+    report_to = asked.get("report_to", saved.report_to)
+    return saved.model_copy(update={"out": Path(run_dir), "report_to": report_to})
 
 
 def _normalise(value: Any) -> Any:
@@ -103,7 +104,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
     from tamt_cli.engine import Engine
     from tamt_cli.methods.base import SearchJob
 
-    engine = Engine(spec.mixed_precision, console)
+    engine = Engine(spec.mixed_precision, console, spec.report_to)
     try:
         spec = spec.model_copy(update={"out": engine.broadcast(spec.out)})
         out = Path(spec.out or ".")
@@ -141,6 +142,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             artifacts.write_text(out / artifacts.SPEC_FILE, spec.to_yaml())
             writer.write_manifest()
         engine.barrier()
+        engine.track(out, out.name, spec.model_dump(mode="json"))
         masks = method.search(job)
         masks, report = _checked(spec, job, masks)
         writer.finish(masks, report, job.notes, step=job.notes.get("steps"))

@@ -33,6 +33,16 @@ class Spec(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "all", "none"]
+
+
+def split_commas(value: Any) -> Any:
+    """``"a,b"`` as ``["a", "b"]`` (a list stays a list)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 def check_sparsity(value: float) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError(f"must be strictly between 0 and 1 (the fraction pruned), got {value}")
@@ -73,8 +83,12 @@ class SearchSpec(Spec):
     save_every: int | None = Field(None, gt=0, description="checkpoint + mask every N [steps/10]")
     keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    report_to: list[Tracker] = Field(
+        default_factory=list, description="experiment trackers of a training method's run"
+    )
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
+    _report_to = field_validator("report_to", mode="before")(split_commas)
 
 
 class ExtractSpec(Spec):
@@ -109,6 +123,9 @@ class FinetuneSpec(Spec):
     task_options: dict[str, Any] = Field(
         default_factory=dict, description="options of a task that takes them (e.g. columns)"
     )
+    report_to: list[Tracker] = Field(default_factory=list, description="experiment trackers")
+
+    _report_to = field_validator("report_to", mode="before")(split_commas)
 
     @field_validator("seeds")
     @classmethod

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tamt_cli import masking, models
+from tamt_cli import masking, models, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.tasks.base import MODEL_INPUTS
 
@@ -33,20 +33,10 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DENSE_BELOW = 1e-3
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No load reports, download bars or tokenizing bars from transformers and datasets."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
+def quiet() -> contextlib.AbstractContextManager[None]:
+    """No load reports, download bars or tokenizing bars from transformers and datasets (see
+    :func:`tamt_cli.verbosity.quiet_libraries`)."""
+    return verbosity.quiet_libraries()
 
 
 def load_tokenizer(ref: ModelRef) -> Any:
@@ -187,36 +177,34 @@ def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
 
 
 class Batcher:
-    """Model inputs for given feature indices: lists padded per batch (on the tokenizer's
-    padding side), scalars stacked."""
+    """Model inputs for given feature indices, padded per batch by transformers'
+    ``DataCollatorWithPadding`` (on the tokenizer's padding side; to a multiple of
+    ``pad_to_multiple_of``, e.g. 8 for tensor cores under mixed precision); scalars stacked."""
 
-    def __init__(self, features: Dataset, tokenizer: Any, keys: Sequence[str] = MODEL_INPUTS):
+    def __init__(
+        self,
+        features: Dataset,
+        tokenizer: Any,
+        keys: Sequence[str] = MODEL_INPUTS,
+        pad_to_multiple_of: int | None = None,
+    ):
+        from transformers import DataCollatorWithPadding
+
         keep = [c for c in keys if c in features.column_names]
         self.data = features.select_columns(keep).with_format(None)
-        self.pad = {
-            "input_ids": int(tokenizer.pad_token_id),
-            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-        }
-        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.collate = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+        )
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.data[list(indices)]
-        out: dict[str, torch.Tensor] = {}
-        for key, values in rows.items():
-            if values and isinstance(values[0], list):
-                width = max(len(v) for v in values)
-                fill = self.pad.get(key, 0)
-                padded = [
-                    [fill] * (width - len(v)) + v if self.left else v + [fill] * (width - len(v))
-                    for v in values
-                ]
-                out[key] = torch.tensor(padded, dtype=torch.long)
-            else:
-                out[key] = torch.tensor(values)
-        return out
+        examples = [
+            dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)
+        ]
+        return dict(self.collate(examples))
 
 
 @dataclass

@@ -324,3 +324,64 @@ def test_readme_main_job_on_the_demo_model(cli):
     assert report["overall"]["numel"] == 22_484_736  # encoder, pooler and word embeddings
     size = Path("r/masks.safetensors").stat().st_size
     assert size * 8 / report["overall"]["numel"] <= 1.05
+
+
+def test_help_shows_every_default_and_marks_required_options(cli, monkeypatch):
+    """Every option that takes a value says its default or that it is required; the bracketed
+    text survives rich rendering."""
+    import typer.main
+
+    monkeypatch.setenv("COLUMNS", "300")  # one option a line
+
+    from tamt_cli.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            if getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+                continue  # --json, --dry-run, --help: off unless given
+            text = param.help or ""  # type: ignore[attr-defined]
+            assert "\\[default: " in text or "\\[required]" in text, (name, param.name, text)
+    res = cli("search", "--help")
+    assert res.code == 0
+    flat = " ".join(res.out.split())
+    for shown in ("[default: bert-base-uncased]", "[default: 128]", "[required]",
+                  "[default: the method's: 1000 for mask training]", "--report-to"):  # fmt: skip
+        assert shown in flat, shown
+    flat = " ".join(cli("finetune", "--help").out.split())
+    assert "[default: the task's: 2e-5 GLUE]" in flat and "[required]" in flat
+
+
+def test_shell_completion_names_methods_tasks_and_paths(capsys, monkeypatch, tmp_path):
+    from tamt_cli.cli import main
+
+    (tmp_path / "SST-2").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def complete(words: str) -> list[str]:
+        monkeypatch.setenv("_TAMT_COMPLETE", "complete_bash")
+        monkeypatch.setenv("COMP_WORDS", words)
+        monkeypatch.setenv("COMP_CWORD", str(len(words.split(" ")) - 1))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main([])
+        assert done.value.code == 0
+        return capsys.readouterr().out.split()
+
+    methods = complete("tamt search --method ")
+    assert {"omp", "random", "mlm", "kd", "mlm-kd", "imp"} <= set(methods)
+    assert complete("tamt finetune x --task s") == ["squad", "squad_v2", "sst2", "stsb"]
+    assert complete("tamt finetune x --data-dir SS") == ["SST-2/"]
+    assert complete("tamt finetune de") == ["demo"]
+    assert complete("tamt search --report-to tensorboard,w") == ["tensorboard,wandb"]
+
+
+def test_show_completion_prints_a_script(capsys, monkeypatch):
+    from tamt_cli.cli import main
+
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    with pytest.raises(SystemExit) as done:
+        main(["--show-completion"])
+    assert done.value.code == 0
+    script = capsys.readouterr().out
+    assert "_TAMT_COMPLETE=complete_bash" in script and "complete -o default" in script

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tamt_cli import artifacts
-from tests.tiny import SENTENCES
+from tests.tiny import SENTENCES, sentence, write_sst2, write_tsv
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -36,33 +36,11 @@ def one_thread():
 
 # -- tiny data --------------------------------------------------------------------------------
 
-WORDS = " ".join(SENTENCES).split()
-
-
-def sentence(rng: random.Random, cue: str) -> str:
-    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))] + [cue]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ([header] if header else []) + rows
-    path.write_text("".join("\t".join(str(c) for c in row) + "\n" for row in lines))
-
 
 @pytest.fixture(scope="session")
 def sst2(tmp_path_factory) -> Path:
     """SST-2 layout (``sentence<TAB>label``): 48 training and 24 dev sentences."""
-    rng = random.Random(0)
-    folder = tmp_path_factory.mktemp("glue") / "SST-2"
-    for name, n in (("train.tsv", 48), ("dev.tsv", 24)):
-        rows = []
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            rows.append([sentence(rng, "cat" if label else "dog"), label])
-        write_tsv(folder / name, ["sentence", "label"], rows)
-    return folder
+    return write_sst2(tmp_path_factory.mktemp("glue") / "SST-2")
 
 
 @pytest.fixture(scope="session")
@@ -428,3 +406,38 @@ def test_real_sst2_files_go_through(cli, tiny_bert):
     assert 0 <= result["final"]["validation"]["accuracy"]["mean"] <= 100
     manifest = json.loads(Path("ft/seed-1/manifest.json").read_text())
     assert manifest["data"]["eval"] == {"validation": 1500}
+
+
+def test_batches_are_padded_per_batch_as_before(tiny_bert):
+    """Padding through DataCollatorWithPadding: the pad id, token type 0 and attention 0 after
+    (or, for a left-padding tokenizer, before) each row; labels stacked; a multiple of 8 on
+    request (mixed precision)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from tamt_cli import transfer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    pad = tokenizer.pad_token_id
+    features = Dataset.from_dict(
+        {
+            "input_ids": [[2, 7, 8, 3], [2, 9, 3], [2, 5, 6, 7, 8, 3]],
+            "token_type_ids": [[0, 0, 1, 1], [0, 1, 1], [0, 0, 0, 1, 1, 1]],
+            "attention_mask": [[1, 1, 1, 1], [1, 1, 1], [1, 1, 1, 1, 1, 1]],
+            "labels": [1, 0, 1],
+            "sentence": ["a", "b", "c"],  # not a model input: left out
+        }
+    )
+    batch = transfer.Batcher(features, tokenizer)([1, 0])
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].tolist() == [[2, 9, 3, pad], [2, 7, 8, 3]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.long
+    eights = transfer.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
+    assert eights["input_ids"].shape == (2, 8)
+    assert eights["input_ids"][0].tolist() == [2, 7, 8, 3] + [pad] * 4
+    tokenizer.padding_side = "left"
+    left = transfer.Batcher(features, tokenizer)([1, 2])
+    assert left["input_ids"].tolist() == [[pad, pad, pad, 2, 9, 3], [2, 5, 6, 7, 8, 3]]
+    assert left["attention_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]

@@ -3,6 +3,8 @@ on a few sentences, saved as ordinary Hugging Face folders."""
 
 from __future__ import annotations
 
+import random
+import sys
 from pathlib import Path
 
 SENTENCES = [
@@ -15,6 +17,7 @@ SENTENCES = [
     "winning tickets are found early in training",
     "the quick brown fox jumps over the lazy dog",
 ]
+WORDS = " ".join(SENTENCES).split()
 
 
 def make_tokenizer(out: Path, vocab_size: int = 120):
@@ -116,3 +119,35 @@ def make_mlm_checkpoint(out: Path, layout: str, seed: int = 0) -> Path:
         raise ValueError(layout)
     model.save_pretrained(str(out))
     return out
+
+
+def sentence(rng: random.Random, cue: str) -> str:
+    """A few random words of the tiny sentences around a cue word."""
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))] + [cue]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ([header] if header else []) + rows
+    path.write_text("".join("\t".join(str(c) for c in row) + "\n" for row in lines))
+
+
+def write_sst2(folder: Path, train: int = 48, dev: int = 24, seed: int = 0) -> Path:
+    """GLUE's SST-2 layout (``sentence<TAB>label``); the label is told by a cue word."""
+    rng = random.Random(seed)
+    for name, n in (("train.tsv", train), ("dev.tsv", dev)):
+        rows: list[list[object]] = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            rows.append([sentence(rng, "cat" if label else "dog"), label])
+        write_tsv(folder / name, ["sentence", "label"], rows)
+    return folder
+
+
+if __name__ == "__main__":
+    # `python tests/tiny.py DIR`: DIR/model (a tiny BERT) and DIR/SST-2, for install checks.
+    root = Path(sys.argv[1])
+    make_bert(root / "model")
+    write_sst2(root / "SST-2")

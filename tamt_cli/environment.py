@@ -1,0 +1,184 @@
+"""`tamt env` (what a bug report needs to know about this machine) and `tamt cache` (tamt's
+token-block cache)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tamt_cli import __version__, corpora, hub
+
+#: the libraries whose versions decide what a run does
+LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "tokenizers",
+             "safetensors", "numpy", "scikit-learn", "scipy", "typer", "pydantic")  # fmt: skip
+TRACKER_PACKAGES = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def report(check_hub: bool = True) -> dict[str, Any]:
+    """tamt, Python, the libraries, the accelerators, plugins, caches and the hub."""
+    from tamt_cli import registry
+
+    return {
+        "tamt": __version__,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "trackers": {name: _version(name) for name in TRACKER_PACKAGES},
+        "accelerators": accelerators(),
+        "plugins": [
+            {k: row[k] for k in ("kind", "name", "distribution", "version", "status", "error")}
+            for kind in ("method", "task")
+            for row in (p.as_dict() for p in registry.registry(kind).all())
+        ],
+        "caches": caches(),
+        "hub": hub_state(check_hub),
+    }
+
+
+def accelerators() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None)
+    return {
+        "cuda": cuda,
+        "cuda_version": torch.version.cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda
+        else [],
+        "mps": bool(mps is not None and mps.is_available()),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def caches() -> dict[str, Any]:
+    """tamt's block cache and the Hugging Face caches, with their sizes on disk."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    places = {
+        "tamt_blocks": corpora.cache_root(),
+        "hf_hub": Path(constants.HF_HUB_CACHE),
+        "hf_datasets": Path(datasets.config.HF_DATASETS_CACHE),
+    }
+    return {name: {"path": str(path), "bytes": _size(path)} for name, path in places.items()}
+
+
+def hub_state(check: bool = True) -> dict[str, Any]:
+    offline = hub.offline()
+    return {
+        "endpoint": hub.endpoint(),
+        "offline_mode": offline,
+        "reachable": None if offline or not check else hub.reachable(),
+        "proxy": any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")),
+    }
+
+
+def _size(path: Path) -> int | None:
+    """Bytes of the files under ``path`` (None when it does not exist)."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+    return total
+
+
+# -- the token-block cache ------------------------------------------------------------------
+
+
+def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every block file in the cache: its corpus, block length, blocks and bytes (newest first).
+    Files that are not tamt block files are not listed (and never removed)."""
+    from safetensors import safe_open
+
+    root = corpora.cache_root(root)
+    entries = []
+    for path in sorted(root.glob("*.safetensors")) if root.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("format") != corpora.FORMAT:
+                    continue
+                blocks = fh.get_slice("train").get_shape()[0]
+                blocks += fh.get_slice("held_out").get_shape()[0]
+        except Exception:  # unreadable: not ours to describe
+            continue
+        stat = path.stat()
+        entries.append(
+            {
+                "file": str(path),
+                "corpus": meta.get("source", "?"),
+                "max_length": int(meta.get("max_length", 0)),
+                "blocks": int(blocks),
+                "bytes": stat.st_size,
+                "modified": stat.st_mtime,
+            }
+        )
+    return sorted(entries, key=lambda e: -e["modified"])
+
+
+def cache_summary(root: Path | None = None) -> dict[str, Any]:
+    """The cache's folder and its files grouped by corpus."""
+    entries = cache_entries(root)
+    corpora_: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        row = corpora_.setdefault(e["corpus"], {"corpus": e["corpus"], "files": 0, "bytes": 0})
+        row["files"] += 1
+        row["bytes"] += e["bytes"]
+    return {
+        "path": str(corpora.cache_root(root)),
+        "bytes": sum(e["bytes"] for e in entries),
+        "corpora": sorted(corpora_.values(), key=lambda r: r["corpus"]),
+        "files": entries,
+    }
+
+
+def clear_cache(corpus: str | None = None, root: Path | None = None) -> dict[str, Any]:
+    """Remove the cached blocks (of one corpus, as ``tamt cache list`` names it); returns what
+    was removed."""
+    from tamt_cli.errors import UserError
+
+    entries = cache_entries(root)
+    if corpus is not None:
+        known = sorted({e["corpus"] for e in entries})
+        entries = [e for e in entries if e["corpus"] == corpus]
+        if not entries:
+            listed = ", ".join(known) if known else "none"
+            raise UserError(f"no cached blocks of corpus '{corpus}'; cached corpora: {listed}")
+    removed = 0
+    for e in entries:
+        try:
+            Path(e["file"]).unlink()
+            removed += e["bytes"]
+        except FileNotFoundError:
+            pass
+    return {"path": str(corpora.cache_root(root)), "files": len(entries), "bytes": removed}
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover

@@ -1,0 +1,94 @@
+"""How much tamt, and the libraries it drives, say on stderr.
+
+``tamt -q``: errors and the result only. The default: tamt's progress and notes, no library
+warnings or download bars. ``tamt -v``: library warnings and tamt's debug lines as well. A
+``TRANSFORMERS_VERBOSITY`` set by the user is left as it is at every level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_level = NORMAL
+
+#: values of a yes/no environment variable that mean "no"
+FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
+#: the libraries whose own warnings only ``-v`` shows
+LIBRARIES = r"(torch|transformers|datasets|accelerate|huggingface_hub|safetensors)\b"
+
+
+def flag(name: str) -> bool:
+    """Whether the yes/no environment variable ``name`` is set to yes (``0``, ``false``, ``no``,
+    ``off`` and the empty string are no)."""
+    return os.environ.get(name, "").strip().lower() not in FALSE_VALUES
+
+
+def level() -> int:
+    return _level
+
+
+def set_level(value: int) -> None:
+    """Set the level for this command (``-q``/``-v``); Python warnings follow it."""
+    global _level
+    _level = value
+    warnings.resetwarnings()
+    if value == QUIET:
+        warnings.simplefilter("ignore")
+    elif value == NORMAL:
+        # the libraries' deprecation notes and hints are not for the user of a command line
+        warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def console() -> Any:
+    """The stderr console of progress and notes (silent under ``-q``)."""
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=_level == QUIET)
+
+
+def live(console: Any) -> bool:
+    """Whether progress may be a live bar: the console is a terminal, not silenced by ``-q``,
+    and ``TAMT_NO_PROGRESS`` is not set to yes."""
+    return bool(console.is_terminal) and not console.quiet and not flag("TAMT_NO_PROGRESS")
+
+
+def debug(console: Any, message: str) -> None:
+    """A debug line, shown under ``-v`` only."""
+    if _level >= VERBOSE:
+        console.print(f"[dim]debug: {message}[/dim]", highlight=False)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """transformers and datasets at error level with no progress bars of their own (load
+    reports, download and tokenising bars), unless ``-v`` asked for them; a
+    ``TRANSFORMERS_VERBOSITY`` set by the user wins. Restored afterwards."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    if _level >= VERBOSE:
+        yield
+        return
+    user_set = bool(os.environ.get("TRANSFORMERS_VERBOSITY", "").strip())
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    datasets_bars = datasets.is_progress_bar_enabled()
+    if not user_set:
+        hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
