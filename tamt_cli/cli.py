@@ -161,13 +161,21 @@ def _present(result: Any, as_json: bool, table: str) -> None:
         _out().print(getattr(display, table)(result))
 
 
-def _show_spec(spec: Any, as_json: bool) -> None:
+def _show_spec(spec: Any, as_json: bool, resolved: dict[str, Any] | None = None) -> None:
+    """The validated spec, and under ``resolved`` the values the method or task will use where
+    the spec leaves them open."""
     if as_json:
-        _emit_json(spec.model_dump(mode="json"))
+        shown = spec.model_dump(mode="json")
+        _emit_json({**shown, "resolved": resolved} if resolved else shown)
     else:
+        import yaml
+
         from tamt_cli.display import print_yaml
 
-        print_yaml(_out(), spec.to_yaml())
+        text = spec.to_yaml()
+        if resolved:
+            text += yaml.safe_dump({"resolved": resolved}, sort_keys=False, width=1000)
+        print_yaml(_out(), text)
 
 
 def _parse_options(pairs: list[str] | None, flag: str = "--option") -> dict[str, Any] | None:
@@ -546,7 +554,8 @@ def search(
         resolved = specs.build(specs.SearchSpec, spec, flags)
     method_obj, resolved = searching.resolve(resolved)
     if dry_run:
-        _show_spec(resolved, as_json)
+        hook = getattr(method_obj, "resolved", None)
+        _show_spec(resolved, as_json, hook(resolved) if hook is not None else None)
         return
     result = searching.run(resolved, method_obj, _err(), resume=resume is not None)
     if as_json:
@@ -723,10 +732,11 @@ def finetune(
         "report_to": report_to,
     }
     resolved = specs.build(specs.FinetuneSpec, spec, flags)
-    if dry_run:
-        _show_spec(resolved, as_json)
-        return
     from tamt_cli import finetune as finetuning
+
+    if dry_run:
+        _show_spec(resolved, as_json, finetuning.planned(resolved))
+        return
 
     result = finetuning.run(resolved, _err())
     if as_json:

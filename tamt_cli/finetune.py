@@ -61,12 +61,40 @@ def settings(spec: FinetuneSpec, task: Any) -> dict[str, Any]:
         "max_length": spec.max_length or defaults.max_length,
         "doc_stride": (spec.doc_stride or defaults.doc_stride) if span else None,
         "train_size": spec.train_size,
-        "eval_every": spec.eval_every,  # None: once per epoch
+        "eval_every": spec.eval_every,  # None: the task's cadence, at most 50 evaluations
+        "eval_every_default": getattr(defaults, "eval_every", 50),
         "eval_batch_size": batch_size,
         "clip": 1.0,
         "mixed_precision": spec.mixed_precision,
         "optimizer": OPTIMIZER,
     }
+
+
+def planned(spec: FinetuneSpec) -> dict[str, Any]:
+    """The hyper-parameters a run of ``spec`` will use (for ``--dry-run``). The evaluation
+    interval depends on the run's length: computed when it is known without tokenising (a
+    classification task with ``--train-size`` or local data), else given as the rule."""
+    from tamt_cli.tasks.base import MAX_EVALUATIONS, create_task, eval_interval
+
+    task = create_task(spec.task, spec.task_options)
+    hp = settings(spec, task)
+    default = hp.pop("eval_every_default")
+    examples = None
+    if task.head != "span" and spec.eval_every is None:
+        examples = spec.train_size
+        if examples is None and spec.data_dir is not None:
+            with verbosity.quiet_libraries():
+                examples = len(task.load(task.train_split, spec.data_dir))
+    if examples is not None:
+        steps = max(1, math.ceil(hp["epochs"] * examples / hp["batch_size"]))
+        hp["steps"] = steps
+        hp["eval_every"] = eval_interval(spec.eval_every, default, steps)
+    elif spec.eval_every is None:
+        hp["eval_every"] = (
+            f"{default}, or ⌈steps / {MAX_EVALUATIONS}⌉ when a run has more than "
+            f"{default * MAX_EVALUATIONS} steps"
+        )
+    return hp
 
 
 def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
@@ -116,6 +144,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                     if note not in notes:
                         notes.append(note)
                         console.print(f"[yellow]note:[/yellow] {note}")
+                hp["eval_every"] = record["eval_every"]  # the same for every seed
                 runs.append(record)
             result = summarise(task, spec, out, what, link, runs, notes)
             if stage is not None:
@@ -210,6 +239,7 @@ def train_seed(
 
     from tamt_cli import masking
     from tamt_cli.engine import Loop, linear_schedule
+    from tamt_cli.tasks import base as tasks_base
 
     raw = transfer.subset(train_raw, spec.train_size, seed, task.name)
     features = task.encode(raw, tokenizer, hp["max_length"], hp["doc_stride"], train=True)
@@ -219,7 +249,6 @@ def train_seed(
     multiple = 8 if hp["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
     batcher = transfer.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hp["batch_size"]
-    per_epoch = math.ceil(n / batch_size)
     steps = max(1, math.ceil(hp["epochs"] * n / batch_size))
     module = transfer.TaskLoss(built.model)
     optimizer = torch.optim.AdamW(module.parameters(), lr=hp["lr"], weight_decay=0.0)
@@ -235,7 +264,7 @@ def train_seed(
         batch_size=batch_size,
         clip=hp["clip"],
         seed=seed,
-        eval_every=spec.eval_every or per_epoch,
+        eval_every=tasks_base.eval_interval(spec.eval_every, hp["eval_every_default"], steps),
         description=f"{task.name} seed {seed}",
     )
     folder = stage / seed_folder(seed) if stage is not None else None
@@ -266,6 +295,7 @@ def train_seed(
         "seed": seed,
         "folder": seed_folder(seed),
         "steps": steps,
+        "eval_every": loop.eval_every,
         "epochs": hp["epochs"],
         "train_examples": len(raw),
         "train_features": n,

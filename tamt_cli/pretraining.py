@@ -244,6 +244,21 @@ def head_lr(given: float | None, record: dict[str, Any]) -> float:
     return PAPER_HEAD_LR if record["kind"] == "pretrained" else DEFAULT_FITTED_HEAD_LR
 
 
+def head_settings(spec: Any) -> dict[str, Any]:
+    """The MLM-head values a search of ``spec`` uses (for ``--dry-run``); what the head lr is
+    depends on whether the checkpoint has a head, which only loading it tells."""
+    fitted = f"{DEFAULT_FITTED_HEAD_LR:g} (frozen) for a head fitted on the dense model"
+    return {
+        "head_lr": spec.head_lr
+        if spec.head_lr is not None
+        else f"{PAPER_HEAD_LR:g} for a pre-trained head, {fitted}",
+        "head_warmup_steps": DEFAULT_HEAD_WARMUP
+        if spec.head_warmup_steps is None
+        else spec.head_warmup_steps,
+        "head_warmup_lr": spec.head_warmup_lr or DEFAULT_HEAD_WARMUP_LR,
+    }
+
+
 def train_head(head: nn.Module, model: nn.Module, lr: float) -> list[nn.Parameter]:
     """Let the head's own parameters (not the tied decoder) train when ``lr`` > 0; returns them."""
     params = [p for n, p in head.named_parameters() if not _tied(head, n, model)]

@@ -111,6 +111,11 @@ def test_one_shot_pipeline(cli, checkpoint, sst2):  # noqa: F811
         res = cli("finetune", subject, *common, "--out", out, "--json")
         assert res.code == 0, res.err
         assert res.json()["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    # the task's cadence (every 50 steps) on a 6-step run: one evaluation, at the end
+    seed = json.loads(Path("ft-run/seed-1/manifest.json").read_text())
+    assert seed["hyperparameters"]["eval_every"] == 50 and seed["hyperparameters"]["steps"] == 6
+    evaluations = json.loads(Path("ft-run/seed-1/metrics.json").read_text())["evaluations"]
+    assert [e["step"] for e in evaluations] == [6]
     res = cli("eval", "ft-run", "--task", "sst2", "--data-dir", sst2, "--json")
     assert res.code == 0, res.err
     assert 0.0 <= res.json()["metrics"]["accuracy"] <= 100.0

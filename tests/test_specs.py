@@ -107,3 +107,58 @@ def test_every_command_has_a_spec(cli, tmp_path):
     assert res.code == 0 and res.json()["objective"] == "kd"
     res = cli("eval", "ckpt", "--dry-run")
     assert res.code == 2 and "--task" in res.err
+
+
+# -- --dry-run shows the values a method or task resolves, not null ------------------------------
+
+
+def test_dry_run_resolves_mask_training_values(cli):
+    res = cli("search", "-m", "mlm", "-s", "0.7", "--max-steps", "300", "--dry-run", "--json")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["lr"] is None and out["head_warmup_steps"] is None  # the spec stays as given
+    resolved = out["resolved"]
+    assert resolved["max_steps"] == 300 and resolved["lr"] == 1e-3
+    intervals = (resolved["reset_every"], resolved["eval_every"], resolved["save_every"])
+    assert intervals == (100, 30, 30)
+    assert resolved["head_warmup_steps"] == 300 and resolved["head_warmup_lr"] == 1e-3
+    assert "5e-05 for a pre-trained head" in resolved["head_lr"]
+    res = cli("search", "-m", "kd", "-s", "0.7", "--lr", "2e-4", "--head-lr", "0", "--dry-run",
+              "--json")  # fmt: skip
+    resolved = res.json()["resolved"]
+    assert resolved["lr"] == 2e-4 and resolved["max_steps"] == 1000 and "head_lr" not in resolved
+    res = cli("search", "-m", "mlm", "-s", "0.7", "--dry-run")
+    assert "resolved:" in res.out and "reset_every: 100" in res.out
+
+
+def test_dry_run_resolves_imp_rounds(cli):
+    res = cli("search", "-m", "imp", "-s", "0.3", "--steps-per-round", "40", "--schedule",
+              "round", "--no-rewind", "--dry-run", "--json")  # fmt: skip
+    assert res.code == 0, res.err
+    resolved = res.json()["resolved"]
+    assert resolved["round_sparsities"] == [0.1, 0.2, 0.3] and resolved["max_steps"] == 80
+    assert (resolved["lr"], resolved["schedule"], resolved["rewind"]) == (5e-5, "round", False)
+    assert (resolved["eval_every"], resolved["save_every"]) == (40, 8)
+
+
+@pytest.mark.parametrize(
+    ("task", "train_size", "eval_every", "steps"),
+    [("sst2", 640, 50, 60), ("sst2", 64_000, 120, 6000), ("mnli", 64_000, 500, 6000)],
+)
+def test_dry_run_resolves_the_evaluation_cadence(cli, task, train_size, eval_every, steps):
+    res = cli("finetune", "sub", "--task", task, "--train-size", train_size, "--dry-run", "--json")
+    assert res.code == 0, res.err
+    resolved = res.json()["resolved"]
+    assert (resolved["eval_every"], resolved["steps"]) == (eval_every, steps)
+    assert resolved["lr"] == 2e-5 and resolved["batch_size"] == 32
+    res = cli("finetune", "sub", "--task", "squad", "--dry-run", "--json")
+    assert res.json()["resolved"]["eval_every"].startswith("1000, or ⌈steps / 50⌉")
+
+
+def test_eval_interval_follows_the_task_and_caps_the_count():
+    from tamt_cli.tasks.base import eval_interval
+
+    assert eval_interval(None, 50, 100) == 50
+    assert eval_interval(None, 50, 2500) == 50  # exactly 50 evaluations
+    assert eval_interval(None, 50, 2501) == 51
+    assert eval_interval(7, 50, 10_000) == 7  # given: used as it is

@@ -72,7 +72,13 @@ def test_defaults_follow_the_paper():
     assert GLUE_DEFAULTS.max_length == 128
     assert (SQUAD_DEFAULTS.lr, SQUAD_DEFAULTS.batch_size, SQUAD_DEFAULTS.epochs) == (3e-5, 16, 2)
     assert (SQUAD_DEFAULTS.max_length, SQUAD_DEFAULTS.doc_stride) == (384, 128)
-    assert all(cls.defaults is GLUE_DEFAULTS for cls in GLUE_TASKS)
+    large = {"mnli", "qqp"}  # the same hyper-parameters, evaluated every 500 steps
+    assert all(cls.defaults is GLUE_DEFAULTS for cls in GLUE_TASKS if cls.name not in large)
+    for cls in GLUE_TASKS:
+        defaults = cls.defaults
+        assert (defaults.lr, defaults.batch_size, defaults.epochs) == (2e-5, 32, 3)
+        assert defaults.eval_every == (500 if cls.name in large else 50), cls.name
+    assert SQUAD_DEFAULTS.eval_every == 1000
     assert task("squad").defaults is SQUAD_DEFAULTS
 
 

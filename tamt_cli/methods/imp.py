@@ -141,6 +141,28 @@ class IterativeMagnitudePruning:
                 f"= {len(levels) - 1} × {opts.steps_per_round} = {total} steps; leave it out"
             )
 
+    def resolved(self, spec: Any) -> dict[str, Any]:
+        """The values a run of ``spec`` uses where the spec leaves them to the method."""
+        from tamt_cli import pretraining
+
+        opts = self.options
+        levels = round_levels(spec.sparsity, opts.prune_fraction)
+        total = (len(levels) - 1) * opts.steps_per_round
+        out: dict[str, Any] = {
+            "rounds": len(levels),
+            "round_sparsities": levels,
+            "steps_per_round": opts.steps_per_round,
+            "max_steps": total,
+            "lr": spec.lr or DEFAULT_LR,
+            "schedule": opts.schedule,
+            "rewind": opts.rewind,
+            "eval_every": spec.eval_every or opts.steps_per_round,
+            "save_every": spec.save_every or max(1, total // 10),
+        }
+        if "mlm" in opts.objective:
+            out.update(pretraining.head_settings(spec))
+        return out
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         return IMPSession(job, self.options).run()
 

@@ -57,9 +57,31 @@ class MaskTraining:
     def __init__(self, options: MaskTrainingOptions) -> None:
         self.options = options
 
+    def resolved(self, spec: Any) -> dict[str, Any]:
+        """The values a run of ``spec`` uses where the spec leaves them to the method."""
+        return settings(self.objective, spec, self.options)
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         session = TrainingSession(job, self.objective, self.options)
         return session.run()
+
+
+def settings(objective: str, spec: Any, options: MaskTrainingOptions) -> dict[str, Any]:
+    """Steps, learning rates and intervals of a run: the spec's, else the defaults."""
+    from tamt_cli import pretraining
+
+    steps = spec.max_steps or DEFAULT_MAX_STEPS
+    tenth = max(1, steps // 10)
+    out: dict[str, Any] = {
+        "max_steps": steps,
+        "lr": spec.lr or DEFAULTS[objective]["lr"],
+        "reset_every": options.reset_every or DEFAULTS[objective]["reset_every"],
+        "eval_every": spec.eval_every or tenth,
+        "save_every": spec.save_every or tenth,
+    }
+    if "mlm" in objective:
+        out.update(pretraining.head_settings(spec))
+    return out
 
 
 class MLMMaskTraining(MaskTraining):
@@ -87,9 +109,10 @@ class TrainingSession:
         self.options = options
         self.engine = job.engine
         self.sparsity = job.sparsity
-        self.max_steps = self.spec.max_steps or DEFAULT_MAX_STEPS
-        self.lr = self.spec.lr or DEFAULTS[objective]["lr"]
-        self.reset_every = options.reset_every or DEFAULTS[objective]["reset_every"]
+        self.settings = settings(objective, self.spec, options)
+        self.max_steps = self.settings["max_steps"]
+        self.lr = self.settings["lr"]
+        self.reset_every = self.settings["reset_every"]
         self.head_lr: float | None = None  # resolved once the head's origin is known
 
     def run(self) -> dict[str, Any]:
@@ -142,13 +165,12 @@ class TrainingSession:
             raise UserError(f"run '{job.run.root}' already reached step {start}; nothing to do")
 
         hooks = _Hooks(self, scores, loss_module, data, optimizer, scheduler)
-        tenth = max(1, self.max_steps // 10)
         loop = eng.Loop.from_spec(
             spec,
             self.max_steps,
             f"{self.objective} mask training",
-            eval_every=spec.eval_every or tenth,
-            save_every=spec.save_every or tenth,
+            eval_every=self.settings["eval_every"],
+            save_every=self.settings["save_every"],
         )
         engine.fit(
             loss_module,

@@ -96,10 +96,25 @@ class Defaults:
     epochs: float
     max_length: int
     doc_stride: int | None = None  # span tasks: tokens shared by consecutive context windows
+    eval_every: int = 50  # steps between dev evaluations (the reference code's cadence)
 
 
 GLUE_DEFAULTS = Defaults(lr=2e-5, batch_size=32, epochs=3, max_length=128)
-SQUAD_DEFAULTS = Defaults(lr=3e-5, batch_size=16, epochs=2, max_length=384, doc_stride=128)
+#: MNLI and QQP: the reference code evaluates every 500 steps on these large sets
+LARGE_GLUE_DEFAULTS = Defaults(lr=2e-5, batch_size=32, epochs=3, max_length=128, eval_every=500)
+SQUAD_DEFAULTS = Defaults(
+    lr=3e-5, batch_size=16, epochs=2, max_length=384, doc_stride=128, eval_every=1000
+)
+#: at most this many dev evaluations per run: a larger run evaluates every ⌈steps / this⌉ steps
+MAX_EVALUATIONS = 50
+
+
+def eval_interval(given: int | None, default: int, steps: int) -> int:
+    """Steps between dev evaluations: ``given``, else the task's cadence raised so that a run
+    of ``steps`` steps evaluates at most :data:`MAX_EVALUATIONS` times."""
+    if given is not None:
+        return given
+    return max(default, -(-steps // MAX_EVALUATIONS))
 
 
 @runtime_checkable

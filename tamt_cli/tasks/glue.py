@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tamt_cli.errors import UserError
-from tamt_cli.tasks.base import GLUE_DEFAULTS, Head, TaskBase, load_hub
+from tamt_cli.tasks.base import GLUE_DEFAULTS, LARGE_GLUE_DEFAULTS, Head, TaskBase, load_hub
 from tamt_cli.tasks.files import RECORD_SUFFIXES, read_records, read_tsv, where
 from tamt_cli.tasks.metrics import class_predictions, glue_scores, regression_predictions
 
@@ -359,6 +359,7 @@ class QQP(GlueTask):
     main_metric = "accuracy"
     text_columns = ("question1", "question2")
     folders = ("QQP",)
+    defaults = LARGE_GLUE_DEFAULTS
     tsv = TsvLayout(
         fields={"question1": "question1", "question2": "question2"},
         label="is_duplicate",
@@ -378,6 +379,7 @@ class MNLI(GlueTask):
     labels = ("entailment", "neutral", "contradiction")
     metric_names = ("accuracy",)
     main_metric = "accuracy"
+    defaults = LARGE_GLUE_DEFAULTS
     text_columns = ("premise", "hypothesis")
     eval_splits = ("validation_matched", "validation_mismatched")
     folders = ("MNLI",)
