@@ -121,6 +121,12 @@ class IterativeMagnitudePruning:
                 f"= {len(levels) - 1} × {opts.steps_per_round} = {total} steps; leave it out"
             )
 
+    def preflight(self, job: SearchJob) -> None:
+        """Checks that need the model but no computation, before the run directory is made."""
+        from tamt_cli import pretraining
+
+        pretraining.check_inputs(job.ref, job.model, job.spec, job.engine)
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         return IMPSession(job, self.options).run()
 
@@ -191,6 +197,7 @@ class IMPSession:
 
         spec, job, engine = self.spec, self.job, self.engine
         self.data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        pretraining.record_corpus(job, self.data)
         last = eng.checkpoints(job.run.root)[-1:] if job.resume else []
         head = None
         if "mlm" in self.objective:  # a resumed run restores its head from the checkpoint

@@ -57,6 +57,12 @@ class MaskTraining:
     def __init__(self, options: MaskTrainingOptions) -> None:
         self.options = options
 
+    def preflight(self, job: SearchJob) -> None:
+        """Checks that need the model but no computation, before the run directory is made."""
+        from tamt_cli import pretraining
+
+        pretraining.check_inputs(job.ref, job.model, job.spec, job.engine)
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         session = TrainingSession(job, self.objective, self.options)
         return session.run()
@@ -99,6 +105,7 @@ class TrainingSession:
 
         spec, job, engine = self.spec, self.job, self.engine
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        pretraining.record_corpus(job, data)
         resuming = bool(job.resume and eng.checkpoints(job.run.root))
         head = None
         if "mlm" in self.objective:  # a resumed run restores its head from the checkpoint
