@@ -51,13 +51,7 @@ def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
                      str(omp)])  # fmt: skip
         assert code == 0
         original = mask_training._Hooks.after_step
-
-        def stop_at_3(self, step):
-            original(self, step)
-            if step == 3:
-                raise KeyboardInterrupt
-
-        mask_training._Hooks.after_step = stop_at_3  # type: ignore[method-assign]
+        mask_training._Hooks.after_step = after_step(3, interrupt)  # type: ignore[method-assign]
         try:
             kd = root / "kd"
             args = ["-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus, *TRAIN]
@@ -308,29 +302,43 @@ def run_in_runs(env: Env) -> None:
 # -- patches: faults of the machine and interruptions ----------------------------------------
 
 
-def disk_full(monkeypatch) -> None:
+def full_disk(*args: Any) -> None:
+    """``os.fsync`` on a full disk (every tamt file write ends with one)."""
     import errno
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "fsync", full)
+
+def interrupt(*args: Any, **kw: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def after_step(step: int, action: Callable[[], None]) -> Callable[[Any, int], None]:
+    """The mask-training hook after each optimiser step, doing ``action`` after ``step``."""
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+
+    def hook(self: Any, done: int) -> None:
+        original(self, done)
+        if done == step:
+            action()
+
+    return hook
+
+
+def disk_full(monkeypatch) -> None:
+    monkeypatch.setattr(os, "fsync", full_disk)
 
 
 def interrupt_saving(monkeypatch) -> None:
-    def stop(*args, **kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(artifacts, "save_masks", stop)
+    monkeypatch.setattr(artifacts, "save_masks", interrupt)
 
 
 def interrupt_at_step_1(monkeypatch) -> None:
     from tamt_cli.methods import mask_training
 
-    def stop(self, step):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mask_training._Hooks, "after_step", stop)
+    monkeypatch.setattr(mask_training._Hooks, "after_step", after_step(1, interrupt))
 
 
 @dataclass
@@ -527,13 +535,7 @@ def test_interrupted_training_says_how_to_resume_and_resumes(cli, tiny_bert, cor
     from tamt_cli.methods import mask_training
 
     original = mask_training._Hooks.after_step
-
-    def stop_at_3(self, step):
-        original(self, step)
-        if step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(mask_training._Hooks, "after_step", stop_at_3)
+    monkeypatch.setattr(mask_training._Hooks, "after_step", after_step(3, interrupt))
     args = [a.format(bert=tiny_bert, corpus=corpus) for a in KD]
     res = cli(*args, "--save-every", "2", "--out", "r")
     assert res.code == 130
@@ -553,23 +555,12 @@ def test_interrupted_training_says_how_to_resume_and_resumes(cli, tiny_bert, cor
 def test_a_full_disk_keeps_the_checkpoint_and_says_how_to_resume(
     cli, tiny_bert, corpus, monkeypatch
 ):
-    import errno
-
     from tamt_cli.methods import mask_training
 
     original = mask_training._Hooks.after_step
     real_fsync = os.fsync
-
-    def fill_disk_after_3(self, step):
-        original(self, step)
-        if step == 3:
-
-            def full(fd):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            monkeypatch.setattr(os, "fsync", full)
-
-    monkeypatch.setattr(mask_training._Hooks, "after_step", fill_disk_after_3)
+    fill = after_step(3, lambda: monkeypatch.setattr(os, "fsync", full_disk))
+    monkeypatch.setattr(mask_training._Hooks, "after_step", fill)
     args = [a.format(bert=tiny_bert, corpus=corpus) for a in KD]
     res = cli(*args, "--save-every", "2", "--out", "r")
     assert res.code == 2, res.err
