@@ -4,7 +4,9 @@ folder exactly as it was: no run folder or temporary file appears, no file chang
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,6 +35,7 @@ class Env:
     corpus: Path
     omp: Path
     kd: Path
+    kd_stderr: str  # what the interruption of the training run said
     held: list[Any]
 
 
@@ -55,7 +58,8 @@ def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
         try:
             kd = root / "kd"
             args = ["-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus, *TRAIN]
-            code = main(["search", *map(str, args), "--save-every", "2", "--out", str(kd)])
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                code = main(["search", *map(str, args), "--save-every", "2", "--out", str(kd)])
         finally:
             mask_training._Hooks.after_step = original  # type: ignore[method-assign]
         assert code == 130
@@ -66,7 +70,7 @@ def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
             os.environ["TAMT_CACHE_DIR"] = old_cache
     assert json.loads((kd / "manifest.json").read_text())["status"] == "running"
     assert [p.name for p in (kd / "checkpoints").iterdir()] == ["step-000002"]
-    return Env(tiny_bert, other_bert, corpus, omp, kd, [])
+    return Env(tiny_bert, other_bert, corpus, omp, kd, err.getvalue(), [])
 
 
 # -- what the cases do before running ------------------------------------------------------
@@ -531,25 +535,22 @@ def test_bad_input(case: Case, env: Env, cli, monkeypatch):
 # -- faults over time: concurrent runs, dead runs, interruptions, a disk filling up -------------
 
 
-def test_interrupted_training_says_how_to_resume_and_resumes(cli, tiny_bert, corpus, monkeypatch):
-    from tamt_cli.methods import mask_training
-
-    original = mask_training._Hooks.after_step
-    monkeypatch.setattr(mask_training._Hooks, "after_step", after_step(3, interrupt))
-    args = [a.format(bert=tiny_bert, corpus=corpus) for a in KD]
-    res = cli(*args, "--save-every", "2", "--out", "r")
-    assert res.code == 130
-    assert (
-        res.err.splitlines()[-1] == "tamt: error: interrupted; resume with: tamt search --resume r"
+def test_interrupted_training_says_how_to_resume_and_resumes(cli, env):
+    kd = str(env.kd)
+    assert env.kd_stderr.splitlines()[-1] == (
+        f"tamt: error: interrupted; resume with: tamt search --resume {kd}"
     )
-    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
-    res = cli("search", "--resume", "r")
+    kd_run(env)
+    res = cli("search", "--resume", "part")
     assert res.code == 0, res.err
-    manifest = json.loads(Path("r/manifest.json").read_text())
+    manifest = json.loads(Path("part/manifest.json").read_text())
+    assert manifest["status"] == "complete"
     assert (
-        manifest["status"] == "complete" and len(manifest["inputs"]["corpus_blocks_sha256"]) == 64
+        manifest["inputs"]["corpus_blocks_sha256"]
+        == json.loads((env.kd / "manifest.json").read_text())["inputs"]["corpus_blocks_sha256"]
     )
-    assert not Path("r", artifacts.LOCK_FILE).exists()
+    assert not Path("part", artifacts.LOCK_FILE).exists()
+    assert not (env.kd / artifacts.LOCK_FILE).exists()
 
 
 def test_a_full_disk_keeps_the_checkpoint_and_says_how_to_resume(
