@@ -108,10 +108,13 @@ def main() -> None:
                 seconds.append(float((run / "seconds.txt").read_text()))
                 masks[seed] = artifacts.load_masks(run / artifacts.MASK_FILE)
                 for objective in ("kd", "mlm"):
-                    common = [*data, *head, "--eval-blocks", args.eval_blocks]
-                    res = tamt("eval", str(run.resolve()), "--objective", objective, *common,
-                               cwd=out)  # fmt: skip
-                    losses[objective].append(res["loss"])
+                    scored = run / f"eval-{objective}.json"  # kept: a rerun only adds rows
+                    if not scored.is_file():
+                        common = [*data, *head, "--eval-blocks", args.eval_blocks]
+                        res = tamt("eval", str(run.resolve()), "--objective", objective,
+                                   *common, cwd=out)  # fmt: skip
+                        scored.write_text(json.dumps(res))
+                    losses[objective].append(json.loads(scored.read_text())["loss"])
             rows.append(
                 {
                     "sparsity": float(sparsity),

@@ -10,6 +10,7 @@ name → shape), so any safetensors reader with ``numpy.unpackbits`` can decode 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tamt_cli import __version__
-from tamt_cli.errors import UserError
+from tamt_cli.errors import UserError, first_line
 
 MASK_FILE = "masks.safetensors"
 MANIFEST = "manifest.json"
@@ -43,7 +44,8 @@ def _umask() -> int:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename. A
+    failure (a full disk) raises ``OSError`` naming ``path`` and leaves the old file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -54,9 +56,11 @@ def write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; use normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -68,31 +72,283 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# -- output folders ------------------------------------------------------------------------
+#
+# One rule for every folder a command writes (``search --out``, ``finetune --out``,
+# ``extract --export``), checked by ``check_output`` before any work:
+#
+# * a folder that exists is never written into; ``--overwrite`` (where a command has it)
+#   replaces it only when it is a tamt run or export (its manifest says so), never when it is
+#   the source of the command, the current directory or a folder holding either;
+# * a folder another live tamt process is writing is refused;
+# * a folder is built under a temporary name beside it (``.NAME.XXXX.partial``, holding a lock
+#   while its process lives) and renamed into place when complete; a training run's folder is
+#   made with an exclusive ``mkdir`` and holds the lock (``.tamt.lock``) while a process works in
+#   it. A temporary folder whose lock nobody holds belongs to a process that died: it is removed
+#   the next time tamt writes beside it.
+
+LOCK_FILE = ".tamt.lock"
+PARTIAL_SUFFIX = ".partial"
+#: kinds of manifest a folder may have for ``--overwrite`` to replace it
+REPLACEABLE_KINDS = frozenset({"search", "subnetwork", "finetune"})
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute without following a symbolic link at its end."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def try_lock(path: Path) -> Any | None:
+    """The lock file ``path`` taken without waiting, or None while another process holds it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def release(lock: Any | None, *, remove: bool = False) -> None:
+    """Let go of a lock from ``try_lock``; ``remove`` deletes the lock file first."""
+    if lock is None:
+        return
+    if remove:
+        with contextlib.suppress(OSError):
+            os.unlink(lock.lock_file)
+    lock.release()
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether a live process holds the lock file ``lock_path`` (an absent file: no)."""
+    if not lock_path.is_file():
+        return False
+    try:
+        lock = try_lock(lock_path)
+    except OSError:  # a lock file this user cannot open is nobody's lock of ours
+        return False
+    release(lock)
+    return lock is None
+
+
+def _stages(final: Path) -> list[Path]:
+    """Temporary folders of ``final`` (tamt's, with a lock file) beside it."""
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    prefix = f".{final.name}."
+    return [
+        p
+        for p in parent.iterdir()
+        if p.name.startswith(prefix) and p.name.endswith(PARTIAL_SUFFIX) and _is_stage(p)
+    ]
+
+
+def _is_stage(path: Path) -> bool:
+    return (
+        path.name.startswith(".")
+        and path.name.endswith(PARTIAL_SUFFIX)
+        and path.is_dir()
+        and not path.is_symlink()
+        and (path / LOCK_FILE).is_file()
+    )
+
+
+def busy(path: Path) -> bool:
+    """Whether another live tamt process is writing the folder ``path``."""
+    final = _absolute(path)
+    return _held(final / LOCK_FILE) or any(_held(s / LOCK_FILE) for s in _stages(final))
+
+
+def clean_stale(parent: Path) -> list[Path]:
+    """Remove the temporary folders in ``parent`` left by tamt processes that died (their lock
+    is held by nobody); returns them. Nothing without tamt's lock file is touched."""
+    removed: list[Path] = []
+    if not Path(parent).is_dir():
+        return removed
+    for path in sorted(Path(parent).iterdir()):
+        if not _is_stage(path):
+            continue
+        lock = try_lock(path / LOCK_FILE)
+        if lock is None:
+            continue  # a live process is writing it
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            release(lock)
+        removed.append(path)
+    if removed:
+        _note(
+            "removed what interrupted tamt runs left unfinished: "
+            + ", ".join(str(p) for p in removed)
+        )
+    return removed
+
+
+def _note(text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[yellow]note:[/] {escape(text)}")
+
+
+def check_output(
+    path: Path,
+    *,
+    flag: str,
+    overwrite: bool = False,
+    can_overwrite: bool = False,
+    sources: tuple[Path, ...] = (),
+) -> None:
+    """Refuse, before any work, a folder a command may not write (the rule above). ``flag``
+    names the option that gave the path (``--out``, ``--export``); ``can_overwrite`` says
+    whether the command has ``--overwrite``; ``sources`` are what the command reads."""
+    target = _absolute(path)
+    for parent in target.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise UserError(f"{flag} '{path}' cannot be made: '{parent}' is not a folder")
+            break
+    cwd = Path.cwd().resolve()
+    resolved = target.resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UserError(f"{flag} '{path}' is the current directory or holds it; name a new folder")
+    for source in sources:
+        src = Path(source).resolve()
+        if resolved == src or resolved in src.parents:
+            raise UserError(
+                f"{flag} '{path}' is {'the' if resolved == src else 'a folder holding the'} "
+                f"source of this command ('{source}'); name another folder"
+            )
+    if busy(target):
+        raise UserError(
+            f"{flag} '{path}' is being written by another tamt process; wait for it to end "
+            "or choose another path"
+        )
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
+        hint = (
+            " or pass --overwrite (it replaces only a tamt run or export)" if can_overwrite else ""
+        )
+        if _unfinished_search(target):
+            hint += f", or continue it with: tamt search --resume {path}"
+        raise UserError(f"{flag} '{path}' already exists; choose another path{hint}")
+    if target.is_symlink() or not target.is_dir():
+        what = "a symbolic link" if target.is_symlink() else "not a folder"
+        raise UserError(
+            f"{flag} '{path}' is {what}; --overwrite replaces only a tamt run or export folder"
+        )
+    try:
+        kind = read_manifest(target).get("kind")
+    except UserError:
+        kind = None
+    if kind not in REPLACEABLE_KINDS:
+        raise UserError(
+            f"{flag} '{path}' is not a tamt run or export (no tamt {MANIFEST}); --overwrite "
+            "replaces only those: remove it yourself or choose another path"
+        )
+
+
+def _unfinished_search(path: Path) -> bool:
+    try:
+        manifest = read_manifest(path)
+    except UserError:
+        return False
+    return manifest.get("kind") == "search" and manifest.get("status") == "running"
+
+
 @contextlib.contextmanager
-def staged_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``final`` and rename it into place only
-    if the block succeeds; on failure nothing at ``final`` is touched."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise UserError(f"'{final}' already exists; choose another path or pass --overwrite")
+    if the block succeeds; on failure nothing at ``final`` is touched. An existing ``final`` is
+    replaced only with ``replace`` (callers check what may be replaced: ``check_output``)."""
+    final = _absolute(final)
+    if os.path.lexists(final) and not replace:
+        raise UserError(f"'{final}' already exists; nothing was written")
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    os.chmod(stage, 0o777 & ~_umask())
+    clean_stale(final.parent)
+    stage, lock = _new_stage(final)
     try:
         yield stage
+        for path in stage.rglob("*"):  # libraries writing into the stage may make private files
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o666 & ~_umask())
+        if os.path.lexists(final) and not replace:
+            raise UserError(f"'{final}' was created by another process meanwhile; nothing written")
+        os.unlink(stage / LOCK_FILE)
+        if os.path.lexists(final):
+            _swap(stage, final)
+        else:
+            try:
+                os.rename(stage, final)
+            except OSError as exc:
+                if exc.errno not in {errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR}:
+                    raise
+                raise UserError(
+                    f"'{final}' was created by another process meanwhile; nothing written"
+                ) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    for path in stage.rglob("*"):  # libraries writing into the stage may make private files
-        if path.is_file() and not path.is_symlink():
-            os.chmod(path, 0o666 & ~_umask())
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        release(lock)
+
+
+def _new_stage(final: Path) -> tuple[Path, Any]:
+    """A new locked temporary folder beside ``final``."""
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent)
+    )
+    os.chmod(stage, 0o777 & ~_umask())
+    lock = try_lock(stage / LOCK_FILE)
+    if lock is None:  # another process took it for stale in the instant after mkdtemp
+        raise UserError(f"could not lock the temporary folder '{stage}'; try again")
+    return stage, lock
+
+
+def _swap(stage: Path, final: Path) -> None:
+    """Put ``stage`` in the place of ``final``; the old one goes to a locked temporary folder
+    first, so that an interruption leaves nothing that the next run does not clean away."""
+    trash, lock = _new_stage(final)
+    try:
+        os.replace(final, trash / "replaced")
+        os.replace(stage, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        release(lock)
+
+
+def create_run_dir(path: Path) -> Any:
+    """Make a training run's folder with an exclusive ``mkdir`` and take its lock; returns the
+    lock (``release(lock, remove=True)`` when the run ends)."""
+    path = _absolute(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path.parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        raise UserError(
+            f"run directory '{path}' already exists; choose another --out, or continue it with "
+            f"--resume {path}"
+        ) from None
+    lock = try_lock(path / LOCK_FILE)
+    if lock is None:
+        raise UserError(f"run directory '{path}' is being used by another tamt process")
+    return lock
+
+
+def lock_run_dir(path: Path) -> Any:
+    """The lock of an existing run's folder, for ``--resume``; refused while a live process
+    holds it."""
+    lock = try_lock(_absolute(path) / LOCK_FILE)
+    if lock is None:
+        raise UserError(
+            f"run '{path}' is being written by another tamt process that is still running; "
+            "wait for it to end (or stop it) before resuming"
+        )
+    return lock
 
 
 # -- mask files ----------------------------------------------------------------------------
@@ -122,13 +378,16 @@ def save_masks(path: Path, masks: Mapping[str, Any], metadata: Mapping[str, str]
 
 
 def load_masks(path: Path) -> dict[str, Any]:
-    """Boolean keep-masks (torch tensors) from a mask file; one-line errors if it is not one."""
+    """Boolean keep-masks (torch tensors) from a mask file; one-line errors if it is not one or
+    is damaged: every tensor must be ``uint8`` bytes, ⌈numel/8⌉ of them for the shape the header
+    gives it, and every name must have both a tensor and a shape."""
     import torch
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"mask file '{path}' does not exist")
+        what = "is a directory, not" if path.is_dir() else "does not exist"
+        raise UserError(f"mask file '{path}' {what}" + (" a file" if path.is_dir() else ""))
     try:
         with safe_open(str(path), framework="np") as fh:
             meta = fh.metadata() or {}
@@ -139,18 +398,72 @@ def load_masks(path: Path) -> dict[str, Any]:
                     f"mask file '{path}' has format version {meta.get('version')!r}; "
                     f"this tamt reads version {MASK_FORMAT_VERSION}"
                 )
-            shapes = json.loads(meta["shapes"])
+            shapes = _header_shapes(path, meta)
+            names = list(fh.keys())
+            unlisted = [n for n in names if n not in shapes]
+            if unlisted:
+                raise UserError(
+                    f"mask file '{path}' is damaged: tensor '{unlisted[0]}' has no shape in its "
+                    "header"
+                )
+            absent = [n for n in shapes if n not in names]
+            if absent:
+                raise UserError(
+                    f"mask file '{path}' is damaged: its header lists '{absent[0]}', which it "
+                    "holds no tensor for"
+                )
             masks = {}
-            for name in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+            for name in names:
                 shape = shapes[name]
                 numel = int(np.prod(shape)) if shape else 1
-                bits = np.unpackbits(fh.get_tensor(name), count=numel, bitorder="little")
+                packed = fh.get_tensor(name)
+                _check_packed(path, name, packed, shape, numel)
+                bits = np.unpackbits(packed, count=numel, bitorder="little")
                 masks[name] = torch.from_numpy(bits.astype(bool).reshape(shape))
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"mask file '{path}' is unreadable or corrupt ({exc})") from None
+        why = first_line(exc)
+        raise UserError(f"mask file '{path}' is unreadable or corrupt ({why})") from None
     return masks
+
+
+def _header_shapes(path: Path, meta: Mapping[str, str]) -> dict[str, list[int]]:
+    try:
+        shapes = json.loads(meta["shapes"])
+    except (KeyError, ValueError):
+        raise UserError(
+            f"mask file '{path}' is damaged: its header has no readable shapes"
+        ) from None
+    ok = isinstance(shapes, dict) and all(
+        isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                    for d in v)
+        for v in shapes.values()
+    )  # fmt: skip
+    if not ok:
+        raise UserError(f"mask file '{path}' is damaged: its header shapes are not lists of sizes")
+    return shapes
+
+
+def _check_packed(path: Path, name: str, packed: Any, shape: list[int], numel: int) -> None:
+    """A packed mask must be exactly ⌈numel/8⌉ bytes with zero padding bits."""
+    need = -(-numel // 8)
+    if packed.dtype != np.uint8 or packed.ndim != 1:
+        raise UserError(
+            f"mask file '{path}' is damaged: tensor '{name}' is {packed.dtype} of shape "
+            f"{list(packed.shape)}, not a row of packed bytes"
+        )
+    if packed.size != need:
+        raise UserError(
+            f"mask file '{path}' is damaged: tensor '{name}' holds {packed.size} bytes; its shape "
+            f"{shape} needs {need}"
+        )
+    spare = need * 8 - numel
+    if spare and int(packed[-1]) >> (8 - spare):
+        raise UserError(
+            f"mask file '{path}' is damaged: tensor '{name}' has bits set beyond its {numel} "
+            "weights"
+        )
 
 
 # -- run directories and manifests ---------------------------------------------------------

@@ -14,12 +14,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from tamt_cli import __version__
-from tamt_cli.errors import UserError
+from tamt_cli.errors import Interrupted, UserError, environment_fault
+
+
+class _Stopped(Exception):
+    """An interruption on its way out of Typer, which would otherwise end it silently."""
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(str(exc) if isinstance(exc, Interrupted) else "interrupted") from None
+
 
 app = typer.Typer(
     name="tamt",
+    cls=_Commands,
     help="Find winning lottery tickets in BERT: search masks, extract subnetworks, transfer them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -592,9 +607,13 @@ def extract(
         ),
     ] = None,
     overwrite: Annotated[
-        bool | None,
-        typer.Option("--overwrite", help=f"replace an existing --export folder {_default('off')}"),
-    ] = None,
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="replace an existing --export folder that is a tamt run or export "
+            + _default("off"),
+        ),
+    ] = False,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -603,18 +622,12 @@ def extract(
     from tamt_cli import extract as extracting
     from tamt_cli import specs
 
-    flags = {
-        "run": run,
-        "sparsity": sparsity,
-        "step": step,
-        "export": export,
-        "overwrite": overwrite,
-    }
+    flags = {"run": run, "sparsity": sparsity, "step": step, "export": export}
     resolved = specs.build(specs.ExtractSpec, spec, flags)
     if dry_run:
         _show_spec(resolved, as_json)
         return
-    result = extracting.run(resolved, _err())
+    result = extracting.run(resolved, _err(), overwrite=bool(overwrite))
     if as_json:
         _emit_json(result)
     else:
@@ -948,15 +961,16 @@ def cache_clear(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure becomes one line on stderr and an exit code
-    (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    (0 ok, 2 a user error or a fault of the machine such as a full disk, 1 an internal error,
+    130 interrupted)."""
     args = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=args, prog_name="tamt", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _fail("interrupted")
+    except (KeyboardInterrupt, _Stopped) as exc:
+        _fail(str(exc) if isinstance(exc, Interrupted | _Stopped) else "interrupted")
         return 130
     except Exception as exc:
         # Typer's parser exceptions (Click's, or Typer's own copy of them), matched by name so
@@ -976,6 +990,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if os.environ.get("TAMT_DEBUG"):
             raise
+        fault = environment_fault(exc)  # disk full, no permission: the machine, not tamt
+        if fault is not None:
+            _fail(fault)
+            return 2
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _fail(f"internal error: {type(exc).__name__}: {first} (TAMT_DEBUG=1 shows the traceback)")
         return 1
@@ -983,5 +1001,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write(f"tamt: error: {message}\n")
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    sys.stderr.write(f"tamt: error: {line}\n")
     sys.stderr.flush()

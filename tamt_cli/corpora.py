@@ -88,9 +88,61 @@ _Corpus = str | _Local | _Hub  # str: DEMO
 
 
 def describe_corpus(corpus: str) -> str:
-    """Validate ``corpus`` without tokenising (files must exist; the hub is not asked) and
-    return a human description of it."""
-    return _describe(_resolve(corpus))
+    """Validate ``corpus`` without tokenising (files must exist and start as UTF-8 text; the hub
+    is not asked) and return a human description of it."""
+    spec = _resolve(corpus)
+    if isinstance(spec, _Local):
+        texts = [_check_text(path, limit=SNIFF_BYTES) for path in spec.files]
+        if not any(texts):
+            raise UserError(f"corpus '{corpus}' is empty: it has no text to tokenise; use {_VALID}")
+    return _describe(spec)
+
+
+SNIFF_BYTES = 1 << 16  # what describe_corpus reads of each file
+
+
+def _check_text(path: Path, limit: int | None = None) -> bool:
+    """Whether the file holds any text; a one-line error naming the file and the offset when it
+    is not UTF-8 text (undecodable bytes, or a NUL byte: a binary file). Reads ``limit`` bytes,
+    or all."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, text = 0, False
+    try:
+        with path.open("rb") as fh:
+            while limit is None or offset < limit:
+                chunk = fh.read(1 << 20 if limit is None else min(1 << 20, limit - offset))
+                if not chunk:
+                    break
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    raise UserError(
+                        f"corpus file '{_display_path(path)}' is not text: it holds a NUL byte at "
+                        f"offset {offset + nul} (a binary file?); give UTF-8 text files"
+                    )
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the chunk
+                try:
+                    text = bool(decoder.decode(chunk, final=False).strip()) or text
+                except UnicodeDecodeError as exc:
+                    at = offset - pending + exc.start
+                    raise UserError(
+                        f"corpus file '{_display_path(path)}' is not UTF-8 text: byte "
+                        f"0x{exc.object[exc.start]:02x} at offset {at} cannot be decoded; "
+                        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    ) from None
+                offset += len(chunk)
+            if limit is None or offset < limit:
+                decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise UserError(
+            f"corpus file '{_display_path(path)}' is not UTF-8 text: it ends inside a character"
+        ) from None
+    except OSError as exc:
+        raise UserError(
+            f"cannot read corpus file '{_display_path(path)}': {exc.strerror or exc}"
+        ) from None
+    return text
 
 
 def _describe(spec: _Corpus) -> str:
@@ -341,6 +393,10 @@ def _dataset_ids(dataset: Any, tokenizer: Any, fingerprint: str) -> np.ndarray:
 def _local_ids(spec: _Local, tokenizer: Any, root: Path, fingerprint: str) -> np.ndarray:
     import datasets
 
+    files = [path for path in spec.files if _check_text(path)]
+    if not files:
+        return np.zeros(0, dtype=np.int32)
+
     # The datasets' own Arrow cache is not needed (the blocks are cached): keep it in a
     # temporary folder, beside the block cache when that is writable.
     tmp_parent: str | None = None
@@ -351,13 +407,20 @@ def _local_ids(spec: _Local, tokenizer: Any, root: Path, fingerprint: str) -> np
         try:
             dataset = datasets.load_dataset(
                 "text",
-                data_files=[str(p) for p in spec.files],
+                data_files=[str(p) for p in files],
                 split="train",
                 cache_dir=tmp,
             )
         except Exception as exc:  # datasets wraps decode and read errors in several types
-            raise UserError(f"cannot read the corpus text files: {first_line(exc)}") from None
+            raise UserError(f"cannot read the corpus text files: {_root_cause(exc)}") from None
         return _dataset_ids(dataset, tokenizer, fingerprint)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause (datasets wraps the reason in a generic error)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return first_line(exc)
 
 
 # -- the hub -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from rich.console import Console
 from torch import nn
 
 from tamt_cli import artifacts, verbosity
-from tamt_cli.errors import UserError
+from tamt_cli.errors import UserError, first_line, refused_pickle
 from tamt_cli.objectives import eval_mode
 
 #: builds one micro-batch from the indices of its examples and the micro-batch's generator
@@ -170,6 +171,16 @@ class Engine:
         broadcast_object_list(box, from_process=0)
         return box[0]
 
+    def micro_batch(self, batch_size: int, grad_accum: int = 1) -> int:
+        """Examples per process and micro-batch; the batch must split evenly."""
+        micro, rest = divmod(batch_size, self.world * grad_accum)
+        if micro == 0 or rest:
+            raise UserError(
+                f"--batch-size {batch_size} must be a multiple of processes × "
+                f"--grad-accum = {self.world} × {grad_accum}"
+            )
+        return micro
+
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
@@ -227,12 +238,7 @@ class Engine:
         examples (``make_batch`` turns indices into model inputs); returns the unwrapped module.
         ``module(**batch)`` must return the loss."""
         hooks = hooks or Hooks()
-        micro, rest = divmod(loop.batch_size, self.world * loop.grad_accum)
-        if micro == 0 or rest:
-            raise UserError(
-                f"--batch-size {loop.batch_size} must be a multiple of processes × "
-                f"--grad-accum = {self.world} × {loop.grad_accum}"
-            )
+        micro = self.micro_batch(loop.batch_size, loop.grad_accum)
         module.to(self.device)
         model, opt = self.accelerator.prepare(module, optimizer)
         params = [p for p in module.parameters() if p.requires_grad]
@@ -324,10 +330,11 @@ class Engine:
             from safetensors.torch import save as st_save
 
             folder = run_dir / CHECKPOINTS / f"step-{step:06d}"
-            with artifacts.staged_dir(folder, overwrite=True) as stage:
+            with artifacts.staged_dir(folder, replace=True) as stage:
                 cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
                 artifacts.write_bytes(stage / "trainable.safetensors", st_save(cpu))
-                torch.save(_unwrap_optimizer(optimizer).state_dict(), stage / "optimizer.pt")
+                with open(stage / "optimizer.pt", "wb") as fh:  # a full disk raises OSError
+                    torch.save(_unwrap_optimizer(optimizer).state_dict(), fh)
                 state = {"step": step, "scheduler": scheduler.state_dict()}
                 artifacts.write_json(stage / "state.json", state)
             for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
@@ -337,18 +344,40 @@ class Engine:
     def load_checkpoint(
         self, folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any
     ) -> tuple[int, dict[str, torch.Tensor]]:
-        """Restore optimiser and scheduler; returns (step, trainable tensors)."""
+        """Restore optimiser and scheduler; returns (step, trainable tensors). A damaged
+        checkpoint is a one-line error naming the file; the optimiser state is read with
+        ``weights_only=True``, so a file holding anything but tensors and plain values is
+        refused, never unpickled."""
         from safetensors.torch import load_file
+
+        def damaged(name: str, why: str) -> UserError:
+            return UserError(f"checkpoint file '{folder / name}' is damaged: {why}")
 
         try:
             tensors = load_file(str(folder / "trainable.safetensors"))
-            opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-            state = json.loads((folder / "state.json").read_text())
         except Exception as exc:
-            raise UserError(f"checkpoint '{folder}' is unreadable or corrupt ({exc})") from None
-        optimizer.load_state_dict(opt_state)
-        scheduler.load_state_dict(state["scheduler"])
-        return int(state["step"]), tensors
+            raise damaged("trainable.safetensors", first_line(exc)) from None
+        try:
+            opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise damaged("optimizer.pt", refused_pickle(exc)) from None
+        except Exception as exc:
+            raise damaged("optimizer.pt", first_line(exc)) from None
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            step = int(state["step"])
+            schedule = state["scheduler"]
+        except Exception as exc:
+            raise damaged("state.json", first_line(exc)) from None
+        try:
+            optimizer.load_state_dict(opt_state)
+        except Exception as exc:
+            raise damaged("optimizer.pt", f"it does not fit this run ({first_line(exc)})") from None
+        try:
+            scheduler.load_state_dict(schedule)
+        except Exception as exc:
+            raise damaged("state.json", f"its schedule does not fit ({first_line(exc)})") from None
+        return step, tensors
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -44,14 +44,21 @@ def choose(manifest: dict[str, Any], spec: ExtractSpec) -> dict[str, Any]:
     return (finals or entries)[-1]
 
 
-def run(spec: ExtractSpec, console: Console) -> dict[str, Any]:
+def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict[str, Any]:
+    """``overwrite``: replace an existing ``--export`` folder that is a tamt run or export."""
     from tamt_cli import masking
 
     manifest = artifacts.read_manifest(spec.run)
     if manifest.get("kind") not in {"search", "subnetwork"}:
         raise UserError(f"'{spec.run}' is a {manifest.get('kind')} run, not a search run")
-    if spec.export is not None and spec.export.exists() and not spec.overwrite:
-        raise UserError(f"'{spec.export}' already exists; choose another path or pass --overwrite")
+    if spec.export is not None:
+        artifacts.check_output(
+            spec.export,
+            flag="--export",
+            overwrite=overwrite,
+            can_overwrite=True,
+            sources=(Path(spec.run),),
+        )
     entry = choose(manifest, spec)
     mask_path = Path(spec.run) / entry["file"]
     masks = masking_cpu(artifacts.load_masks(mask_path))
@@ -68,7 +75,7 @@ def run(spec: ExtractSpec, console: Console) -> dict[str, Any]:
         "report": report,
     }
     if spec.export is not None:
-        export(spec, manifest, entry, masks, report, console)
+        export(spec, manifest, entry, masks, report, console, replace=overwrite)
         result["export"] = str(spec.export)
     return result
 
@@ -84,8 +91,11 @@ def export(
     masks: dict[str, Any],
     report: dict[str, Any],
     console: Console,
+    *,
+    replace: bool = False,
 ) -> None:
-    """Write a plain Hugging Face folder with the zeros baked in, plus mask file and manifest."""
+    """Write a plain Hugging Face folder with the zeros baked in, plus mask file and manifest;
+    ``replace``: an existing folder (checked by ``artifacts.check_output``) is replaced."""
     from tamt_cli import masking, models
 
     record = manifest["model"]
@@ -119,7 +129,7 @@ def export(
     )
     with (
         console.status(f"writing {spec.export}"),
-        artifacts.staged_dir(spec.export, overwrite=spec.overwrite) as stage,
+        artifacts.staged_dir(spec.export, replace=replace) as stage,
     ):
         # weights the checkpoint lacked (an MLM checkpoint's pooler) stay out of the export too
         absent = models.absent_keys(model)

@@ -105,8 +105,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     task = create_task(spec.task, spec.task_options)
     what = evaluate.subject(spec.subnetwork, model=spec.model, own_weights=True)
     out = Path(spec.out) if spec.out else artifacts.default_run_dir("finetune", task.name)
-    if out.exists():
-        raise UserError(f"'{out}' already exists; choose another --out")
+    artifacts.check_output(out, flag="--out")
     hp = settings(spec, task)
     tokenizer = tokenizer_for(what)
     check_positions(what.ref, hp["max_length"])

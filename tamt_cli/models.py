@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tamt_cli import hub
-from tamt_cli.errors import UserError, first_line
+from tamt_cli.errors import UserError, first_line, refused_pickle
 
 DEMO = "demo"
 
@@ -46,6 +46,11 @@ def resolve(given: str) -> ModelRef:
     )
     if looks_like_path or not given.strip():
         raise UserError(f"model path '{given}' does not exist")
+    if path.parent != Path(".") and path.parent.is_dir():  # runs/nope: a path, not a hub id
+        raise UserError(
+            f"'{given}' does not exist (there is a local folder '{path.parent}', so it is not "
+            "taken for a hub id)"
+        )
     return ModelRef(given, given, False)
 
 
@@ -53,13 +58,20 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
     """``load(location, **kw)`` with one-line errors: a local folder directly; a hub id from the
     local cache first, and from the hub only when it answers at all, so an offline machine
     fails at once instead of after minutes of retries."""
-    failures = (OSError, ValueError, KeyError, RuntimeError)
+    import pickle
+
+    from safetensors import SafetensorError
+
+    failures = (
+        *(OSError, ValueError, KeyError, RuntimeError),
+        *(SafetensorError, pickle.UnpicklingError),
+    )
     ways = "; use --model demo or a local model folder" if what == "model" else ""
     if ref.local:
         try:
             return load(ref.location)
         except failures as exc:
-            raise UserError(f"cannot load {what} from '{ref.given}': {first_line(exc)}") from None
+            raise UserError(f"cannot load {what} from '{ref.given}': {_fault(ref, exc)}") from None
     try:
         return load(ref.location, local_files_only=True)
     except failures:
@@ -75,6 +87,22 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
         raise UserError(
             f"cannot load {what} '{ref.given}' from the Hugging Face hub ({first_line(exc)}){ways}"
         ) from None
+
+
+def _fault(ref: ModelRef, exc: BaseException) -> str:
+    """What is wrong with a local model folder's files, in a few words naming the file."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    folder = Path(ref.location)
+    if isinstance(exc, SafetensorError):
+        files = sorted(folder.glob("*.safetensors")) or [folder / "model.safetensors"]
+        return f"'{files[0]}' is damaged ({first_line(exc)})"
+    if isinstance(exc, pickle.UnpicklingError):
+        files = sorted(folder.glob("*.bin")) or [folder]
+        return f"'{files[0]}' is refused: {refused_pickle(exc)}"
+    return first_line(exc)
 
 
 #: attribute a loader sets on a model: its state-dict keys that the checkpoint did not hold

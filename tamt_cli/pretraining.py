@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from tamt_cli import objectives
-from tamt_cli.errors import UserError
+from tamt_cli.errors import UserError, first_line
 
 HEAD_FILE = "head.safetensors"
 HEAD_WARMUP_METRICS = "head_warmup.jsonl"
@@ -53,10 +53,9 @@ class PretrainingData:
         return make
 
 
-def prepare(ref: Any, model: Any, spec: Any, engine: Any, console: Console) -> PretrainingData:
-    """Tokenise (or read from the cache) the corpus of ``spec`` for ``model``'s tokenizer.
-
-    The main process tokenises first; the others then read its cache."""
+def check_inputs(ref: Any, model: Any, spec: Any, engine: Any) -> Any:
+    """What can be checked without computing (length, corpus files, tokenizer, batch split);
+    returns the tokenizer. Runs before a run directory is made."""
     from transformers import AutoTokenizer
 
     from tamt_cli import corpora
@@ -68,12 +67,24 @@ def prepare(ref: Any, model: Any, spec: Any, engine: Any, console: Console) -> P
             f"use at most {positions}"
         )
     corpora.describe_corpus(spec.corpus)
+    engine.micro_batch(spec.batch_size, getattr(spec, "grad_accum", 1))
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.location)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"model '{ref.given}' has no usable tokenizer ({exc})") from None
+        why = first_line(exc)
+        raise UserError(f"model '{ref.given}' has no usable tokenizer ({why})") from None
     if tokenizer.mask_token_id is None:
         raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
+    return tokenizer
+
+
+def prepare(ref: Any, model: Any, spec: Any, engine: Any, console: Console) -> PretrainingData:
+    """Tokenise (or read from the cache) the corpus of ``spec`` for ``model``'s tokenizer.
+
+    The main process tokenises first; the others then read its cache."""
+    from tamt_cli import corpora
+
+    tokenizer = check_inputs(ref, model, spec, engine)
     with engine.accelerator.main_process_first():
         blocks = corpora.load_blocks(
             spec.corpus, tokenizer, spec.max_length, held_out=spec.held_out, console=console
@@ -166,6 +177,30 @@ def shared_head(
         artifacts.write_bytes(path, st_save(tensors, metadata=meta))
     engine.barrier()
     return head, {**record, "reused": False}
+
+
+def search_head(
+    job: Any, data: PretrainingData, engine: Any
+) -> tuple[nn.Module, list[nn.Parameter], float]:
+    """The MLM head of a search (mask training, IMP): the shared head, its own parameters
+    trainable at the resolved ``--head-lr`` (none when 0); returns (head, its trained
+    parameters, that lr) and records the head's origin in the run's notes."""
+    spec = job.spec
+    head, record = shared_head(
+        job.ref,
+        job.model,
+        job.weights,
+        data,
+        engine,
+        job.console,
+        steps=spec.head_warmup_steps,
+        lr=spec.head_warmup_lr,
+        batch_size=spec.batch_size,
+        run_dir=job.run.root,
+    )
+    lr = head_lr(spec.head_lr, record)
+    job.notes["mlm_head"] = record
+    return head, train_head(head, job.model, lr), lr
 
 
 def heads_cache() -> Path:
@@ -314,6 +349,19 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def record_corpus(job: Any, data: PretrainingData) -> None:
+    """Record a digest of the token blocks a run trains on; resuming it refuses other blocks
+    (changed text, tokenizer, --max-length or --held-out)."""
+    if job.run is None:
+        return
+    digest = hashlib.sha256()
+    for blocks in (data.train, data.held_out):
+        digest.update(f"{tuple(blocks.shape)}|{blocks.dtype}".encode())
+        for start in range(0, blocks.shape[0], 65_536):  # in slices: no second copy in memory
+            digest.update(blocks[start : start + 65_536].contiguous().numpy().tobytes())
+    job.run.record_input("corpus_blocks_sha256", digest.hexdigest(), "the corpus")
+
+
 @torch.no_grad()
 def restore_trainable(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     own = trainable_state(module)
@@ -321,6 +369,11 @@ def restore_trainable(module: nn.Module, tensors: dict[str, torch.Tensor]) -> No
         missing = sorted(set(own) - set(tensors))[:1] or sorted(set(tensors) - set(own))[:1]
         raise UserError(f"checkpoint does not match this run's model ('{missing[0]}')")
     for name, value in tensors.items():
+        if own[name].shape != value.shape:
+            raise UserError(
+                f"checkpoint tensor '{name}' has shape {list(value.shape)}; this run's model "
+                f"needs {list(own[name].shape)}"
+            )
         own[name].copy_(value)
 
 

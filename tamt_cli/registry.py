@@ -103,8 +103,10 @@ class Registry:
             try:
                 obj = _entry_point(self.group, plugin.name, plugin.target).load()
                 summary = self._check(obj) if self._check else ""
-            except Exception as exc:  # a broken plugin must not break anything else
-                plugin.status = "error"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit at import)
+                plugin.status = "error"  # must not break anything else
                 plugin.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
             else:
                 plugin.status, plugin.obj, plugin.summary = "ok", obj, summary

@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, registry, specs
-from tamt_cli.errors import UserError
+from tamt_cli import __version__, artifacts, registry, specs
+from tamt_cli.errors import Interrupted, UserError, environment_fault
 from tamt_cli.specs import SearchSpec
 
 
@@ -30,12 +30,28 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
 
 
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:
-    """The spec saved in ``run_dir``; a spec file or flags given as well must agree with it."""
+    """The spec saved in ``run_dir``; a spec file or flags given as well must agree with it.
+    The run must be incomplete, made by this major version of tamt and not in use."""
     saved_path = Path(run_dir) / artifacts.SPEC_FILE
-    if artifacts.read_manifest(run_dir).get("status") == "complete":
+    manifest = artifacts.read_manifest(run_dir)
+    if manifest.get("status") == "complete":
         raise UserError(f"run '{run_dir}' is already complete; there is nothing to resume")
+    if manifest.get("kind") != "search":
+        raise UserError(f"'{run_dir}' is a {manifest.get('kind')} run, not a search run")
+    made_by = str(manifest.get("tamt_version"))
+    if made_by.split(".")[0] != __version__.split(".")[0]:
+        raise UserError(
+            f"run '{run_dir}' was started by tamt {made_by}; this tamt {__version__} is another "
+            f"major version and would not continue it as it began: resume it with tamt {made_by}"
+            ", or start a new run"
+        )
     if not saved_path.is_file():
         raise UserError(f"'{run_dir}' has no {artifacts.SPEC_FILE}; it cannot be resumed")
+    if artifacts.busy(run_dir):
+        raise UserError(
+            f"run '{run_dir}' is being written by another tamt process that is still running; "
+            "wait for it to end (or stop it) before resuming"
+        )
     saved = specs.validate(SearchSpec, specs.read_spec_file(saved_path), str(saved_path))
     asked = {k: v for k, v in flags.items() if v is not None}
     if spec_file is not None:
@@ -68,6 +84,7 @@ def run(spec: SearchSpec, method: Any, console: Console, *, resume: bool = False
         return _run_training(spec, method, console, resume)
     if resume:
         raise UserError(f"method '{spec.method}' runs in one shot; there is nothing to resume")
+    artifacts.check_output(Path(spec.out or "."), flag="--out")
     return _run_once(spec, method, console)
 
 
@@ -77,8 +94,6 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
     from tamt_cli.methods.base import SearchJob
 
     out = Path(spec.out or ".")
-    if out.exists():
-        raise UserError(f"run directory '{out}' already exists; choose another --out")
     ref = models.resolve(spec.model)
     with console.status(f"loading model {spec.model}"):
         model = models.load_encoder(ref)
@@ -99,25 +114,29 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
 def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool) -> dict[str, Any]:
     """Training methods: the run directory exists from the start (checkpoints, masks at steps,
     metrics) and every file in it is written atomically; the manifest says whether it is
-    complete."""
+    complete. Everything that can be checked without computing is checked before the directory
+    is made; a new run that fails before its first checkpoint leaves no directory behind."""
     from tamt_cli import masking, models
     from tamt_cli.engine import Engine
     from tamt_cli.methods.base import SearchJob
 
     engine = Engine(spec.mixed_precision, console, spec.report_to)
+    lock = None
+    created = False
+    out = Path(spec.out or ".")
     try:
         spec = spec.model_copy(update={"out": engine.broadcast(spec.out)})
         out = Path(spec.out or ".")
-        if not resume and out.exists():
-            raise UserError(
-                f"run directory '{out}' already exists; choose another --out, or continue it "
-                f"with --resume {out}"
-            )
+        previous = artifacts.read_manifest(out) if resume else None
+        if not resume:
+            artifacts.check_output(out, flag="--out")
         engine.barrier()
         ref = models.resolve(spec.model)
         with console.status(f"loading model {spec.model}"):
             model = models.load_encoder(ref)
             weights_sha = models.weights_hash(model)
+        if previous is not None and previous.get("model", {}).get("weights_sha256") != weights_sha:
+            raise UserError(f"model '{spec.model}' has changed since run '{out}' started")
         weights = masking.prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
         job = SearchJob(
             spec=spec,
@@ -128,28 +147,63 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             engine=engine,
             resume=resume,
         )
+        preflight = getattr(method, "preflight", None)
+        if preflight is not None:
+            preflight(job)
+        if previous is not None:
+            job.notes.update(previous.get("notes") or {})
         manifest = _manifest(spec, ref, model, weights_sha, job)
-        if resume:
-            previous = artifacts.read_manifest(out)
-            if previous.get("model", {}).get("weights_sha256") != weights_sha:
-                raise UserError(f"model '{spec.model}' has changed since run '{out}' started")
+        if previous is not None:
             manifest["masks"] = previous.get("masks", [])
             manifest["created"] = previous.get("created", manifest["created"])
-        writer = RunWriter(out, manifest, enabled=engine.is_main)
+            manifest["inputs"] = dict(previous.get("inputs") or {})
+        writer = RunWriter(out, manifest, enabled=engine.is_main, previous=previous)
         job.run = writer
         if engine.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            artifacts.write_text(out / artifacts.SPEC_FILE, spec.to_yaml())
-            writer.write_manifest()
+            if resume:
+                lock = artifacts.lock_run_dir(out)
+            else:  # a resumed run's files change only once it trains again
+                lock = artifacts.create_run_dir(out)
+                created = True
+                artifacts.write_text(out / artifacts.SPEC_FILE, spec.to_yaml())
+                writer.write_manifest()
         engine.barrier()
         engine.track(out, out.name, spec.model_dump(mode="json"))
         masks = method.search(job)
         masks, report = _checked(spec, job, masks)
         writer.finish(masks, report, job.notes, step=job.notes.get("steps"))
         engine.barrier()
+    except BaseException as exc:
+        if engine.is_main:
+            _stopped(exc, out, created=created, resumed=resume)
+        raise
     finally:
+        artifacts.release(lock, remove=True)
         engine.end()
     return {"run": str(out), "method": spec.method, "model": spec.model, "report": report}
+
+
+def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> None:
+    """A training run ended early: a new run with no checkpoint yet leaves nothing behind; one
+    with a checkpoint says how to resume it. Raises the exception to report, if it differs."""
+    import shutil
+
+    from tamt_cli.engine import checkpoints
+
+    resumable = (resumed or (created and bool(checkpoints(out)))) and out.is_dir()
+    if created and not resumable:
+        shutil.rmtree(out, ignore_errors=True)
+    hint = f"resume with: tamt search --resume {out}" if resumable else None
+    if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+        if hint:
+            raise Interrupted(f"interrupted; {hint}") from None
+        if created:
+            raise Interrupted("interrupted before the first checkpoint; nothing was kept") from None
+        return
+    if isinstance(exc, Exception) and not isinstance(exc, UserError):
+        fault = environment_fault(exc)
+        if fault is not None:
+            raise UserError(f"{fault}; {hint}" if hint else fault) from None
 
 
 def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, dict]:
@@ -189,10 +243,30 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
 class RunWriter:
     """Writes a search run's masks, extra files and manifest (on the main process only)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], enabled: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        enabled: bool,
+        previous: dict[str, Any] | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.enabled = enabled
+        self.previous = previous  # the manifest of the run being resumed
+
+    def record_input(self, name: str, value: Any, what: str) -> None:
+        """Record a fact the result depends on (e.g. a digest of the corpus) in the manifest's
+        ``inputs``; resuming refuses to go on when it differs from what the run started with."""
+        before = ((self.previous or {}).get("inputs") or {}).get(name)
+        if before is not None and before != value:
+            raise UserError(
+                f"--resume: {what} has changed since run '{self.root}' started ({name} differs); "
+                f"resume it with the same {what}, or start a new run"
+            )
+        if before is None:
+            self.manifest.setdefault("inputs", {})[name] = value
+            self.write_manifest()
 
     def write_manifest(self) -> None:
         if self.enabled:

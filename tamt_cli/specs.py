@@ -98,7 +98,6 @@ class ExtractSpec(Spec):
     sparsity: float | None = None
     step: int | None = Field(None, ge=0)
     export: Path | None = None
-    overwrite: bool = False
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
 
@@ -170,9 +169,14 @@ class EvalSpec(Spec):
 
 S = TypeVar("S", bound=BaseModel)
 
+#: fields a spec file may not carry: destructive or one-off choices made on the command line
+COMMAND_LINE_ONLY = {"overwrite": "--overwrite", "resume": "--resume"}
+
 
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML, JSON or TOML spec file; one-line errors for anything else."""
+    if path.is_dir():
+        raise UserError(f"spec file '{path}' is a directory; give a .yaml, .json or .toml file")
     if not path.is_file():
         raise UserError(f"spec file '{path}' does not exist")
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -206,7 +210,7 @@ def build(cls: type[S], spec_file: Path | None, flags: Mapping[str, Any]) -> S:
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    return validate(cls, data, source=str(spec_file) if spec_file else None)
+    return validate(cls, data, source=f"spec {spec_file}" if spec_file else None)
 
 
 def validate(cls: type[S], data: Mapping[str, Any], source: str | None = None) -> S:
@@ -223,8 +227,17 @@ def describe(exc: ValidationError, cls: type[BaseModel], source: str | None = No
         loc = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
             valid = list(cls.model_fields)
-            hint = did_you_mean(str(err["loc"][-1]), valid) or ";"
-            parts.append(f"unknown field '{loc}'{hint} valid fields: {', '.join(valid)}")
+            field = str(err["loc"][-1])
+            if field in COMMAND_LINE_ONLY:
+                parts.append(
+                    f"'{loc}' is taken only from the command line ({COMMAND_LINE_ONLY[field]}), "
+                    "never from a spec file"
+                )
+            elif not valid:
+                parts.append(f"unknown field '{loc}'; there are none to give")
+            else:
+                hint = did_you_mean(field, valid) or ";"
+                parts.append(f"unknown field '{loc}'{hint} valid fields: {', '.join(valid)}")
         elif err["type"] == "missing":
             parts.append(f"'{loc}' is required (on the command line or in a --spec file)")
         else:
@@ -232,5 +245,5 @@ def describe(exc: ValidationError, cls: type[BaseModel], source: str | None = No
             given = err.get("input")
             shown = "" if "got " in msg or isinstance(given, dict) else f" (got {given!r})"
             parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
-    where = f"spec {source}: " if source else ""
+    where = f"{source}: " if source else ""
     return where + "; ".join(parts)

@@ -301,7 +301,7 @@ def test_staged_dir_overwrite_replaces(tmp_path):
     final = tmp_path / "run"
     final.mkdir()
     (final / "old.txt").write_text("old")
-    with artifacts.staged_dir(final, overwrite=True) as stage:
+    with artifacts.staged_dir(final, replace=True) as stage:
         assert (final / "old.txt").exists()  # old run untouched while the new one is built
         (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
@@ -315,7 +315,7 @@ def test_staged_dir_overwrite_failure_keeps_old(tmp_path):
     (final / "old.txt").write_text("old")
     with (
         pytest.raises(KeyError),
-        artifacts.staged_dir(final, overwrite=True) as stage,
+        artifacts.staged_dir(final, replace=True) as stage,
     ):
         (stage / "new.txt").write_text("new")
         raise KeyError("x")

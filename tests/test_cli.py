@@ -202,9 +202,15 @@ def test_extract_refuses_to_damage_existing_output(cli, tiny_bert):
     res = cli("extract", "run", "--export", "subnet")
     assert res.code == 2 and "already exists" in res.err
     assert (Path("subnet") / "keep.txt").read_text() == "mine"
-    res = cli("extract", "run", "--export", "subnet", "--overwrite")
+    res = cli("extract", "run", "--export", "subnet", "--overwrite")  # not a tamt folder
+    assert res.code == 2 and "not a tamt run or export" in res.err
+    assert sorted(p.name for p in Path("subnet").iterdir()) == ["keep.txt"]
+    # an earlier export is replaced, completely and with nothing left beside it
+    assert cli("extract", "run", "--export", "sub2").code == 0
+    (Path("sub2") / "stray.txt").write_text("from the old export")
+    res = cli("extract", "run", "--export", "sub2", "--overwrite")
     assert res.code == 0, res.err
-    assert not (Path("subnet") / "keep.txt").exists()
+    assert not (Path("sub2") / "stray.txt").exists() and (Path("sub2") / "config.json").is_file()
     assert [p for p in Path(".").iterdir() if p.name.startswith(".")] == []
 
 

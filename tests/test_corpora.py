@@ -361,9 +361,29 @@ def test_bad_max_length(tok, tmp_path, cache, length):
 
 def test_undecodable_file(tok, tmp_path, cache):
     path = tmp_path / "bin.txt"
-    path.write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28" * 10)
+    path.write_bytes(b"\xff\xfe not utf-8 \xc3\x28" * 10)
     message = one_line_error(load_blocks, str(path), tok, 16, cache_dir=cache)
-    assert "cannot read" in message
+    assert str(path) in message and "not UTF-8 text: byte 0xff at offset 0" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "is empty"),
+        (b"\n  \n\t\n", "is empty"),
+        (b"some text\x00\x01\x02 more", "NUL byte at offset 9"),
+        ("café au lait\n".encode("latin-1"), "byte 0xe9 at offset 3"),
+        ("ok ünïcode\n".encode() * 20_000 + b"\xff", "byte 0xff at offset 260000"),
+    ],
+)
+def test_bad_corpus_files_are_named_with_the_cause(tok, tmp_path, cache, data, message):
+    """Empty, binary and non-UTF-8 files: what is wrong and where, before and while reading."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(data)
+    found = one_line_error(load_blocks, str(path), tok, 16, cache_dir=cache)
+    assert message in found and "corpus" in found
+    if len(data) < 1000:  # the start of every file is looked at before anything is tokenised
+        assert message in one_line_error(describe_corpus, str(path))
 
 
 # -- the hub -------------------------------------------------------------------------------

@@ -254,9 +254,15 @@ def test_same_seed_same_mask_on_a_headless_model(cli, tiny_bert, corpus, method,
         if step == 2:  # before the first checkpoint
             raise KeyboardInterrupt
 
+    from tamt_cli import search
+
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume"))
     monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    # a killed process (kill -9) runs no clean-up: its folder stays, with no checkpoint yet
+    stopped = search._stopped
+    monkeypatch.setattr(search, "_stopped", lambda *args, **kwargs: None)
     assert cli(*train_args(tiny_bert, corpus, method, "part", *args)).code == 130
+    monkeypatch.setattr(search, "_stopped", stopped)
     monkeypatch.setattr(mask_training._Hooks, "after_step", original)
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume-2"))
     res = cli("search", "--resume", "part")

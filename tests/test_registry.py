@@ -60,8 +60,13 @@ def plugin_env(tmp_path, monkeypatch):
         firstrows = toy_good:FirstRows
         broken = toy_broken:Method
         notamethod = toy_good:Options
+        exits = toy_exits:Method
         """,
-        {"toy_good": GOOD, "toy_broken": "raise ImportError('needs libfoo, which is missing')\n"},
+        {
+            "toy_good": GOOD,
+            "toy_broken": "raise ImportError('needs libfoo, which is missing')\n",
+            "toy_exits": "import sys\nsys.exit('toy_exits refuses to load')\n",
+        },
     )
     monkeypatch.syspath_prepend(str(site))
     registry.methods.cache_clear()
@@ -69,7 +74,7 @@ def plugin_env(tmp_path, monkeypatch):
     yield site
     registry.methods.cache_clear()
     registry.tasks.cache_clear()
-    for mod in ("toy_good", "toy_broken"):
+    for mod in ("toy_good", "toy_broken", "toy_exits"):
         sys.modules.pop(mod, None)
 
 
@@ -97,6 +102,17 @@ def test_plugins_json_lists_good_and_broken(plugin_env, cli):
     assert rows["notamethod"]["status"] == "error"
     assert "search" in rows["notamethod"]["error"]
     assert rows["omp"]["status"] == "ok"
+
+
+def test_plugin_calling_sys_exit_at_import_is_listed_not_fatal(plugin_env, cli):
+    res = cli("plugins", "--kind", "method", "--json")
+    assert res.code == 0, res.err
+    rows = {r["name"]: r for r in res.json()}
+    assert rows["exits"]["status"] == "error"
+    assert rows["exits"]["error"] == "SystemExit: toy_exits refuses to load"
+    assert rows["firstrows"]["status"] == rows["omp"]["status"] == "ok"
+    res = cli("search", "-m", "exits", "-s", "0.5", "--dry-run")
+    assert res.code == 2 and "method 'exits' (from tamt-toy 1.2.3) cannot be used" in res.err
 
 
 def test_broken_plugin_breaks_nothing_else(plugin_env, cli, tiny_bert):

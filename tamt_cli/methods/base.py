@@ -14,7 +14,9 @@ options are rejected; given on the command line as ``-o name=value`` or in a spe
 ``options:``), is constructed with those validated options, and returns from ``search`` a keep-mask
 (boolean tensor, ``True`` = kept) for every weight in ``job.weights``. An optional
 ``check(spec)`` raises ``UserError`` for specs the method cannot run (called before any compute
-and by ``--dry-run``); without it, ``--sparsity`` is required. ``tamt`` checks that the
+and by ``--dry-run``); without it, ``--sparsity`` is required. A training method may also have
+``preflight(job)``: checks that need the loaded model but no computation, run before its run
+directory is made, so that a bad input leaves nothing behind. ``tamt`` checks that the
 masks fit, measures their sparsity and writes the run; a method does no I/O of its own.
 
 Method modules are imported by ``tamt plugins`` to report their status, so they should import

@@ -163,6 +163,12 @@ class IterativeMagnitudePruning:
             out.update(pretraining.head_settings(spec))
         return out
 
+    def preflight(self, job: SearchJob) -> None:
+        """Checks that need the model but no computation, before the run directory is made."""
+        from tamt_cli import pretraining
+
+        pretraining.check_inputs(job.ref, job.model, job.spec, job.engine)
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         return IMPSession(job, self.options).run()
 
@@ -233,25 +239,12 @@ class IMPSession:
 
         spec, job, engine = self.spec, self.job, self.engine
         self.data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        pretraining.record_corpus(job, self.data)
         last = eng.checkpoints(job.run.root)[-1:] if job.resume else []
         head = None
         self.head_lr: float | None = None
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
-            head, record = pretraining.shared_head(
-                job.ref,
-                job.model,
-                job.weights,
-                self.data,
-                engine,
-                job.console,
-                steps=spec.head_warmup_steps,
-                lr=spec.head_warmup_lr,
-                batch_size=spec.batch_size,
-                run_dir=job.run.root,
-            )
-            self.head_lr = pretraining.head_lr(spec.head_lr, record)
-            pretraining.train_head(head, job.model, self.head_lr)
-            job.notes["mlm_head"] = record
+            head, _, self.head_lr = pretraining.search_head(job, self.data, engine)
         teacher = None
         if "kd" in self.objective:  # the weights train: the teacher is a frozen pre-trained copy
             teacher = copy.deepcopy(job.model).eval()

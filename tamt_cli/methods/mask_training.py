@@ -61,6 +61,12 @@ class MaskTraining:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
         return settings(self.objective, spec, self.options)
 
+    def preflight(self, job: SearchJob) -> None:
+        """Checks that need the model but no computation, before the run directory is made."""
+        from tamt_cli import pretraining
+
+        pretraining.check_inputs(job.ref, job.model, job.spec, job.engine)
+
     def search(self, job: SearchJob) -> dict[str, Any]:
         session = TrainingSession(job, self.objective, self.options)
         return session.run()
@@ -123,25 +129,13 @@ class TrainingSession:
 
         spec, job, engine = self.spec, self.job, self.engine
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        pretraining.record_corpus(job, data)
         for p in job.model.parameters():
             p.requires_grad_(False)
-        head, head_params = None, []
+        head: Any = None
+        head_params: list[Any] = []
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
-            head, record = pretraining.shared_head(
-                job.ref,
-                job.model,
-                job.weights,
-                data,
-                engine,
-                job.console,
-                steps=spec.head_warmup_steps,
-                lr=spec.head_warmup_lr,
-                batch_size=spec.batch_size,
-                run_dir=job.run.root,
-            )
-            self.head_lr = pretraining.head_lr(spec.head_lr, record)
-            head_params = pretraining.train_head(head, job.model, self.head_lr)
-            job.notes["mlm_head"] = record
+            head, head_params, self.head_lr = pretraining.search_head(job, data, engine)
         init = self.initial_masks()
         scores = masking.attach_scores(job.weights, init, self.options.tau)
         kinds = {p.name: p.kind for p in job.weights}

@@ -1,0 +1,659 @@
+"""Bad inputs and faults through the real command line, on tiny models: every one is a single
+line on stderr with exit code 2 (130 when interrupted), no traceback, and leaves the working
+folder exactly as it was: no run folder or temporary file appears, no file changes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tamt_cli import artifacts
+
+os.environ["TAMT_NO_PROGRESS"] = "1"
+
+TRAIN = ["--max-length", "16", "--batch-size", "4", "--max-steps", "4", "--lr", "0.01"]
+
+
+@dataclass
+class Env:
+    """What the cases build on: tiny models, a corpus, a finished one-shot run and a training run
+    interrupted after its checkpoint at step 2 (copied into each case's folder as needed)."""
+
+    bert: Path
+    other: Path
+    corpus: Path
+    omp: Path
+    kd: Path
+    kd_stderr: str  # what the interruption of the training run said
+    held: list[Any]
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
+    from tamt_cli.cli import main
+    from tamt_cli.methods import mask_training
+
+    root = tmp_path_factory.mktemp("fault-runs")
+    cache = root / "cache"
+    old_cache = os.environ.get("TAMT_CACHE_DIR")
+    os.environ["TAMT_CACHE_DIR"] = str(cache)
+    try:
+        omp = root / "omp"
+        code = main(["search", "-m", "omp", "-s", "0.5", "--model", str(tiny_bert), "--out",
+                     str(omp)])  # fmt: skip
+        assert code == 0
+        original = mask_training._Hooks.after_step
+        mask_training._Hooks.after_step = after_step(3, interrupt)  # type: ignore[method-assign]
+        try:
+            kd = root / "kd"
+            args = ["-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus, *TRAIN]
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                code = main(["search", *map(str, args), "--save-every", "2", "--out", str(kd)])
+        finally:
+            mask_training._Hooks.after_step = original  # type: ignore[method-assign]
+        assert code == 130
+    finally:
+        if old_cache is None:
+            os.environ.pop("TAMT_CACHE_DIR", None)
+        else:
+            os.environ["TAMT_CACHE_DIR"] = old_cache
+    assert json.loads((kd / "manifest.json").read_text())["status"] == "running"
+    assert [p.name for p in (kd / "checkpoints").iterdir()] == ["step-000002"]
+    return Env(tiny_bert, other_bert, corpus, omp, kd, err.getvalue(), [])
+
+
+# -- what the cases do before running ------------------------------------------------------
+
+
+def omp_run(env: Env) -> None:
+    shutil.copytree(env.omp, "run")
+
+
+def kd_run(env: Env) -> None:
+    shutil.copytree(env.kd, "part")
+
+
+def folder_with_file(name: str) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        Path(name).mkdir(parents=True, exist_ok=True)
+        (Path(name) / "notes.txt").write_text("mine, not tamt's")
+
+    return make
+
+
+def plain_file(name: str) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        Path(name).write_text("a file")
+
+    return make
+
+
+def both(*steps: Callable[[Env], None]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        for step in steps:
+            step(env)
+
+    return make
+
+
+def model_copy(damage: Callable[[Path], None]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        shutil.copytree(env.bert, "model")
+        damage(Path("model"))
+
+    return make
+
+
+def truncate_weights(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scramble_weights_header(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[:8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+def pickle_only_weights(folder: Path) -> None:
+    import datetime
+
+    import torch
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = dict(load_file(str(folder / "model.safetensors")))
+    state["made"] = datetime.datetime(2020, 1, 1)  # not a tensor: refused by weights_only
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+def no_config(folder: Path) -> None:
+    (folder / "config.json").unlink()
+
+
+def resave_masks(path: Path, change: Callable[[dict, dict], None]) -> None:
+    """Rewrite a mask file with ``change(tensors, metadata)`` applied (a well-formed
+    safetensors file whose content is damaged)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="np") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    change(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def damaged_mask(change: Callable[[dict, dict], None], where: str = "run") -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        omp_run(env)
+        resave_masks(Path("run/masks.safetensors"), change)
+        if where != "run":
+            shutil.copy("run/masks.safetensors", where)
+
+    return make
+
+
+QUERY = "encoder.layer.0.attention.self.query.weight"
+HALVED = f"tensor '{QUERY}' holds 64 bytes; its shape [32, 32] needs 128"
+
+
+def halve(tensors: dict, meta: dict) -> None:
+    tensors[QUERY] = tensors[QUERY][: len(tensors[QUERY]) // 2].copy()
+
+
+def drop_shape(tensors: dict, meta: dict) -> None:
+    shapes = json.loads(meta["shapes"])
+    del shapes[QUERY]
+    meta["shapes"] = json.dumps(shapes)
+
+
+def drop_tensor(tensors: dict, meta: dict) -> None:
+    del tensors[QUERY]
+
+
+def widen(tensors: dict, meta: dict) -> None:
+    tensors[QUERY] = tensors[QUERY].astype(np.int16)
+
+
+def set_padding(tensors: dict, meta: dict) -> None:
+    shapes = json.loads(meta["shapes"])
+    shapes["pooler.dense.weight"] = [1021]  # 1021 bits in 128 bytes: three spare bits, now set
+    meta["shapes"] = json.dumps(shapes)
+    tensors["pooler.dense.weight"][-1] = 0xFF
+
+
+def garbage_mask(env: Env) -> None:
+    omp_run(env)
+    Path("run/masks.safetensors").write_bytes(os.urandom(300))
+
+
+def checkpoint_file(change: Callable[[Path], None]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        kd_run(env)
+        change(Path("part/checkpoints/step-000002"))
+
+    return make
+
+
+def corrupt_state(folder: Path) -> None:
+    (folder / "state.json").write_text('{"step": 2, "sched')
+
+
+def state_without_step(folder: Path) -> None:
+    (folder / "state.json").write_text('{"scheduler": {}}')
+
+
+def wrong_shape_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "trainable.safetensors"))
+    name = sorted(k for k in tensors if tensors[k].dim() == 2)[0]
+    tensors[name] = tensors[name][:, :-1].contiguous()
+    save_file(tensors, str(folder / "trainable.safetensors"))
+
+
+def truncated_tensors(folder: Path) -> None:
+    path = folder / "trainable.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def pickled_object(folder: Path) -> None:
+    import datetime
+
+    import torch
+
+    state = torch.load(folder / "optimizer.pt", weights_only=True)
+    state["made"] = datetime.datetime(2020, 1, 1)
+    torch.save(state, folder / "optimizer.pt")
+
+
+def edit_manifest(**fields: Any) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        kd_run(env)
+        path = Path("part/manifest.json")
+        manifest = json.loads(path.read_text())
+        manifest.update(fields)
+        path.write_text(json.dumps(manifest))
+
+    return make
+
+
+def changed_corpus(env: Env) -> None:
+    kd_run(env)
+    Path("text.txt").write_text(env.corpus.read_text() + "the dog sat on the mat\n")
+    spec = Path("part/spec.yaml")
+    spec.write_text(spec.read_text().replace(str(env.corpus), str(Path("text.txt").resolve())))
+
+
+def write_corpus(data: bytes) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        Path("text.txt").write_bytes(data)
+
+    return make
+
+
+def live_lock(path: str) -> Callable[[Env], None]:
+    """A live process holds ``path`` (this test process, through a second file handle)."""
+
+    def make(env: Env) -> None:
+        lock = artifacts.try_lock(Path(path))
+        assert lock is not None
+        env.held.append(lock)
+
+    return make
+
+
+def live_stage(name: str) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        stage = Path(f".{name}.x1y2.partial")
+        stage.mkdir()
+        live_lock(str(stage / artifacts.LOCK_FILE))(env)
+
+    return make
+
+
+def spec_file(text: str, name: str = "spec.yaml") -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        Path(name).write_text(text)
+
+    return make
+
+
+def symlink_to_run(env: Env) -> None:
+    omp_run(env)
+    shutil.copytree("run", "other-run")
+    Path("link").symlink_to("other-run")
+
+
+def run_in_runs(env: Env) -> None:
+    Path("runs").mkdir()
+    shutil.copytree(env.omp, "runs/omp")
+
+
+# -- patches: faults of the machine and interruptions ----------------------------------------
+
+
+def full_disk(*args: Any) -> None:
+    """``os.fsync`` on a full disk (every tamt file write ends with one)."""
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def interrupt(*args: Any, **kw: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def after_step(step: int, action: Callable[[], None]) -> Callable[[Any, int], None]:
+    """The mask-training hook after each optimiser step, doing ``action`` after ``step``."""
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+
+    def hook(self: Any, done: int) -> None:
+        original(self, done)
+        if done == step:
+            action()
+
+    return hook
+
+
+def disk_full(monkeypatch) -> None:
+    monkeypatch.setattr(os, "fsync", full_disk)
+
+
+def interrupt_saving(monkeypatch) -> None:
+    monkeypatch.setattr(artifacts, "save_masks", interrupt)
+
+
+def interrupt_at_step_1(monkeypatch) -> None:
+    from tamt_cli.methods import mask_training
+
+    monkeypatch.setattr(mask_training._Hooks, "after_step", after_step(1, interrupt))
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    message: str
+    setup: Callable[[Env], None] | None = None
+    code: int = 2
+    patch: Callable[[Any], None] | None = None
+
+
+OMP = ["search", "-m", "omp", "-s", "0.5", "--model", "{bert}"]
+KD = ["search", "-m", "kd", "-s", "0.5", "--model", "{bert}", "--corpus", "{corpus}", *TRAIN]
+KD_TEXT = [*KD[:-len(TRAIN) - 2], "--corpus", "text.txt", *TRAIN]  # fmt: skip
+FT = ["finetune", "--task", "sst2"]
+LIKE = ["search", "-m", "random", "--like", "m.safetensors", "--model"]
+
+# fmt: off
+CASES = [
+    # command line and spec files
+    Case("unknown-method", ["search", "-m", "ompp", "-s", "0.5"], "did you mean 'omp'?"),
+    Case("sparsity-out-of-range", [*OMP[:4], "1.5"], "strictly between 0 and 1"),
+    Case("spec-is-a-folder", ["search", "--spec", "."], "is a directory"),
+    Case("spec-missing", ["search", "--spec", "nope.yaml"], "does not exist"),
+    Case("spec-bad-yaml", ["search", "--spec", "spec.yaml"], "is not valid YAML",
+         spec_file("method: [omp\n")),
+    Case("spec-unknown-field", ["search", "--spec", "spec.yaml"], "did you mean 'sparsity'?",
+         spec_file("method: omp\nsparsty: 0.5\n")),
+    Case("spec-carries-overwrite", ["extract", "--spec", "spec.yaml"],
+         "'overwrite' is taken only from the command line",
+         spec_file("run: run\noverwrite: true\n")),
+    Case("options-of-a-method-without-any", [*OMP, "-o", "foo=1"], "there are none to give"),
+    Case("option-without-value", [*OMP, "-o", "foo"], "takes name=value"),
+    Case("seeds-not-integers", [*FT[:1], "run", *FT[1:], "--seeds", "1,x"], "comma-separated"),
+    # models
+    Case("model-path-missing", [*OMP[:-1], "./nope"], "does not exist"),
+    Case("eval-of-a-missing-run-folder", ["eval", "runs/nope", "--objective", "kd"],
+         "'runs/nope' does not exist (there is a local folder 'runs'", folder_with_file("runs")),
+    Case("model-without-config", [*OMP[:-1], "model"], "no config.json", model_copy(no_config)),
+    Case("model-weights-truncated", [*OMP[:-1], "model"], "model.safetensors' is damaged",
+         model_copy(truncate_weights)),
+    Case("model-weights-header-corrupt", [*OMP[:-1], "model"], "model.safetensors' is damaged",
+         model_copy(scramble_weights_header)),
+    Case("model-pickle-with-objects", [*OMP[:-1], "model"], "which tamt does not unpickle",
+         model_copy(pickle_only_weights)),
+    # output folders
+    Case("out-is-a-foreign-folder", [*OMP, "--out", "mine"], "already exists",
+         folder_with_file("mine")),
+    Case("out-is-a-file", [*OMP, "--out", "afile"], "already exists", plain_file("afile")),
+    Case("out-under-a-file", [*OMP, "--out", "afile/run"], "afile' is not a folder",
+         plain_file("afile")),
+    Case("training-out-is-a-run", [*KD, "--out", "part"],
+         "or continue it with: tamt search --resume part", kd_run),
+    Case("out-being-written-by-a-live-run", [*OMP, "--out", "busy"],
+         "being written by another tamt process", live_stage("busy")),
+    Case("finetune-out-exists", [*FT[:1], "run", *FT[1:], "--out", "mine"], "already exists",
+         both(omp_run, folder_with_file("mine"))),
+    Case("export-exists", ["extract", "run", "--export", "mine"], "or pass --overwrite",
+         both(omp_run, folder_with_file("mine"))),
+    Case("overwrite-a-foreign-folder", ["extract", "run", "--export", "mine", "--overwrite"],
+         "not a tamt run or export", both(omp_run, folder_with_file("mine"))),
+    Case("overwrite-the-source", ["extract", "run", "--export", "run", "--overwrite"],
+         "is the source of this command", omp_run),
+    Case("overwrite-a-folder-holding-the-source",
+         ["extract", "runs/omp", "--export", "runs", "--overwrite"],
+         "a folder holding the source", run_in_runs),
+    Case("overwrite-the-current-folder", ["extract", "run", "--export", ".", "--overwrite"],
+         "is the current directory", omp_run),
+    Case("overwrite-a-file", ["extract", "run", "--export", "afile", "--overwrite"],
+         "not a folder", both(omp_run, plain_file("afile"))),
+    Case("overwrite-a-symlink", ["extract", "run", "--export", "link", "--overwrite"],
+         "is a symbolic link", symlink_to_run),
+    # mask files
+    Case("mask-tensor-truncated", ["extract", "run"], HALVED, damaged_mask(halve)),
+    Case("mask-shape-missing", ["extract", "run"], f"'{QUERY}' has no shape",
+         damaged_mask(drop_shape)),
+    Case("mask-tensor-missing", ["extract", "run"], f"lists '{QUERY}', which it holds no",
+         damaged_mask(drop_tensor)),
+    Case("mask-tensor-not-bytes", ["extract", "run"], f"'{QUERY}' is int16",
+         damaged_mask(widen)),
+    Case("mask-padding-bits-set", ["extract", "run"], "bits set beyond its 1021 weights",
+         damaged_mask(set_padding)),
+    Case("mask-file-garbage", ["extract", "run"], "unreadable or corrupt", garbage_mask),
+    Case("finetune-truncated-mask-file",
+         [*FT[:1], "m.safetensors", "--model", "{bert}", *FT[1:]], HALVED,
+         damaged_mask(halve, "m.safetensors")),
+    Case("like-truncated-mask-file", [*LIKE, "{bert}", "--out", "r"], HALVED,
+         damaged_mask(halve, "m.safetensors")),
+    Case("mask-of-another-model", [*LIKE, "{other}", "--out", "r"], "does not fit the model",
+         damaged_mask(lambda t, m: None, "m.safetensors")),
+    # resume
+    Case("resume-changed-setting", ["search", "--resume", "part", "-s", "0.6"],
+         "started with sparsity=0.5", kd_run),
+    Case("resume-changed-corpus", ["search", "--resume", "part"], "the corpus has changed",
+         changed_corpus),
+    Case("resume-other-major-version", ["search", "--resume", "part"],
+         "another major version", edit_manifest(tamt_version="99.0.0")),
+    Case("resume-changed-model", ["search", "--resume", "part"], "has changed since run",
+         edit_manifest(model={"id": "x", "weights_sha256": "0" * 64})),
+    Case("resume-complete-run", ["search", "--resume", "run"], "already complete", omp_run),
+    Case("resume-live-run", ["search", "--resume", "part"], "still running",
+         both(kd_run, live_lock("part/.tamt.lock"))),
+    Case("resume-missing", ["search", "--resume", "nope"], "is not a directory"),
+    Case("checkpoint-state-corrupt", ["search", "--resume", "part"], "state.json' is damaged",
+         checkpoint_file(corrupt_state)),
+    Case("checkpoint-state-without-step", ["search", "--resume", "part"],
+         "state.json' is damaged", checkpoint_file(state_without_step)),
+    Case("checkpoint-tensor-wrong-shape", ["search", "--resume", "part"], "has shape [",
+         checkpoint_file(wrong_shape_tensor)),
+    Case("checkpoint-tensors-truncated", ["search", "--resume", "part"],
+         "trainable.safetensors' is damaged", checkpoint_file(truncated_tensors)),
+    Case("checkpoint-pickled-object", ["search", "--resume", "part"],
+         "optimizer.pt' is damaged: it holds objects other than tensors",
+         checkpoint_file(pickled_object)),
+    # corpora: before the run folder is made, or with it removed again
+    Case("corpus-empty", [*KD_TEXT, "--out", "r"], "is empty", write_corpus(b"")),
+    Case("corpus-binary", [*KD_TEXT, "--out", "r"], "holds a NUL byte",
+         write_corpus(os.urandom(64) + b"\0")),
+    Case("corpus-latin-1", [*KD_TEXT, "--out", "r"], "byte 0xe9 at offset 3",
+         write_corpus("café\n".encode("latin-1"))),
+    Case("corpus-glob-matches-nothing", [*KD[:-len(TRAIN) - 2], "--corpus", "no/*.txt", *TRAIN,
+         "--out", "r"], "matches no file"),
+    Case("corpus-too-small", [*KD_TEXT, "--out", "r"], "is too small",
+         write_corpus(b"the cat sat\n")),
+    Case("max-length-beyond-the-model", [*KD, "--max-length", "100", "--out", "r"],
+         "beyond the model's 64 positions"),
+    Case("batch-not-divisible", [*KD, "--batch-size", "3", "--grad-accum", "2", "--out", "r"],
+         "must be a multiple of"),
+    Case("mlm-without-head-and-no-warm-up",
+         [*KD[:2], "mlm", *KD[3:], "--head-warmup-steps", "0", "--out", "r"],
+         "--head-warmup-steps is 0"),
+    # faults of the machine and interruptions
+    Case("disk-full-writing-a-run", [*OMP, "--out", "r"], "No space left on device",
+         patch=disk_full),
+    Case("interrupted-one-shot-search", [*OMP, "--out", "r"], "interrupted", code=130,
+         patch=interrupt_saving),
+    Case("interrupted-before-the-first-checkpoint", [*KD, "--out", "r"],
+         "interrupted before the first checkpoint; nothing was kept", code=130,
+         patch=interrupt_at_step_1),
+]
+# fmt: on
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (but the block cache) with a digest of each file's bytes."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "cache" or rel.startswith("cache/"):
+            continue
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def test_the_table_is_large_and_its_names_unique():
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, env: Env, cli, monkeypatch):
+    if case.setup is not None:
+        case.setup(env)
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    before = snapshot(Path("."))
+    fields = {"bert": env.bert, "other": env.other, "corpus": env.corpus}
+    try:
+        res = cli(*[a.format(**fields) for a in case.args])
+    finally:
+        for lock in env.held:
+            artifacts.release(lock)
+        env.held.clear()
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert res.code == case.code, res.err
+    assert "Traceback" not in res.err
+    errors = [line for line in lines if line.startswith("tamt: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.err
+    assert case.message in errors[0], errors[0]
+    assert res.out == ""
+    assert snapshot(Path(".")) == before  # nothing made, nothing changed, nothing left behind
+
+
+# -- faults over time: concurrent runs, dead runs, interruptions, a disk filling up -------------
+
+
+def test_interrupted_training_says_how_to_resume_and_resumes(cli, env):
+    kd = str(env.kd)
+    assert env.kd_stderr.splitlines()[-1] == (
+        f"tamt: error: interrupted; resume with: tamt search --resume {kd}"
+    )
+    kd_run(env)
+    res = cli("search", "--resume", "part")
+    assert res.code == 0, res.err
+    manifest = json.loads(Path("part/manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert (
+        manifest["inputs"]["corpus_blocks_sha256"]
+        == json.loads((env.kd / "manifest.json").read_text())["inputs"]["corpus_blocks_sha256"]
+    )
+    assert not Path("part", artifacts.LOCK_FILE).exists()
+    assert not (env.kd / artifacts.LOCK_FILE).exists()
+
+
+def test_a_full_disk_keeps_the_checkpoint_and_says_how_to_resume(
+    cli, tiny_bert, corpus, monkeypatch
+):
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+    real_fsync = os.fsync
+    fill = after_step(3, lambda: monkeypatch.setattr(os, "fsync", full_disk))
+    monkeypatch.setattr(mask_training._Hooks, "after_step", fill)
+    args = [a.format(bert=tiny_bert, corpus=corpus) for a in KD]
+    res = cli(*args, "--save-every", "2", "--out", "r")
+    assert res.code == 2, res.err
+    last = res.err.splitlines()[-1]
+    assert last.startswith("tamt: error: No space left on device: '")
+    assert last.endswith("'; resume with: tamt search --resume r")
+    assert json.loads(Path("r/manifest.json").read_text())["status"] == "running"
+    assert [p.name for p in Path("r/checkpoints").iterdir()] == ["step-000002"]
+    assert not list(Path("r").rglob("*.tmp")) and not list(Path("r").rglob("*.partial"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    res = cli("search", "--resume", "r")
+    assert res.code == 0, res.err
+    assert json.loads(Path("r/manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_run_folder_is_made_exclusively(cli, tiny_bert, corpus, monkeypatch):
+    """Between the first check and the making of the folder another run may have made it: the
+    exclusive mkdir still refuses, and that run's folder is left alone."""
+    lock = artifacts.create_run_dir(Path("r"))  # another live run's folder
+    (Path("r") / "spec.yaml").write_text("theirs\n")
+    monkeypatch.setattr(artifacts, "check_output", lambda *a, **kw: None)
+    try:
+        res = cli(*[a.format(bert=tiny_bert, corpus=corpus) for a in KD], "--out", "r")
+    finally:
+        artifacts.release(lock, remove=True)
+    assert res.code == 2 and "already exists" in res.err.splitlines()[-1]
+    assert sorted(p.name for p in Path("r").iterdir()) == ["spec.yaml"]
+    assert (Path("r") / "spec.yaml").read_text() == "theirs\n"
+
+
+def test_two_training_runs_with_the_same_out(tmp_path, tiny_bert, corpus):
+    """Two processes started together: one writes the run, the other is refused (exit 2)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TAMT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [a.format(bert=tiny_bert, corpus=corpus) for a in KD]
+    cmd = [sys.executable, "-m", "tamt_cli", *args, "--seed", "1", "--out", str(tmp_path / "r")]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "r' already exists" in refused or "being written by another" in refused
+    rows = [json.loads(r) for r in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [1, 2, 3, 4]  # one run's rows,
+    assert [r["step"] for r in rows if "loss" in r] == [4]  # not two interleaved
+    assert json.loads((tmp_path / "r/manifest.json").read_text())["status"] == "complete"
+
+
+def test_what_a_killed_run_left_is_cleaned_by_the_next(cli, tiny_bert):
+    """kill -9 while a folder is being staged: the next command writing beside it removes the
+    temporary folder (its lock died with its process); a live one's is left alone."""
+    import signal
+    import subprocess
+    import sys
+
+    Path("runs").mkdir()
+    script = (
+        "import sys, time\n"
+        "from tamt_cli import artifacts\n"
+        "with artifacts.staged_dir(sys.argv[1]) as stage:\n"
+        "    (stage / 'half.bin').write_bytes(b'x' * 1000)\n"
+        "    print(stage, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    dead = subprocess.Popen([sys.executable, "-c", script, "runs/ft"], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    dead_stage = Path(dead.stdout.readline().strip())  # type: ignore[union-attr]
+    live = artifacts.staged_dir(Path("runs/other"))
+    live_stage = live.__enter__()
+    try:
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(timeout=30)
+        assert dead_stage.is_dir()
+        res = cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "runs/omp")
+        assert res.code == 0, res.err
+        assert "removed what interrupted tamt runs left unfinished" in res.err
+        assert not dead_stage.exists() and live_stage.is_dir()
+    finally:
+        live.__exit__(None, None, None)
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["omp", "other"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_an_unwritable_out_is_a_one_line_error(cli, tiny_bert):
+    Path("locked").mkdir()
+    os.chmod("locked", 0o500)
+    try:
+        res = cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "locked/r")
+    finally:
+        os.chmod("locked", 0o700)
+    assert res.code == 2 and res.err.splitlines()[-1].startswith("tamt: error: Permission denied")
+    assert list(Path("locked").iterdir()) == []
