@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
     from tamt_cli import masking, models
     from tamt_cli.methods.base import SearchJob
 
+    started = time.perf_counter()
     out = Path(spec.out or ".")
     ref = models.resolve(spec.model)
     with console.status(f"loading model {spec.model}"):
@@ -103,7 +105,8 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
     with console.status(f"searching with {spec.method}"):
         masks = method.search(job)
     masks, report = _checked(spec, job, masks)
-    writer = RunWriter(out, _manifest(spec, ref, model, weights_sha, job), enabled=True)
+    manifest = _manifest(spec, ref, model, weights_sha, job)
+    writer = RunWriter(out, manifest, enabled=True, started=started)
     with artifacts.staged_dir(out) as stage:
         writer.root = stage
         artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
@@ -120,6 +123,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
     from tamt_cli.engine import Engine
     from tamt_cli.methods.base import SearchJob
 
+    started = time.perf_counter()
     engine = Engine(spec.mixed_precision, console, spec.report_to)
     lock = None
     created = False
@@ -157,7 +161,10 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             manifest["masks"] = previous.get("masks", [])
             manifest["created"] = previous.get("created", manifest["created"])
             manifest["inputs"] = dict(previous.get("inputs") or {})
-        writer = RunWriter(out, manifest, enabled=engine.is_main, previous=previous)
+            manifest["seconds"] = previous.get("seconds")
+        writer = RunWriter(
+            out, manifest, enabled=engine.is_main, previous=previous, started=started
+        )
         job.run = writer
         if engine.is_main:
             if resume:
@@ -241,7 +248,10 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
 
 
 class RunWriter:
-    """Writes a search run's masks, extra files and manifest (on the main process only)."""
+    """Writes a search run's masks, extra files and manifest (on the main process only).
+
+    The manifest's ``seconds`` is the wall-clock time of the search so far (of earlier sessions
+    up to their last write, when resumed)."""
 
     def __init__(
         self,
@@ -249,11 +259,14 @@ class RunWriter:
         manifest: dict[str, Any],
         enabled: bool,
         previous: dict[str, Any] | None = None,
+        started: float | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.enabled = enabled
         self.previous = previous  # the manifest of the run being resumed
+        self.started = time.perf_counter() if started is None else started
+        self.before = float(manifest.get("seconds") or 0.0)
 
     def record_input(self, name: str, value: Any, what: str) -> None:
         """Record a fact the result depends on (e.g. a digest of the corpus) in the manifest's
@@ -270,6 +283,8 @@ class RunWriter:
 
     def write_manifest(self) -> None:
         if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            self.manifest["seconds"] = round(self.before + elapsed, 2)
             artifacts.write_json(self.root / artifacts.MANIFEST, self.manifest)
 
     def save_masks(self, masks: dict[str, Any], *, step: int | None, **extra: Any) -> None:
