@@ -887,6 +887,93 @@ def evaluate(
 
 
 @app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="grid file (YAML, JSON or TOML)")],
+    out: Annotated[
+        Path | None, typer.Option(help="sweep directory [grid's out, else sweeps/<grid name>]")
+    ] = None,
+    print_commands: Annotated[
+        bool,
+        typer.Option(
+            "--print-commands", help="print one `tamt` command line per cell still to run"
+        ),
+    ] = False,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="stop at the first failed cell")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the cells and what is done, run nothing")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a grid: methods × sparsities searched once, fine-tuned on tasks × seeds."""
+    from tamt_cli import sweep as sweeping
+
+    plan = sweeping.plan(grid, out)
+    if print_commands:
+        for line in sweeping.commands(plan):
+            typer.echo(line)
+        return
+    if dry_run:
+        if as_json:
+            _emit_json(sweeping.listing(plan))
+        else:
+            sweeping.render_listing(plan, _out())
+        return
+    index = sweeping.run(plan, _err(), fail_fast=fail_fast)
+    if as_json:
+        _emit_json(index)
+    else:
+        _out().print(f"sweep complete: {len(plan.cells)} cells in [bold]{plan.out}[/bold]")
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def report(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="sweep directories, search/finetune runs, eval JSON, or mask files"),
+    ],
+    format: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="table, md, csv or json")
+    ] = ReportFormat.table,
+    plots: Annotated[
+        Path | None, typer.Option(help="write PNG figures into this folder (needs matplotlib)")
+    ] = None,
+) -> None:
+    """Tables (and plots) from finished runs: scores by method and sparsity, matching, mask
+    overlap, held-out loss correlation. Nothing is recomputed."""
+    from tamt_cli import report as reporting
+
+    if plots is not None:
+        from tamt_cli import plots as plotting
+
+        plotting.require()
+    inputs = reporting.read(paths)
+    if inputs.mask_files:
+        doc = reporting.compare_files(inputs.mask_files)
+    else:
+        doc = reporting.build(inputs)
+    if format is ReportFormat.json:
+        _emit_json(doc)
+    elif format is ReportFormat.csv:
+        sys.stdout.write(reporting.to_csv(doc))
+    elif format is ReportFormat.md:
+        sys.stdout.write(reporting.to_markdown(doc))
+    else:
+        reporting.render(doc, _out())
+    if plots is not None and "rows" in doc:
+        written = plotting.write(doc, plots)
+        _err().print(f"{len(written)} figures written to [bold]{plots}[/bold]")
+
+
+@app.command()
 def plugins(
     kind: Annotated[
         Kind | None, typer.Option(help=f"only methods or only tasks {_default('both')}")

@@ -1,0 +1,603 @@
+"""`tamt report`: tables and plots from finished runs; nothing is recomputed.
+
+It reads sweep directories (their ``sweep.json``), search runs, fine-tuning runs (or one seed's
+folder), the JSON that ``tamt eval --objective --json`` prints, and mask files, and builds one
+document (the ``--format json`` output, version :data:`VERSION`):
+
+- ``rows``: per task, method and target sparsity, the main metric's mean ± sample std over every
+  fine-tuning seed (the best evaluation, as the paper reports), every other metric (best and
+  final), the *matching* verdict (BERT-Tickets: within one std of the dense mean, or above it),
+  held-out pre-training losses and search seconds; the dense model has ``method`` "dense".
+- ``glue_average``: the mean of the main metrics over the GLUE tasks, where several are present.
+- ``correlations``: Spearman ρ between held-out loss and score over the subnetworks of a task.
+- ``subnetworks``: achieved sparsity overall, per kind and per layer; ``overlap``: Jaccard
+  similarity of kept weights between the masks of one sparsity, and of the weights each flips
+  relative to the OMP mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tamt_cli import artifacts
+from tamt_cli.errors import UserError
+
+FORMAT = "tamt.report"
+VERSION = 1
+DENSE = "dense"
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+#: methods in this order first, then the others by name
+METHOD_ORDER = ("dense", "mlm", "kd", "mlm-kd", "imp", "omp", "random")
+
+Key = tuple[str, float | None]  # (method, target sparsity)
+
+
+@dataclass
+class Inputs:
+    """What the paths hold, read defensively."""
+
+    searches: dict[Path, dict[str, Any]] = field(default_factory=dict)  # run → manifest
+    seeds: list[dict[str, Any]] = field(default_factory=list)  # one fine-tuning seed each
+    heldout: list[dict[str, Any]] = field(default_factory=list)  # eval --objective results
+    mask_files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def read(paths: Iterable[Path]) -> Inputs:
+    inputs = Inputs()
+    for path in paths:
+        path = Path(path)
+        if path.is_file() and path.suffix == ".safetensors":
+            inputs.mask_files.append(path)
+        elif path.is_file() and path.suffix == ".json":
+            inputs.heldout.append(_heldout(path, _load_json(path), None))
+        elif path.is_dir() and (path / "sweep.json").is_file():
+            _read_sweep(path, inputs)
+        elif path.is_dir() and (path / artifacts.MANIFEST).is_file():
+            _read_run(path, inputs)
+        else:
+            raise UserError(
+                f"'{path}' is not a sweep directory, a tamt run, an eval result (.json) or a "
+                "mask file (.safetensors)"
+            )
+    if inputs.mask_files and (inputs.searches or inputs.seeds or inputs.heldout):
+        raise UserError("give either mask files to compare, or runs and sweeps, not both")
+    return inputs
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"'{path}' is not readable JSON ({exc})") from None
+
+
+def _read_sweep(path: Path, inputs: Inputs) -> None:
+    index = _load_json(path / "sweep.json")
+    cells = index.get("cells") if isinstance(index, dict) else None
+    if not isinstance(cells, list):
+        raise UserError(f"'{path / 'sweep.json'}' is not a tamt sweep index")
+    for cell in cells:
+        if not isinstance(cell, dict) or cell.get("status") != "done" or not cell.get("id"):
+            continue
+        where = path / str(cell["id"])
+        if cell.get("kind") == "heldout" and where.is_file():
+            inputs.heldout.append(_heldout(where, _load_json(where), cell))
+        elif where.is_dir() and (where / artifacts.MANIFEST).is_file():
+            _read_run(where, inputs)
+
+
+def _read_run(path: Path, inputs: Inputs) -> None:
+    manifest = artifacts.read_manifest(path)
+    kind = manifest.get("kind")
+    if kind in {"search", "subnetwork"}:
+        if manifest.get("status", "complete") != "complete":
+            inputs.notes.append(f"'{path}' is not complete; left out")
+            return
+        inputs.searches[path.resolve()] = manifest
+    elif kind == "finetune" and manifest.get("members") is not None:
+        summary = _load_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+        selected = summary.get("selected_by")
+        for record in summary.get("runs") or []:
+            folder = path / Path(str(record.get("folder", ""))).name
+            member = _member_manifest(folder)
+            link = (member or manifest).get("subnetwork") or manifest.get("subnetwork") or {}
+            inputs.seeds.append(_seed(path, manifest.get("task"), selected, link, record))
+    elif kind == "finetune":
+        metrics_file = path / "metrics.json"
+        metrics = _load_json(metrics_file) if metrics_file.is_file() else {}
+        record = {"seed": manifest.get("seed"), **{k: metrics.get(k) for k in ("best", "final")}}
+        link = manifest.get("subnetwork") or {}
+        inputs.seeds.append(
+            _seed(path, manifest.get("task"), metrics.get("selected_by"), link, record)
+        )
+    else:
+        raise UserError(f"'{path}' is a {kind} run; tamt report reads search and finetune runs")
+
+
+def _member_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return artifacts.read_manifest(folder)
+    except UserError:
+        return None
+
+
+def _seed(
+    path: Path, task: Any, selected: Any, link: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
+    split, _, metric = str(selected or "").partition("/")
+    dense = link.get("kind") in {None, "model"}
+    return {
+        "run": str(path),
+        "task": task,
+        "split": split or None,
+        "metric": metric or None,
+        "method": DENSE if dense else str(link.get("method") or link.get("kind")),
+        "sparsity": None if dense else _number(link.get("sparsity")),
+        "subnetwork": link.get("path"),
+        "seed": record.get("seed"),
+        "best": (record.get("best") or {}).get("metrics") or {},
+        "final": (record.get("final") or {}).get("metrics") or {},
+    }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _heldout(path: Path, result: Any, cell: dict[str, Any] | None) -> dict[str, Any]:
+    """An eval --objective result, tied to the subnetwork it scored."""
+    if not isinstance(result, dict) or "objective" not in result or "loss" not in result:
+        raise UserError(f"'{path}' is not the output of tamt eval --objective --json")
+    if cell is not None:
+        method, sparsity = str(cell.get("method")), _number(cell.get("sparsity"))
+    else:
+        method, sparsity = _subject_of(result)
+    return {
+        "file": str(path),
+        "objective": result["objective"],
+        "loss": _number(result["loss"]),
+        "method": method,
+        "sparsity": None if method == DENSE else sparsity,
+    }
+
+
+def _subject_of(result: dict[str, Any]) -> Key:
+    checkpoint = Path(str(result.get("checkpoint")))
+    if (checkpoint / artifacts.MANIFEST).is_file():
+        manifest = artifacts.read_manifest(checkpoint)
+        return str(manifest.get("method")), _number(manifest.get("sparsity"))
+    if result.get("mask_sparsity") is None:
+        return DENSE, None
+    return checkpoint.name, _number(result.get("mask_sparsity"))
+
+
+# -- the tables -----------------------------------------------------------------------------
+
+
+def _order(key: Key) -> tuple[int, str, float]:
+    method, sparsity = key
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, method, sparsity if sparsity is not None else -1.0
+
+
+def aggregate(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for one value), as `tamt finetune` reports."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def _all_metrics(seeds: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
+    names = sorted(
+        {f"{split}/{name}" for s in seeds for split, ms in s[which].items() for name in ms}
+    )
+    out = {}
+    for full in names:
+        split, _, name = full.partition("/")
+        values = [s[which][split][name] for s in seeds if name in s[which].get(split, {})]
+        values = [float(v) for v in values if isinstance(v, (int, float))]
+        if values:
+            out[full] = aggregate(values)
+    return out
+
+
+def build(inputs: Inputs) -> dict[str, Any]:
+    """The report document (see the module docs)."""
+    heldout: dict[Key, dict[str, list[float]]] = {}
+    for h in inputs.heldout:
+        if h["loss"] is not None:
+            key = (h["method"], h["sparsity"])
+            heldout.setdefault(key, {}).setdefault(h["objective"], []).append(h["loss"])
+    losses = {k: {o: statistics.fmean(v) for o, v in d.items()} for k, d in heldout.items()}
+    seconds: dict[Key, list[float]] = {}
+    for manifest in inputs.searches.values():
+        value = _number(manifest.get("seconds"))
+        if value is not None:
+            key = (str(manifest.get("method")), _number(manifest.get("sparsity")))
+            seconds.setdefault(key, []).append(value)
+    groups: dict[tuple[str, str, str, Key], list[dict[str, Any]]] = {}
+    for s in inputs.seeds:
+        if s["task"] and s["split"] and s["metric"]:
+            group = (s["task"], s["split"], s["metric"], (s["method"], s["sparsity"]))
+            groups.setdefault(group, []).append(s)
+    rows = []
+    for (task, split, metric, key), seeds in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], _order(kv[0][3]))
+    ):
+        values = [
+            float(s["best"][split][metric])
+            for s in seeds
+            if isinstance(s["best"].get(split, {}).get(metric), (int, float))
+        ]
+        if not values:
+            continue
+        main = aggregate(values)
+        rows.append(
+            {
+                "task": task,
+                "method": key[0],
+                "sparsity": key[1],
+                "metric": f"{split}/{metric}",
+                "seeds": sorted(s["seed"] for s in seeds if s["seed"] is not None),
+                "mean": main["mean"],
+                "std": main["std"],
+                "values": main["values"],
+                "matching": None,
+                "heldout": losses.get(key, {}),
+                "search_seconds": statistics.fmean(seconds[key]) if key in seconds else None,
+                "best": _all_metrics(seeds, "best"),
+                "final": _all_metrics(seeds, "final"),
+                "runs": sorted({s["run"] for s in seeds}),
+            }
+        )
+    _matching(rows)
+    subnetworks, overlap = masks_of(inputs.searches)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "rows": rows,
+        "glue_average": glue_average(rows),
+        "correlations": correlations(rows),
+        "heldout": [
+            {"method": k[0], "sparsity": k[1], "losses": v}
+            for k, v in sorted(losses.items(), key=lambda kv: _order(kv[0]))
+        ],
+        "subnetworks": subnetworks,
+        "overlap": overlap,
+        "notes": inputs.notes,
+    }
+
+
+def _matching(rows: list[dict[str, Any]]) -> None:
+    dense = {r["task"]: r for r in rows if r["method"] == DENSE}
+    for r in rows:
+        ref = dense.get(r["task"])
+        if r["method"] == DENSE or ref is None or ref["std"] is None:
+            continue
+        r["matching"] = bool(r["mean"] >= ref["mean"] - ref["std"])
+
+
+def glue_average(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and sparsity, the mean main metric over the GLUE tasks present (when there are
+    several, and only for subnetworks scored on all of them)."""
+    tasks = sorted({r["task"] for r in rows if r["task"] in GLUE_TASKS})
+    if len(tasks) < 2:
+        return []
+    by_key: dict[Key, dict[str, float]] = {}
+    for r in rows:
+        if r["task"] in tasks:
+            by_key.setdefault((r["method"], r["sparsity"]), {})[r["task"]] = r["mean"]
+    return [
+        {"method": k[0], "sparsity": k[1], "tasks": tasks, "mean": statistics.fmean(v.values())}
+        for k, v in sorted(by_key.items(), key=lambda kv: _order(kv[0]))
+        if len(v) == len(tasks)
+    ]
+
+
+def correlations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spearman ρ between held-out loss and mean score over the subnetworks of each task (the
+    dense model left out); ρ is null with fewer than three points or constant values."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        subnets = [r for r in rows if r["task"] == task and r["method"] != DENSE]
+        for objective in sorted({o for r in subnets for o in r["heldout"]}):
+            points = [
+                (r["heldout"][objective], r["mean"]) for r in subnets if objective in r["heldout"]
+            ]
+            rho = p = None
+            if (
+                len(points) >= 3
+                and len({x for x, _ in points}) > 1
+                and len({y for _, y in points}) > 1
+            ):
+                from scipy.stats import spearmanr
+
+                result = spearmanr([x for x, _ in points], [y for _, y in points])
+                rho, p = float(result.statistic), float(result.pvalue)
+            out.append({"task": task, "objective": objective, "rho": rho, "p": p, "n": len(points)})
+    return out
+
+
+# -- masks ----------------------------------------------------------------------------------
+
+
+def _layers(report: dict[str, Any]) -> dict[str, float]:
+    """Sparsity per layer (``embedding`` and ``pooler`` apart), weighted by matrix size."""
+    sums: dict[str, list[int]] = {}
+    for m in report.get("matrices") or []:
+        layer = m.get("layer")
+        name = str(layer) if layer is not None else str(m.get("kind"))
+        acc = sums.setdefault(name, [0, 0])
+        acc[0] += int(m.get("pruned") or 0)
+        acc[1] += int(m.get("numel") or 0)
+    return {k: v[0] / v[1] for k, v in sums.items() if v[1]}
+
+
+def _flat(masks: dict[str, Any]) -> Any:
+    import torch
+
+    return torch.cat([masks[name].reshape(-1) for name in sorted(masks)])
+
+
+def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """Per search run its achieved sparsity; per sparsity the overlap of its masks."""
+    subnetworks = []
+    by_sparsity: dict[float | None, list[tuple[str, Path, dict[str, Any]]]] = {}
+    names: dict[str, int] = {}
+    for path, manifest in sorted(
+        searches.items(), key=lambda kv: _order((str(kv[1].get("method")), _sparsity(kv[1])))
+    ):
+        method, sparsity = str(manifest.get("method")), _sparsity(manifest)
+        label = method if sparsity is None else f"{method} s{sparsity:g}"
+        names[label] = names.get(label, 0) + 1
+        if names[label] > 1:
+            label = f"{label} ({path.name})"
+        report = manifest.get("sparsity_report") or {}
+        subnetworks.append(
+            {
+                "name": label,
+                "run": str(path),
+                "method": method,
+                "sparsity": sparsity,
+                "achieved": ((report.get("overall") or {}).get("sparsity")),
+                "kinds": {k: v.get("sparsity") for k, v in (report.get("kinds") or {}).items()},
+                "layers": _layers(report),
+                "seconds": _number(manifest.get("seconds")),
+            }
+        )
+        by_sparsity.setdefault(sparsity, []).append((label, path, manifest))
+    overlap = []
+    for sparsity, members in by_sparsity.items():
+        if len(members) < 2:
+            continue
+        masks = {}
+        for label, path, _ in members:
+            file = path / artifacts.MASK_FILE
+            if file.is_file():
+                masks[label] = artifacts.load_masks(file)
+        overlap += compare(masks, sparsity)
+    return subnetworks, overlap
+
+
+def _sparsity(manifest: dict[str, Any]) -> float | None:
+    return _number(manifest.get("sparsity"))
+
+
+def compare(masks: dict[str, dict[str, Any]], sparsity: float | None = None) -> list[dict]:
+    """Jaccard similarity of the kept weights of every pair of masks that cover the same
+    weights; with an OMP mask among them (a label starting with ``omp``), also of the weights
+    each one flips relative to it (kept where OMP prunes, or pruned where OMP keeps)."""
+    labels = list(masks)
+    flat = {}
+    for label in labels:
+        shapes = {k: tuple(v.shape) for k, v in masks[label].items()}
+        flat[label] = (shapes, _flat(masks[label]))
+    omp = next((lb for lb in labels if lb.split()[0] == "omp"), None)
+    out = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            if flat[a][0] != flat[b][0]:
+                continue
+            x, y = flat[a][1], flat[b][1]
+            row = {
+                "sparsity": sparsity,
+                "a": a,
+                "b": b,
+                "weights": int(x.numel()),
+                "kept_jaccard": _jaccard(x, y),
+                "flipped_jaccard": None,
+            }
+            if omp is not None and flat[omp][0] == flat[a][0] and omp not in (a, b):
+                ref = flat[omp][1]
+                row["flipped_jaccard"] = _jaccard(x ^ ref, y ^ ref)
+            out.append(row)
+    return out
+
+
+def _jaccard(x: Any, y: Any) -> float | None:
+    union = int((x | y).sum())
+    return int((x & y).sum()) / union if union else None
+
+
+def compare_files(paths: list[Path]) -> dict[str, Any]:
+    """Two or more mask files compared directly."""
+    if len(paths) < 2:
+        raise UserError("give at least two mask files to compare")
+    masks = {}
+    for path in paths:
+        label = str(path)
+        masks[label] = artifacts.load_masks(path)
+    rows = compare(masks)
+    if not rows:
+        raise UserError("the mask files cover different weights; there is nothing to compare")
+    files = []
+    for label, m in masks.items():
+        total = sum(v.numel() for v in m.values())
+        pruned = sum(int((~v).sum()) for v in m.values())
+        files.append({"file": label, "weights": total, "sparsity": pruned / total if total else 0})
+    return {"format": FORMAT, "version": VERSION, "masks": files, "overlap": rows}
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The main table: one line per task, method and sparsity."""
+    objectives = sorted({o for r in doc["rows"] for o in r["heldout"]})
+    header = ["task", "method", "sparsity", "seeds", "metric", "mean ± std", "matching"]
+    header += [f"held-out {o}" for o in objectives] + ["search s"]
+    lines = []
+    for r in doc["rows"]:
+        lines.append(
+            [
+                r["task"],
+                r["method"],
+                "-" if r["sparsity"] is None else f"{r['sparsity']:g}",
+                str(len(r["values"])),
+                r["metric"].split("/")[-1],
+                _pm(r["mean"], r["std"]),
+                _cell(r["matching"]),
+                *[_cell(r["heldout"].get(o)) for o in objectives],
+                "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}",
+            ]
+        )
+    return header, lines
+
+
+def extra_lines(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for g in doc["glue_average"]:
+        level = "" if g["sparsity"] is None else f" s{g['sparsity']:g}"
+        lines.append(
+            f"GLUE average ({', '.join(g['tasks'])}) {g['method']}{level}: {g['mean']:.2f}"
+        )
+    for c in doc["correlations"]:
+        rho = "undefined" if c["rho"] is None else f"{c['rho']:+.3f} (p = {c['p']:.3g})"
+        lines.append(
+            f"Spearman ρ, held-out {c['objective']} loss vs {c['task']} score: {rho}, "
+            f"n = {c['n']} subnetworks"
+        )
+    lines += doc.get("notes") or []
+    return lines
+
+
+def mask_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["a", "b", "kept Jaccard", "flipped vs OMP Jaccard"]
+    return header, [
+        [o["a"], o["b"], _cell(o["kept_jaccard"]), _cell(o["flipped_jaccard"])]
+        for o in doc["overlap"]
+    ]
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _mask_files(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [[m["file"], f"{m['weights']:,}", f"{m['sparsity']:.4f}"] for m in doc["masks"]]
+    return ["file", "weights", "sparsity"], rows
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    if "masks" in doc:  # mask files compared directly
+        return markdown(*_mask_files(doc)) + "\n\n" + markdown(*mask_rows(doc)) + "\n"
+    parts = [markdown(*table_rows(doc))]
+    extra = extra_lines(doc)
+    if extra:
+        parts.append("\n".join(f"- {line}" for line in extra))
+    if doc["overlap"]:
+        parts.append(markdown(*mask_rows(doc)))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    """One line per task, method and sparsity, with every metric (best and final); for mask
+    files compared directly, one line per pair."""
+    if "masks" in doc:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, list(doc["overlap"][0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(doc["overlap"])
+        return buffer.getvalue()
+    metrics = sorted({f"{w}/{m}" for r in doc["rows"] for w in ("best", "final") for m in r[w]})
+    objectives = sorted({o for r in doc["rows"] for o in r["heldout"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["task", "method", "sparsity", "seeds", "metric", "mean", "std", "matching"]
+    header += [f"heldout_{o}" for o in objectives] + ["search_seconds"]
+    header += [f"{m}/{stat}" for m in metrics for stat in ("mean", "std")]
+    writer.writerow(header)
+    for r in doc["rows"]:
+        line = [r["task"], r["method"], r["sparsity"], len(r["values"]), r["metric"], r["mean"]]
+        line += [r["std"], r["matching"]] + [r["heldout"].get(o) for o in objectives]
+        line.append(r["search_seconds"])
+        for m in metrics:
+            which, _, name = m.partition("/")
+            stat = r[which].get(name) or {}
+            line += [stat.get("mean"), stat.get("std")]
+        writer.writerow(["" if v is None else v for v in line])
+    return buffer.getvalue()
+
+
+def render(doc: dict[str, Any], console: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    if "masks" in doc:  # mask files compared directly
+        header, lines = _mask_files(doc)
+        table = Table(title="Masks", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in header:
+            table.add_column(col)
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)
+    else:
+        header, lines = table_rows(doc)
+        table = Table(title="Transfer", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in header:
+            table.add_column(col, justify="left" if col in {"task", "method"} else "right")
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)
+        for extra in extra_lines(doc):
+            console.print(extra)
+    if doc["overlap"]:
+        header, lines = mask_rows(doc)
+        table = Table(title="Mask overlap", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in header:
+            table.add_column(col)
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)

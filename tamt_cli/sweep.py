@@ -1,0 +1,606 @@
+"""`tamt sweep`: a grid of methods × sparsities × tasks × seeds, run cell by cell.
+
+Every cell is an ordinary run made through the same functions as `tamt search`, `tamt finetune`
+and `tamt eval --objective`, with a spec built from the grid. A sweep directory::
+
+    sweeps/<grid>/
+    ├── grid.yaml        the grid as last run
+    ├── sweep.json       every cell: kind, what it is, its run, status, error, seconds
+    ├── search/<method>-s<sparsity>/                a search run (one per method × sparsity)
+    ├── heldout-<method>-s<sparsity>-<objective>.json   what `tamt eval --objective --json` prints
+    └── finetune/<task>-<method>-s<sparsity>-seed<N>/   a fine-tuning run, one seed
+        (the dense model: finetune/<task>-dense-seed<N>, heldout-dense-<objective>.json)
+
+What is on disk decides what is done: a complete search run, a fine-tuning run directory (only
+ever renamed into place when complete), a held-out loss file. Running a sweep again skips those,
+resumes a search that was interrupted, and re-runs failed cells; a cell whose settings changed
+since it ran is refused, so a sweep directory never mixes two settings under one name.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from rich.console import Console
+
+from tamt_cli import artifacts, specs
+from tamt_cli.errors import UserError, first_line
+from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_sparsity
+
+INDEX = "sweep.json"
+GRID = "grid.yaml"
+INDEX_FORMAT = "tamt.sweep"
+INDEX_VERSION = 1
+DENSE = "dense"
+
+#: spec fields the grid itself sets; a section naming one is refused
+SET_BY_GRID = {
+    "search": ("method", "sparsity", "model", "out"),
+    "finetune": ("subnetwork", "task", "model", "seeds", "out", "data_dir"),
+    "heldout": ("checkpoint", "task", "step", "data_dir", "split"),
+}
+
+
+class CellsFailed(UserError):
+    """Some cells of a sweep failed (each is recorded with its error); exit code 1."""
+
+    exit_code = 1
+
+
+class GridSpec(Spec):
+    """A sweep: methods × sparsities searched once each, fine-tuned on tasks × seeds."""
+
+    model: str = Field("bert-base-uncased", description="hub id, local folder, or `demo`")
+    methods: list[str] = Field(min_length=1, description="pruning methods (any registered)")
+    sparsities: list[float] = Field(min_length=1, description="target sparsities")
+    tasks: list[str] = Field(default_factory=list, description="downstream tasks")
+    seeds: list[int] = Field(default_factory=lambda: [1], description="fine-tuning seeds")
+    dense: bool = Field(True, description="also fine-tune (and score) the dense model")
+    search: dict[str, Any] = Field(default_factory=dict, description="search fields, all methods")
+    methods_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per method: search fields, or else options of the method",
+    )
+    finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning fields")
+    data: dict[str, Path] = Field(default_factory=dict, description="per task: local data dir")
+    heldout: dict[str, Any] | None = Field(
+        None, description="held-out pre-training loss: objective (one or a list) and eval fields"
+    )
+    out: Path | None = Field(None, description="sweep directory [sweeps/<grid file name>]")
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, value: list[float]) -> list[float]:
+        for s in value:
+            check_sparsity(s)
+        return _unique(value, "sparsities")
+
+    @field_validator("methods", "tasks")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return _unique(value, "names")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one seed")
+        if any(s < 0 for s in value):
+            raise ValueError(f"seeds must not be negative, got {value}")
+        return _unique(value, "seeds")
+
+
+def _unique(value: list[Any], what: str) -> list[Any]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"{what} repeat, got {value}")
+    return value
+
+
+@dataclass
+class Cell:
+    """One unit of work: a search, a held-out loss, or one fine-tuning seed."""
+
+    id: str  # also the run's path relative to the sweep directory
+    kind: Literal["search", "heldout", "finetune"]
+    spec: Any  # SearchSpec | EvalSpec | FinetuneSpec
+    method: str  # a method name, or "dense"
+    sparsity: float | None
+    needs: str | None = None  # the search cell it depends on
+    task: str | None = None
+    seed: int | None = None
+    objective: str | None = None
+    status: str = "pending"  # pending | partial | done | failed | skipped
+    error: str | None = None
+    seconds: float | None = None
+    method_obj: Any = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        what = self.method if self.sparsity is None else f"{self.method} s{self.sparsity:g}"
+        if self.kind == "search":
+            return f"search {what}"
+        if self.kind == "heldout":
+            return f"held-out {self.objective} loss of {what}"
+        return f"finetune {self.task} {what} seed {self.seed}"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "task": self.task,
+            "seed": self.seed,
+            "objective": self.objective,
+            "needs": self.needs,
+            "path": self.id,
+            "status": self.status,
+            "error": self.error,
+            "seconds": self.seconds,
+            "spec": comparable(self.spec),
+        }
+
+
+@dataclass
+class Plan:
+    grid: GridSpec
+    out: Path
+    cells: list[Cell]
+
+    def cell(self, cell_id: str) -> Cell:
+        return next(c for c in self.cells if c.id == cell_id)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.cells:
+            counts[c.status] = counts.get(c.status, 0) + 1
+        return counts
+
+    def index(self) -> dict[str, Any]:
+        return {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "tamt_version": artifacts.new_manifest("sweep")["tamt_version"],
+            "updated": artifacts.timestamp(),
+            "out": str(self.out),
+            "grid": self.grid.model_dump(mode="json"),
+            "counts": self.counts(),
+            "cells": [c.record() for c in self.cells],
+        }
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+def load_grid(path: Path) -> GridSpec:
+    return specs.build(GridSpec, path, {})
+
+
+def plan(grid_file: Path, out: Path | None = None) -> Plan:
+    """Every cell of the grid with its validated spec and its status on disk; checks everything
+    that can be checked without computing (names, fields, options, model, data)."""
+    from tamt_cli import registry
+
+    grid = load_grid(grid_file)
+    sweep_dir = Path(out or grid.out or Path("sweeps") / grid_file.stem)
+    for section, reserved in SET_BY_GRID.items():
+        given = getattr(grid, section) or {}
+        for name in reserved:
+            if name in given:
+                raise UserError(
+                    f"grid {grid_file}: '{section}.{name}' is set by the grid itself; remove it"
+                )
+    methods = registry.methods()
+    for name in grid.methods:
+        methods.get(name)  # unknown names: one line with "did you mean"
+    for name in grid.methods_options:
+        if name not in grid.methods:
+            raise UserError(
+                f"grid {grid_file}: methods_options names '{name}', which is not in methods "
+                f"({', '.join(grid.methods)})"
+            )
+    _check_tasks(grid, grid_file)
+    cells: list[Cell] = []
+    for task in grid.tasks if grid.dense else []:
+        cells += _finetune_cells(grid, task, None, DENSE, None)
+    objectives = _objectives(grid, grid_file)
+    if grid.dense:
+        cells += [_heldout_cell(grid, DENSE, None, None, o) for o in objectives]
+    for method in grid.methods:
+        for sparsity in grid.sparsities:
+            search = _search_cell(grid, method, sparsity, sweep_dir)
+            cells.append(search)
+            cells += [_heldout_cell(grid, method, sparsity, search, o) for o in objectives]
+            for task in grid.tasks:
+                cells += _finetune_cells(grid, task, search, method, sparsity)
+    for cell in cells:
+        cell.spec = _place(cell, sweep_dir)
+    recorded = _read_index(sweep_dir)
+    for cell in cells:
+        _status(cell, sweep_dir, recorded.get(cell.id))
+    return Plan(grid, sweep_dir, cells)
+
+
+def _check_tasks(grid: GridSpec, grid_file: Path) -> None:
+    from tamt_cli import hub
+    from tamt_cli.tasks.base import create_task
+
+    options = grid.finetune.get("task_options") or {}
+    for task in grid.tasks:
+        create_task(task, options)
+    for task, folder in grid.data.items():
+        if task not in grid.tasks:
+            raise UserError(
+                f"grid {grid_file}: data names task '{task}', which is not in tasks "
+                f"({', '.join(grid.tasks) or 'none'})"
+            )
+        if not folder.is_dir():
+            raise UserError(
+                f"grid {grid_file}: data dir '{folder}' of task '{task}' does not exist"
+            )
+    missing = [t for t in grid.tasks if t not in grid.data]
+    if missing and not _hub_usable(hub):
+        raise UserError(
+            f"grid {grid_file}: no data dir for task '{missing[0]}' and the Hugging Face hub is "
+            f"unreachable; add data: {{{missing[0]}: DIR}}"
+        )
+
+
+def _hub_usable(hub: Any) -> bool:
+    return bool(hub.usable())
+
+
+def _objectives(grid: GridSpec, grid_file: Path) -> list[str]:
+    if grid.heldout is None:
+        return []
+    given = grid.heldout.get("objective", "kd")
+    objectives = [given] if isinstance(given, str) else list(given or [])
+    if not objectives:
+        raise UserError(f"grid {grid_file}: heldout.objective names no objective")
+    return objectives
+
+
+def _search_cell(grid: GridSpec, method: str, sparsity: float, sweep_dir: Path) -> Cell:
+    from tamt_cli import registry
+    from tamt_cli import search as searching
+
+    per_method = dict(grid.methods_options.get(method, {}))
+    fields = set(SearchSpec.model_fields)
+    data = {**grid.search, **{k: v for k, v in per_method.items() if k in fields}}
+    options = {
+        **(data.pop("options", None) or {}),
+        **{k: v for k, v in per_method.items() if k not in fields},
+    }
+    data.update(method=method, sparsity=sparsity, model=grid.model, out=Path("."))
+    if options:
+        data["options"] = options
+    where = f"grid, search cell {method} s{sparsity:g}"
+    spec = specs.validate(SearchSpec, data, where)
+    registry.methods().get(method)
+    try:
+        method_obj, spec = searching.resolve(spec)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    cell_id = f"search/{method}-s{sparsity:g}"
+    return Cell(cell_id, "search", spec, method, sparsity, method_obj=method_obj)
+
+
+def _heldout_cell(
+    grid: GridSpec, method: str, sparsity: float | None, search: Cell | None, objective: str
+) -> Cell:
+    data = {k: v for k, v in (grid.heldout or {}).items() if k != "objective"}
+    data.update(objective=objective, checkpoint=grid.model)
+    name = DENSE if search is None else search.id.removeprefix("search/")
+    spec = specs.validate(EvalSpec, data, f"grid, heldout of {name}")
+    return Cell(
+        f"heldout-{name}-{objective}.json",
+        "heldout",
+        spec,
+        method,
+        sparsity,
+        needs=search.id if search else None,
+        objective=objective,
+    )
+
+
+def _finetune_cells(
+    grid: GridSpec, task: str, search: Cell | None, method: str, sparsity: float | None
+) -> list[Cell]:
+    name = DENSE if search is None else search.id.removeprefix("search/")
+    cells = []
+    for seed in grid.seeds:
+        data = dict(grid.finetune)
+        data.update(subnetwork=grid.model, task=task, seeds=[seed])
+        if task in grid.data:
+            data["data_dir"] = grid.data[task]
+        spec = specs.validate(FinetuneSpec, data, f"grid, finetune {task} {name} seed {seed}")
+        cells.append(
+            Cell(
+                f"finetune/{task}-{name}-seed{seed}",
+                "finetune",
+                spec,
+                method,
+                sparsity,
+                needs=search.id if search else None,
+                task=task,
+                seed=seed,
+            )
+        )
+    return cells
+
+
+def _place(cell: Cell, sweep_dir: Path) -> Any:
+    """The cell's spec with its paths inside the sweep directory."""
+    path = sweep_dir / cell.id
+    subject = str(sweep_dir / cell.needs) if cell.needs else None
+    if cell.kind == "search":
+        return cell.spec.model_copy(update={"out": path})
+    if cell.kind == "heldout":
+        return cell.spec.model_copy(update={"checkpoint": subject or cell.spec.checkpoint})
+    return cell.spec.model_copy(update={"out": path, "subnetwork": subject or cell.spec.subnetwork})
+
+
+PATH_FIELDS = ("out", "subnetwork", "checkpoint")
+
+
+def comparable(spec: Any) -> dict[str, Any]:
+    """A spec as JSON without the fields that only say where things are."""
+    dumped = spec.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if k not in PATH_FIELDS}
+
+
+def _read_index(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    import json
+
+    path = sweep_dir / INDEX
+    if not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        return {c["id"]: c for c in index.get("cells", []) if isinstance(c, dict) and "id" in c}
+    except (ValueError, AttributeError, TypeError):
+        raise UserError(f"'{path}' is corrupt; remove it to rebuild the sweep's index") from None
+
+
+def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> None:
+    """Set ``cell.status`` from the disk (and a recorded failure); refuse a cell that already
+    ran with other settings."""
+    path = sweep_dir / cell.id
+    ran: dict[str, Any] | None = None
+    if cell.kind == "heldout":
+        if path.is_file():
+            cell.status = "done"
+            ran = (recorded or {}).get("spec")
+    elif path.exists():
+        spec_file = path / artifacts.SPEC_FILE
+        if spec_file.is_file():
+            saved = specs.validate(type(cell.spec), specs.read_spec_file(spec_file), str(spec_file))
+            ran = comparable(saved)
+        manifest = _manifest_or_none(path)
+        complete = cell.kind == "finetune" or (manifest or {}).get("status") == "complete"
+        cell.status = "done" if complete and manifest else "partial"
+    if ran is not None:
+        now = comparable(cell.spec)
+        changed = [k for k in sorted(set(ran) | set(now)) if ran.get(k) != now.get(k)]
+        if changed:
+            key = changed[0]
+            raise UserError(
+                f"the grid changes {key} of {cell.label} ({ran.get(key)!r} → {now.get(key)!r}), "
+                f"which already ran in '{path}'; restore the grid, or sweep into another --out"
+            )
+    if cell.status == "pending" and recorded and recorded.get("status") in {"failed", "skipped"}:
+        cell.status = recorded["status"]
+        cell.error = recorded.get("error")
+    if cell.status == "done" and recorded:
+        cell.seconds = recorded.get("seconds")
+
+
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        return artifacts.read_manifest(path)
+    except UserError:
+        return None
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def run(
+    plan_: Plan, console: Console, *, fail_fast: bool = False, threads: int | None = None
+) -> dict[str, Any]:
+    """Run every cell that is not done, in dependency order; returns the index."""
+    out = plan_.out
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(out / GRID, plan_.grid.to_yaml())
+    save = lambda: artifacts.write_json(out / INDEX, plan_.index())  # noqa: E731
+    save()
+    todo = [c for c in plan_.cells if c.status != "done"]
+    total, finished = len(plan_.cells), len(plan_.cells) - len(todo)
+    timings: dict[str, list[float]] = {}
+    for cell in todo:
+        needed = plan_.cell(cell.needs) if cell.needs else None
+        if needed is not None and needed.status != "done":
+            cell.status, cell.error = "skipped", f"{needed.label} did not finish"
+            finished += 1
+            _line(console, finished, total, cell, "skipped", todo, timings)
+            save()
+            continue
+        console.print(f"[dim]\\[{finished + 1}/{total}] {cell.label} …[/dim]")
+        t0 = time.perf_counter()
+        try:
+            _run_cell(cell, out, console)
+        except KeyboardInterrupt:
+            cell.status, cell.error = "pending", None
+            save()
+            raise
+        except Exception as exc:
+            cell.status, cell.error = "failed", first_line(exc)
+            if not isinstance(exc, UserError):
+                cell.error = f"{type(exc).__name__}: {cell.error}"
+        else:
+            cell.status, cell.error = "done", None
+        cell.seconds = round(time.perf_counter() - t0, 1)
+        timings.setdefault(cell.kind, []).append(cell.seconds)
+        finished += 1
+        _line(console, finished, total, cell, cell.status, todo, timings)
+        save()
+        if cell.status == "failed" and fail_fast:
+            raise CellsFailed(f"{cell.label} failed: {cell.error} (--fail-fast; see {out / INDEX})")
+    index = plan_.index()
+    failed = [c for c in plan_.cells if c.status in {"failed", "skipped"}]
+    if failed:
+        raise CellsFailed(
+            f"{len(failed)} of {total} cells did not finish, first {failed[0].label}: "
+            f"{failed[0].error}; run the sweep again to retry them (see {out / INDEX})"
+        )
+    return index
+
+
+def _run_cell(cell: Cell, out: Path, console: Console) -> None:
+    if cell.kind == "search":
+        from tamt_cli import search as searching
+
+        if cell.status == "partial" and not getattr(cell.method_obj, "trains", False):
+            raise UserError(f"'{cell.spec.out}' is an incomplete one-shot run; remove it")
+        searching.run(cell.spec, cell.method_obj, console, resume=cell.status == "partial")
+    elif cell.kind == "heldout":
+        from tamt_cli import evaluate
+
+        result = evaluate.run_objective(cell.spec, console)
+        artifacts.write_json(out / cell.id, result)
+    else:
+        from tamt_cli import finetune
+
+        finetune.run(cell.spec, console)
+
+
+def _line(
+    console: Console,
+    finished: int,
+    total: int,
+    cell: Cell,
+    status: str,
+    todo: list[Cell],
+    timings: dict[str, list[float]],
+) -> None:
+    colour = {"done": "green", "failed": "red", "skipped": "yellow"}.get(status, "white")
+    took = f" in {_duration(cell.seconds)}" if cell.seconds is not None else ""
+    error = f": {cell.error}" if cell.error else ""
+    eta = _eta(todo, timings)
+    console.print(
+        f"\\[{finished}/{total}] [{colour}]{status}[/{colour}] {cell.label}{took}{error}"
+        + (f" · ETA {_duration(eta)}" if eta else "")
+    )
+
+
+def _eta(todo: list[Cell], timings: dict[str, list[float]]) -> float | None:
+    """Seconds left: each remaining cell at the mean time of finished cells of its kind (of all
+    finished cells when none of its kind has finished)."""
+    every = [s for v in timings.values() for s in v]
+    if not every:
+        return None
+    left = [c for c in todo if c.status in {"pending", "partial"}]
+    means = {k: sum(v) / len(v) for k, v in timings.items()}
+    overall = sum(every) / len(every)
+    return sum(means.get(c.kind, overall) for c in left)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+# -- what would run -------------------------------------------------------------------------
+
+
+def listing(plan_: Plan) -> list[dict[str, Any]]:
+    """The cells, for --dry-run: what each is and whether it is already done."""
+    return [
+        {k: v for k, v in c.record().items() if k != "spec"} | {"label": c.label}
+        for c in plan_.cells
+    ]
+
+
+def render_listing(plan_: Plan, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"Sweep {plan_.out}: {len(plan_.cells)} cells",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("cell", "status", "run", "error"):
+        table.add_column(col)
+    colours = {"done": "green", "failed": "red", "skipped": "yellow", "partial": "cyan"}
+    for c in plan_.cells:
+        colour = colours.get(c.status, "white")
+        table.add_row(c.label, f"[{colour}]{c.status}[/{colour}]", c.id, c.error or "")
+    console.print(table)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(plan_.counts().items()))
+    console.print(counts)
+
+
+def commands(plan_: Plan) -> list[str]:
+    """One plain `tamt` command line per cell still to run, searches first (every other cell
+    depends on one of them)."""
+    order = {"search": 0, "heldout": 1, "finetune": 2}
+    todo = [c for c in plan_.cells if c.status != "done"]
+    return [command(c, plan_.out) for c in sorted(todo, key=lambda c: order[c.kind])]
+
+
+def command(cell: Cell, sweep_dir: Path) -> str:
+    spec = cell.spec
+    if cell.kind == "search" and cell.status == "partial":
+        return f"tamt search --resume {shlex.quote(str(spec.out))}"
+    set_fields = spec.model_dump(mode="json", exclude_unset=True)
+    set_fields.update({k: v for k, v in spec.model_dump(mode="json").items() if k in PATH_FIELDS})
+    words = ["tamt", {"search": "search", "finetune": "finetune", "heldout": "eval"}[cell.kind]]
+    positional = {"finetune": "subnetwork", "heldout": "checkpoint"}.get(cell.kind)
+    if positional:
+        words.append(str(set_fields.pop(positional)))
+    for name, value in set_fields.items():
+        words += _flag(name, value)
+    if cell.kind == "heldout":
+        words.append("--json")
+    line = " ".join(shlex.quote(w) for w in words)
+    if cell.kind == "heldout":
+        line += f" > {shlex.quote(str(sweep_dir / cell.id))}"
+    return line
+
+
+def _flag(name: str, value: Any) -> list[str]:
+    import json
+
+    if value is None:
+        return []
+    flag = "--" + name.replace("_", "-")
+    if name in {"options", "task_options"}:
+        repeat = "-o" if name == "options" else "--task-option"
+        return [w for k, v in value.items() for w in (repeat, f"{k}={_scalar(v)}")]
+    if name == "seeds":
+        return ["--seeds", ",".join(str(s) for s in value)]
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, (dict, list)):
+        return [flag, json.dumps(value)]
+    return [flag, str(value)]
+
+
+def _scalar(value: Any) -> str:
+    import json
+
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)

@@ -1,0 +1,398 @@
+"""`tamt sweep` and `tamt report` on a tiny BERT, a tiny corpus and a few dozen SST-2 rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shlex
+import statistics
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tamt_cli import artifacts
+from tests.tiny import SENTENCES
+
+os.environ["TAMT_NO_PROGRESS"] = "1"
+
+WORDS = " ".join(SENTENCES).split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory) -> Path:
+    """SST-2's layout: 32 training and 16 dev sentences, the label given away by one word."""
+    rng = random.Random(3)
+    folder = tmp_path_factory.mktemp("data") / "SST-2"
+    folder.mkdir()
+    for name, n in (("train.tsv", 32), ("dev.tsv", 16)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 7))]
+            words.insert(rng.randint(0, len(words)), "cat" if label else "dog")
+            lines.append(f"{' '.join(words)}\t{label}")
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def grid(tiny_bert, corpus, sst2, **changes) -> dict:
+    data = {
+        "model": str(tiny_bert),
+        "methods": ["kd", "omp"],
+        "sparsities": [0.5, 0.7],
+        "tasks": ["sst2"],
+        "seeds": [1, 2],
+        "search": {"corpus": str(corpus), "max_length": 16, "batch_size": 4, "eval_blocks": 4},
+        "methods_options": {"kd": {"max_steps": 4, "save_every": 2, "lr": 0.05}},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "max_length": 32},
+        "data": {"sst2": str(sst2)},
+        "heldout": {"objective": "kd", "corpus": str(corpus), "max_length": 16, "eval_blocks": 8},
+    }
+    data.update(changes)
+    return data
+
+
+def write_grid(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_bert, corpus, sst2):
+    """A 2 methods × 2 sparsities × 1 task × 2 seeds grid with the dense model, run once."""
+    from tamt_cli.cli import main
+
+    root = tmp_path_factory.mktemp("sweep")
+    path = write_grid(root / "grid.yaml", grid(tiny_bert, corpus, sst2))
+    out = root / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    return path, out
+
+
+def index(out: Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def test_sweep_runs_every_cell_as_an_ordinary_run(swept):
+    _, out = swept
+    cells = index(out)["cells"]
+    kinds = [c["kind"] for c in cells]
+    # 4 searches, 4 + 1 held-out losses, 8 + 2 fine-tuning seeds
+    assert (kinds.count("search"), kinds.count("heldout"), kinds.count("finetune")) == (4, 5, 10)
+    assert {c["status"] for c in cells} == {"done"}
+    for c in cells:
+        path = out / c["id"]
+        if c["kind"] == "heldout":
+            assert json.loads(path.read_text())["objective"] == "kd"
+            continue
+        manifest = artifacts.read_manifest(path)
+        if c["kind"] == "search":
+            assert (manifest["kind"], manifest["status"]) == ("search", "complete")
+            assert manifest["method"] == c["method"]
+            assert manifest["sparsity_report"]["overall"]["sparsity"] == pytest.approx(
+                c["sparsity"], abs=0.01
+            )
+            assert manifest["seconds"] > 0
+        else:
+            assert manifest["kind"] == "finetune" and manifest["seeds"] == [c["seed"]]
+            link = manifest["subnetwork"]
+            if c["method"] == "dense":
+                assert link["kind"] == "model"
+            else:
+                assert Path(link["path"]) == (out / c["needs"]).resolve()
+
+
+def test_second_run_is_a_no_op(swept, cli):
+    path, out = swept
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/manifest.json")}
+    res = cli("sweep", path, "--out", out, "--json")
+    assert res.code == 0, res.err
+    assert "finetune" not in res.err and "search" not in res.err  # no cell line: nothing ran
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/manifest.json")} == stamps
+    assert {c["status"] for c in res.json()["cells"]} == {"done"}
+
+
+def test_changed_grid_adds_only_new_cells_and_refuses_changed_settings(
+    swept, cli, tmp_path, tiny_bert, corpus, sst2
+):
+    _, out = swept
+    more = write_grid(tmp_path / "more.yaml", grid(tiny_bert, corpus, sst2, seeds=[1, 2, 3]))
+    res = cli("sweep", more, "--out", out, "--dry-run", "--json")
+    assert res.code == 0, res.err
+    pending = [c["id"] for c in res.json() if c["status"] != "done"]
+    assert sorted(pending) == sorted(
+        f"finetune/sst2-{n}-seed3" for n in ("dense", "kd-s0.5", "kd-s0.7", "omp-s0.5", "omp-s0.7")
+    )
+    changed = grid(tiny_bert, corpus, sst2)
+    changed["finetune"] = {**changed["finetune"], "lr": 2e-3}
+    res = cli("sweep", write_grid(tmp_path / "changed.yaml", changed), "--out", out, "--dry-run")
+    assert res.code == 2
+    assert "changes lr of finetune sst2" in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_killed_sweep_continues_and_ends_with_the_uninterrupted_mask(
+    swept, cli, tmp_path, tiny_bert, corpus, sst2, monkeypatch
+):
+    """A search killed after its first checkpoint is resumed by the next run of the sweep."""
+    from tamt_cli import search
+
+    _, full = swept
+    small = grid(tiny_bert, corpus, sst2, methods=["kd"], sparsities=[0.7], dense=False)
+    path = write_grid(tmp_path / "grid.yaml", {**small, "tasks": [], "data": {}, "heldout": None})
+    save = search.RunWriter.save_masks
+
+    def killed(self, masks, *, step, **extra):
+        save(self, masks, step=step, **extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.RunWriter, "save_masks", killed)
+    assert cli("sweep", path, "--out", "out").code == 130
+    run = tmp_path / "out/search/kd-s0.7"
+    assert artifacts.read_manifest(run)["status"] == "running"
+    listed = cli("sweep", path, "--out", "out", "--dry-run", "--json").json()
+    assert [c["status"] for c in listed] == ["partial"]
+    assert cli("sweep", path, "--out", "out", "--print-commands").out.strip() == (
+        f"tamt search --resume {shlex.quote('out/search/kd-s0.7')}"
+    )
+    monkeypatch.setattr(search.RunWriter, "save_masks", save)
+    assert cli("sweep", path, "--out", "out").code == 0
+    resumed = artifacts.load_masks(run / "masks.safetensors")
+    whole = artifacts.load_masks(full / "search/kd-s0.7/masks.safetensors")
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_failed_cells_are_recorded_and_do_not_stop_the_others(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    bad = grid(tiny_bert, corpus, sst2, methods=["omp"], sparsities=[0.5], seeds=[1])
+    bad["methods_options"] = {}
+    bad["finetune"] = {**bad["finetune"], "max_length": 500}  # longer than the model allows
+    path = write_grid(tmp_path / "bad.yaml", bad)
+    res = cli("sweep", path, "--out", "out", "--json")
+    assert res.code == 1, res.err
+    last = res.err.strip().splitlines()[-1]  # after one progress line per cell
+    assert last.startswith("tamt: error: 2 of 5 cells did not finish")
+    cells = {c["id"]: c for c in index(tmp_path / "out")["cells"]}
+    assert cells["search/omp-s0.5"]["status"] == "done"
+    assert cells["heldout-omp-s0.5-kd.json"]["status"] == "done"
+    assert cells["finetune/sst2-omp-s0.5-seed1"]["status"] == "failed"
+    assert "positions" in cells["finetune/sst2-omp-s0.5-seed1"]["error"]
+    res = cli("sweep", path, "--out", "fast", "--fail-fast")
+    assert res.code == 1 and "(--fail-fast;" in res.err.strip().splitlines()[-1]
+    assert index(tmp_path / "fast")["counts"]["failed"] == 1
+    assert index(tmp_path / "fast")["counts"]["pending"] == 4
+
+
+def test_printed_commands_are_the_cells_specs(swept, cli, tmp_path, tiny_bert, corpus, sst2):
+    """Every printed line, run with --dry-run --json, resolves to the cell's own spec."""
+    from tamt_cli import sweep
+
+    path = write_grid(tmp_path / "grid.yaml", grid(tiny_bert, corpus, sst2))
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    plan = sweep.plan(path, Path("new"))
+    assert len(lines) == len(plan.cells) == 19
+    assert [line.split()[1] for line in lines[:4]] == ["search"] * 4  # searches first
+    cells = {sweep.command(c, plan.out): c for c in plan.cells}
+    assert set(cells) == set(lines)
+    for line in lines:
+        command, _, target = line.partition(" > ")
+        words = shlex.split(command)
+        res = cli(*words[1:], "--dry-run", "--json")
+        assert res.code == 0, (line, res.err)
+        assert res.json() == cells[line].spec.model_dump(mode="json")
+        if words[1] == "eval":  # the held-out loss lands where the sweep keeps it
+            assert target == str(plan.out / cells[line].id)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": ["kd", "ompp"]}, "unknown method 'ompp'; did you mean 'omp'?"),
+        ({"tasks": ["sst3"]}, "unknown task 'sst3'"),
+        ({"epochs": 3}, "unknown field 'epochs'"),
+        ({"finetune": {"epoch": 1}}, "unknown field 'epoch'"),
+        ({"methods_options": {"omp": {"steps_per_round": 3}}}, "options of method 'omp'"),
+        ({"search": {"sparsity": 0.3}}, "'search.sparsity' is set by the grid itself"),
+        ({"sparsities": [0.5, 1.5]}, "strictly between 0 and 1"),
+        ({"data": {}}, "no data dir for task 'sst2' and the Hugging Face hub is unreachable"),
+        ({"data": {"sst2": "/nonexistent/SST-2"}}, "does not exist"),
+    ],
+)
+def test_bad_grid_is_one_line_and_runs_nothing(
+    cli, tmp_path, tiny_bert, corpus, sst2, change, message
+):
+    path = write_grid(tmp_path / "grid.yaml", grid(tiny_bert, corpus, sst2, **change))
+    res = cli("sweep", path, "--out", "out")
+    assert res.code == 2, res.err
+    assert message in res.err and len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_what_is_not_a_run(cli, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    for path in ("folder", "missing", "notes.json"):
+        res = cli("report", path)
+        assert res.code == 2, res.err
+        assert len(res.err.strip().splitlines()) == 1
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def best_values(run: Path) -> list[float]:
+    summary = json.loads((run / "summary.json").read_text())
+    split, metric = summary["selected_by"].split("/")
+    return [r["best"]["metrics"][split][metric] for r in summary["runs"]]
+
+
+def test_report_numbers_are_the_runs_summaries(swept, cli):
+    _, out = swept
+    res = cli("report", out, "--format", "json")
+    assert res.code == 0, res.err
+    doc = res.json()
+    assert (doc["format"], doc["version"]) == ("tamt.report", 1)
+    rows = {(r["method"], r["sparsity"]): r for r in doc["rows"]}
+    assert set(rows) == {("dense", None), *((m, s) for m in ("kd", "omp") for s in (0.5, 0.7))}
+    for (method, sparsity), row in rows.items():
+        name = "dense" if method == "dense" else f"{method}-s{sparsity:g}"
+        values = [
+            v for seed in (1, 2) for v in best_values(out / f"finetune/sst2-{name}-seed{seed}")
+        ]
+        assert row["values"] == values
+        assert row["mean"] == pytest.approx(statistics.fmean(values))
+        assert row["std"] == pytest.approx(statistics.stdev(values))
+        assert row["metric"] == "validation/accuracy" and row["seeds"] == [1, 2]
+        dense = rows[("dense", None)]
+        if method != "dense":
+            assert row["matching"] == (row["mean"] >= dense["mean"] - dense["std"])
+            loss = json.loads((out / f"heldout-{name}-kd.json").read_text())["loss"]
+            assert row["heldout"] == {"kd": loss}
+            manifest = artifacts.read_manifest(out / f"search/{name}")
+            assert row["search_seconds"] == manifest["seconds"]
+    (corr,) = doc["correlations"]
+    from scipy.stats import spearmanr
+
+    subnets = [r for r in doc["rows"] if r["method"] != "dense"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant scores: ρ is undefined
+        expected = spearmanr([r["heldout"]["kd"] for r in subnets], [r["mean"] for r in subnets])
+    assert corr["n"] == 4
+    if math.isnan(expected.statistic):
+        assert corr["rho"] is None
+    else:
+        assert corr["rho"] == pytest.approx(expected.statistic)
+
+
+def test_report_over_runs_equals_report_over_the_sweep(swept, cli):
+    """A mix of run directories and eval results gives the same rows as their sweep."""
+    _, out = swept
+    whole = cli("report", out, "--format", "json").json()
+    parts = [*sorted(out.glob("search/*")), *sorted(out.glob("finetune/*")), *out.glob("heldout-*")]
+    res = cli("report", *parts, "--format", "json")
+    assert res.code == 0, res.err
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "runs"} for r in rows]  # noqa: E731
+    assert strip(res.json()["rows"]) == strip(whole["rows"])
+
+
+def test_mask_overlap_is_the_jaccard_of_kept_weights(swept, cli):
+    _, out = swept
+    a, b = out / "search/kd-s0.7/masks.safetensors", out / "search/omp-s0.7/masks.safetensors"
+    ma, mb = artifacts.load_masks(a), artifacts.load_masks(b)
+    both = sum(int((ma[k] & mb[k]).sum()) for k in ma)
+    either = sum(int((ma[k] | mb[k]).sum()) for k in ma)
+    res = cli("report", a, b, "--format", "json")
+    assert res.code == 0, res.err
+    (pair,) = res.json()["overlap"]
+    assert pair["kept_jaccard"] == pytest.approx(both / either)
+    md = cli("report", a, b, "--format", "md").out
+    assert f"| {pair['kept_jaccard']:.4f} |" in md
+    doc = cli("report", out, "--format", "json").json()
+    (in_sweep,) = [o for o in doc["overlap"] if {o["a"], o["b"]} == {"kd s0.7", "omp s0.7"}]
+    assert in_sweep["kept_jaccard"] == pytest.approx(both / either)
+    (omp,) = [s for s in doc["subnetworks"] if s["name"] == "omp s0.7"]
+    assert set(omp["layers"]) == {"0", "1", "pooler", "embedding"}
+    assert omp["achieved"] == pytest.approx(0.7, abs=0.01)
+
+
+def test_report_formats_and_plots(swept, cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, out = swept
+    doc = cli("report", out, "--format", "json").json()
+    md = cli("report", out, "--format", "md").out
+    assert md.startswith("| task | method | sparsity |")
+    dense = next(r for r in doc["rows"] if r["method"] == "dense")
+    assert f"{dense['mean']:.2f} ± {dense['std']:.2f}" in md
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(cli("report", out, "--format", "csv").out)))
+    assert len(rows) == len(doc["rows"]) == 5
+    assert float(rows[0]["mean"]) == pytest.approx(doc["rows"][0]["mean"])
+    assert "best/validation/accuracy/mean" in rows[0]
+    table = cli("report", out)
+    assert table.code == 0 and "Spearman" in table.out
+    res = cli("report", out, "--plots", tmp_path / "figs")
+    assert res.code == 0, res.err
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == [
+        "heldout-kd-sst2.png", "layer-sparsity.png", "mask-overlap.png", "score-sst2.png"
+    ]  # fmt: skip
+    from matplotlib.image import imread
+
+    for name in names:
+        data = (tmp_path / "figs" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        height, width, _ = imread(tmp_path / "figs" / name).shape
+        assert width >= 600 and height >= 300
+
+
+def test_plots_without_matplotlib_say_how_to_install_it(swept, cli, tmp_path, monkeypatch):
+    import builtins
+
+    _, out = swept
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    res = cli("report", out, "--plots", tmp_path / "figs")
+    assert res.code == 2
+    assert "pip install 'tamt-cli[plots]'" in res.err
+    assert not (tmp_path / "figs").exists()
+
+
+def test_glue_average_needs_every_glue_task():
+    from tamt_cli import report
+
+    rows = [
+        {"task": t, "method": m, "sparsity": s, "mean": v}
+        for t, m, s, v in [
+            ("sst2", "omp", 0.5, 80.0), ("rte", "omp", 0.5, 60.0), ("sst2", "kd", 0.5, 82.0),
+        ]
+    ]  # fmt: skip
+    assert report.glue_average(rows) == [
+        {"method": "omp", "sparsity": 0.5, "tasks": ["rte", "sst2"], "mean": 70.0}
+    ]
