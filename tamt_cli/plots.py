@@ -115,8 +115,11 @@ def _heldout(plt: Any, doc: dict[str, Any], corr: dict[str, Any], path: Path) ->
     return _save(plt, fig, path)
 
 
-def _layer_order(name: str) -> tuple[int, int | str]:
-    return (0, int(name)) if name.isdigit() else (1, name)
+def _layer_order(name: str) -> tuple[int, int]:
+    """Model order: the word embeddings, the layers, the pooler."""
+    if name.isdigit():
+        return (1, int(name))
+    return (0, 0) if name == "embedding" else (2, 0)
 
 
 def _layers(plt: Any, subnetworks: list[dict[str, Any]], path: Path) -> Path:

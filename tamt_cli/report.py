@@ -546,11 +546,11 @@ def to_csv(doc: dict[str, Any]) -> str:
     """One line per task, method and sparsity, with every metric (best and final); for mask
     files compared directly, one line per pair."""
     if "masks" in doc:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, list(doc["overlap"][0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(doc["overlap"])
-        return buffer.getvalue()
+        pairs = io.StringIO()
+        by_name = csv.DictWriter(pairs, list(doc["overlap"][0]), lineterminator="\n")
+        by_name.writeheader()
+        by_name.writerows(doc["overlap"])
+        return pairs.getvalue()
     metrics = sorted({f"{w}/{m}" for r in doc["rows"] for w in ("best", "final") for m in r[w]})
     objectives = sorted({o for r in doc["rows"] for o in r["heldout"]})
     buffer = io.StringIO()

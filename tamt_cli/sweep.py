@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from rich.console import Console
 
-from tamt_cli import artifacts, specs
+from tamt_cli import __version__, artifacts, specs
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_sparsity
 
@@ -165,7 +165,7 @@ class Plan:
         return {
             "format": INDEX_FORMAT,
             "version": INDEX_VERSION,
-            "tamt_version": artifacts.new_manifest("sweep")["tamt_version"],
+            "tamt_version": __version__,
             "updated": artifacts.timestamp(),
             "out": str(self.out),
             "grid": self.grid.model_dump(mode="json"),
@@ -213,7 +213,7 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
         cells += [_heldout_cell(grid, DENSE, None, None, o) for o in objectives]
     for method in grid.methods:
         for sparsity in grid.sparsities:
-            search = _search_cell(grid, method, sparsity, sweep_dir)
+            search = _search_cell(grid, method, sparsity)
             cells.append(search)
             cells += [_heldout_cell(grid, method, sparsity, search, o) for o in objectives]
             for task in grid.tasks:
@@ -244,15 +244,11 @@ def _check_tasks(grid: GridSpec, grid_file: Path) -> None:
                 f"grid {grid_file}: data dir '{folder}' of task '{task}' does not exist"
             )
     missing = [t for t in grid.tasks if t not in grid.data]
-    if missing and not _hub_usable(hub):
+    if missing and not hub.usable():
         raise UserError(
             f"grid {grid_file}: no data dir for task '{missing[0]}' and the Hugging Face hub is "
             f"unreachable; add data: {{{missing[0]}: DIR}}"
         )
-
-
-def _hub_usable(hub: Any) -> bool:
-    return bool(hub.usable())
 
 
 def _objectives(grid: GridSpec, grid_file: Path) -> list[str]:
@@ -265,8 +261,7 @@ def _objectives(grid: GridSpec, grid_file: Path) -> list[str]:
     return objectives
 
 
-def _search_cell(grid: GridSpec, method: str, sparsity: float, sweep_dir: Path) -> Cell:
-    from tamt_cli import registry
+def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
     from tamt_cli import search as searching
 
     per_method = dict(grid.methods_options.get(method, {}))
@@ -281,7 +276,6 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float, sweep_dir: Path) 
         data["options"] = options
     where = f"grid, search cell {method} s{sparsity:g}"
     spec = specs.validate(SearchSpec, data, where)
-    registry.methods().get(method)
     try:
         method_obj, spec = searching.resolve(spec)
     except UserError as exc:
@@ -417,7 +411,10 @@ def run(
     out = plan_.out
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(out / GRID, plan_.grid.to_yaml())
-    save = lambda: artifacts.write_json(out / INDEX, plan_.index())  # noqa: E731
+
+    def save() -> None:
+        artifacts.write_json(out / INDEX, plan_.index())
+
     save()
     todo = [c for c in plan_.cells if c.status != "done"]
     total, finished = len(plan_.cells), len(plan_.cells) - len(todo)
