@@ -571,33 +571,24 @@ def to_csv(doc: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def render(doc: dict[str, Any], console: Any) -> None:
+def _rich(title: str, header: list[str], lines: list[list[str]], left: set[str]) -> Any:
     from rich import box
     from rich.table import Table
 
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for col in header:
+        table.add_column(col, justify="left" if col in left else "right")
+    for line in lines:
+        table.add_row(*line)
+    return table
+
+
+def render(doc: dict[str, Any], console: Any) -> None:
     if "masks" in doc:  # mask files compared directly
-        header, lines = _mask_files(doc)
-        table = Table(title="Masks", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in header:
-            table.add_column(col)
-        for line in lines:
-            table.add_row(*line)
-        console.print(table)
+        console.print(_rich("Masks", *_mask_files(doc), left={"file"}))
     else:
-        header, lines = table_rows(doc)
-        table = Table(title="Transfer", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in header:
-            table.add_column(col, justify="left" if col in {"task", "method"} else "right")
-        for line in lines:
-            table.add_row(*line)
-        console.print(table)
+        console.print(_rich("Transfer", *table_rows(doc), left={"task", "method"}))
         for extra in extra_lines(doc):
             console.print(extra)
     if doc["overlap"]:
-        header, lines = mask_rows(doc)
-        table = Table(title="Mask overlap", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in header:
-            table.add_column(col)
-        for line in lines:
-            table.add_row(*line)
-        console.print(table)
+        console.print(_rich("Mask overlap", *mask_rows(doc), left={"a", "b"}))

@@ -49,6 +49,16 @@ def check_sparsity(value: float) -> float:
     return value
 
 
+def check_seeds(value: list[int]) -> list[int]:
+    if not value:
+        raise ValueError("give at least one seed")
+    if any(s < 0 for s in value):
+        raise ValueError(f"seeds must not be negative, got {value}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"seeds repeat, got {value}")
+    return value
+
+
 class SearchSpec(Spec):
     """`tamt search`: find a mask over a pre-trained model's prunable weights."""
 
@@ -126,16 +136,7 @@ class FinetuneSpec(Spec):
 
     _report_to = field_validator("report_to", mode="before")(split_commas)
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value: list[int]) -> list[int]:
-        if not value:
-            raise ValueError("give at least one seed")
-        if any(s < 0 for s in value):
-            raise ValueError(f"seeds must not be negative, got {value}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds repeat, got {value}")
-        return value
+    _seeds = field_validator("seeds")(lambda v: check_seeds(v))
 
 
 class EvalSpec(Spec):

@@ -30,7 +30,7 @@ from rich.console import Console
 
 from tamt_cli import __version__, artifacts, specs
 from tamt_cli.errors import UserError, first_line
-from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_sparsity
+from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
 INDEX = "sweep.json"
 GRID = "grid.yaml"
@@ -85,14 +85,7 @@ class GridSpec(Spec):
     def _names(cls, value: list[str]) -> list[str]:
         return _unique(value, "names")
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value: list[int]) -> list[int]:
-        if not value:
-            raise ValueError("give at least one seed")
-        if any(s < 0 for s in value):
-            raise ValueError(f"seeds must not be negative, got {value}")
-        return _unique(value, "seeds")
+    _seeds = field_validator("seeds")(lambda v: check_seeds(v))
 
 
 def _unique(value: list[Any], what: str) -> list[Any]:

@@ -25,13 +25,7 @@ STSB = ["index", "genre", "filename", "year", "old_index", "source1", "source2",
         "sentence2", "score"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- tiny data --------------------------------------------------------------------------------

@@ -23,12 +23,7 @@ os.environ["TAMT_NO_PROGRESS"] = "1"
 WORDS = " ".join(SENTENCES).split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
