@@ -171,6 +171,8 @@ class Plan:
 
 
 def load_grid(path: Path) -> GridSpec:
+    if not Path(path).is_file():
+        raise UserError(f"grid file '{path}' does not exist")
     return specs.build(GridSpec, path, {})
 
 

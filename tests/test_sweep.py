@@ -242,6 +242,12 @@ def test_bad_grid_is_one_line_and_runs_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_grid_file_is_one_line(cli, tmp_path):
+    res = cli("sweep", "nope.yaml")
+    assert res.code == 2 and res.err.strip() == "tamt: error: grid file 'nope.yaml' does not exist"
+    assert not (tmp_path / "sweeps").exists()
+
+
 def test_report_refuses_what_is_not_a_run(cli, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.json").write_text('{"a": 1}')
