@@ -87,8 +87,8 @@ def _read_sweep(path: Path, inputs: Inputs) -> None:
     cells = index.get("cells") if isinstance(index, dict) else None
     if not isinstance(cells, list):
         raise UserError(f"'{path / 'sweep.json'}' is not a tamt sweep index")
-    for cell in cells:
-        if not isinstance(cell, dict) or cell.get("status") != "done" or not cell.get("id"):
+    for cell in cells:  # what is on disk counts, as for the sweep itself
+        if not isinstance(cell, dict) or not cell.get("id"):
             continue
         where = path / str(cell["id"])
         if cell.get("kind") == "heldout" and where.is_file():
@@ -102,7 +102,7 @@ def _read_run(path: Path, inputs: Inputs) -> None:
     kind = manifest.get("kind")
     if kind in {"search", "subnetwork"}:
         if manifest.get("status", "complete") != "complete":
-            inputs.notes.append(f"'{path}' is not complete; left out")
+            inputs.notes.append(f"search run '{path}' is not complete; left out")
             return
         inputs.searches[path.resolve()] = manifest
     elif kind == "finetune" and manifest.get("members") is not None:

@@ -545,11 +545,13 @@ def render_listing(plan_: Plan, console: Console) -> None:
 
 
 def commands(plan_: Plan) -> list[str]:
-    """One plain `tamt` command line per cell still to run, searches first (every other cell
-    depends on one of them)."""
+    """One plain `tamt` command line per cell still to run: searches first (every other cell
+    depends on one of them), then held-out losses, then fine-tuning seed by seed (the first
+    seed of every subnetwork before the second), so that a batch cut short is still a table."""
     order = {"search": 0, "heldout": 1, "finetune": 2}
     todo = [c for c in plan_.cells if c.status != "done"]
-    return [command(c, plan_.out) for c in sorted(todo, key=lambda c: order[c.kind])]
+    todo.sort(key=lambda c: (order[c.kind], c.seed or 0))
+    return [command(c, plan_.out) for c in todo]
 
 
 def command(cell: Cell, sweep_dir: Path) -> str:

@@ -203,6 +203,8 @@ def test_printed_commands_are_the_cells_specs(swept, cli, tmp_path, tiny_bert, c
     plan = sweep.plan(path, Path("new"))
     assert len(lines) == len(plan.cells) == 19
     assert [line.split()[1] for line in lines[:4]] == ["search"] * 4  # searches first
+    seeds = [line.split("--seeds ")[1].split()[0] for line in lines if "--seeds" in line]
+    assert seeds == ["1"] * 5 + ["2"] * 5  # every subnetwork's first seed, then the second
     cells = {sweep.command(c, plan.out): c for c in plan.cells}
     assert set(cells) == set(lines)
     for line in lines:
