@@ -250,7 +250,7 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
 class RunWriter:
     """Writes a search run's masks, extra files and manifest (on the main process only).
 
-    The manifest's ``seconds`` is the wall-clock time of the search so far (of earlier sessions
+    The manifest's ``seconds`` is the wall-clock time of the search so far (of earlier runs
     up to their last write, when resumed)."""
 
     def __init__(
