@@ -28,10 +28,11 @@ from typing import Any
 
 from tamt_cli import artifacts
 from tamt_cli.errors import UserError
+from tamt_cli.sweep import HELDOUT_PREFIX
 
 FORMAT = "tamt.report"
 VERSION = 1
-DENSE = "dense"
+DENSE = "dense"  # as the sweep names the dense model
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 #: methods in this order first, then the others by name
 METHOD_ORDER = ("dense", "mlm", "kd", "mlm-kd", "imp", "omp", "random")
@@ -83,18 +84,28 @@ def _load_json(path: Path) -> Any:
 
 
 def _read_sweep(path: Path, inputs: Inputs) -> None:
-    index = _load_json(path / "sweep.json")
-    cells = index.get("cells") if isinstance(index, dict) else None
-    if not isinstance(cells, list):
-        raise UserError(f"'{path / 'sweep.json'}' is not a tamt sweep index")
-    for cell in cells:  # what is on disk counts, as for the sweep itself
-        if not isinstance(cell, dict) or not cell.get("id"):
+    """A sweep directory's runs, found by its layout: what is on disk counts, as for the sweep
+    itself (runs still in progress are hidden or incomplete, and left out)."""
+    for kind in ("search", "finetune"):
+        folder = path / kind
+        runs = sorted(folder.iterdir()) if folder.is_dir() else []
+        for run in runs:
+            if not run.name.startswith(".") and (run / artifacts.MANIFEST).is_file():
+                _read_run(run, inputs)
+    for file in sorted(path.glob(f"{HELDOUT_PREFIX}*.json")):
+        result = _load_json(file)
+        objective = result.get("objective") if isinstance(result, dict) else None
+        name = file.name.removeprefix(HELDOUT_PREFIX).removesuffix(f"-{objective}.json")
+        if name == DENSE:
+            inputs.heldout.append(_heldout(file, result, {"method": DENSE}))
             continue
-        where = path / str(cell["id"])
-        if cell.get("kind") == "heldout" and where.is_file():
-            inputs.heldout.append(_heldout(where, _load_json(where), cell))
-        elif where.is_dir() and (where / artifacts.MANIFEST).is_file():
-            _read_run(where, inputs)
+        search = path / "search" / name
+        if not (search / artifacts.MANIFEST).is_file():
+            inputs.notes.append(f"'{file}' scores no search run of the sweep; left out")
+            continue
+        manifest = artifacts.read_manifest(search)
+        cell = {"method": manifest.get("method"), "sparsity": manifest.get("sparsity")}
+        inputs.heldout.append(_heldout(file, result, cell))
 
 
 def _read_run(path: Path, inputs: Inputs) -> None:

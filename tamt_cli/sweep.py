@@ -33,6 +33,7 @@ from tamt_cli.errors import UserError, first_line
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
 INDEX = "sweep.json"
+HELDOUT_PREFIX = "heldout-"
 GRID = "grid.yaml"
 INDEX_FORMAT = "tamt.sweep"
 INDEX_VERSION = 1
@@ -287,7 +288,7 @@ def _heldout_cell(
     name = DENSE if search is None else search.id.removeprefix("search/")
     spec = specs.validate(EvalSpec, data, f"grid, heldout of {name}")
     return Cell(
-        f"heldout-{name}-{objective}.json",
+        f"{HELDOUT_PREFIX}{name}-{objective}.json",
         "heldout",
         spec,
         method,
