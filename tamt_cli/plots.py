@@ -101,10 +101,10 @@ def _heldout(plt: Any, doc: dict[str, Any], corr: dict[str, Any], path: Path) ->
         ys = [r["mean"] for r in mine]
         errors = [r["std"] or 0.0 for r in mine]
         ax.errorbar(xs, ys, yerr=errors, fmt=MARKERS[i % len(MARKERS)], capsize=3, label=method)
-        for r, x, y in zip(mine, xs, ys, strict=True):
+        for r, x, y in zip(mine, xs, ys, strict=True):  # methods' labels apart: points may meet
             ax.annotate(
-                f"{r['sparsity']:g}", (x, y), textcoords="offset points", xytext=(5, 4),
-                fontsize="x-small",
+                f"{r['sparsity']:g}", (x, y), textcoords="offset points",
+                xytext=(6, 5 - 9 * i), fontsize="x-small", color=ax.lines[-1].get_color(),
             )  # fmt: skip
     rho = "undefined" if corr["rho"] is None else f"{corr['rho']:+.2f}"
     ax.set_xlabel(f"held-out {objective} loss (lower is closer to the dense model)")
@@ -144,7 +144,9 @@ def _layers(plt: Any, subnetworks: list[dict[str, Any]], path: Path) -> Path:
 
 def _overlap(plt: Any, overlap: list[dict[str, Any]], path: Path) -> Path:
     levels = sorted({o["sparsity"] for o in overlap}, key=lambda s: -1 if s is None else s)
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels) + 1, 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(4.2 * len(levels) + 1.5, 4.4), squeeze=False, layout="constrained"
+    )
     image = None
     for ax, level in zip(axes[0], levels, strict=True):
         pairs = [o for o in overlap if o["sparsity"] == level]
@@ -172,10 +174,10 @@ def _overlap(plt: Any, overlap: list[dict[str, Any]], path: Path) -> Path:
                     ax.text(
                         j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour
                     )
-        ax.set_title("all sparsities" if level is None else f"sparsity {level:g}")
+        where = "masks of mixed sparsity" if level is None else f"masks at sparsity {level:g}"
+        ax.set_title(f"Kept-weight overlap, {where}")
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), label="Jaccard similarity of kept weights")
-    fig.suptitle("Mask overlap between methods")
     return _save(plt, fig, path, tight=False)
 
 
