@@ -888,9 +888,12 @@ def evaluate(
 
 @app.command()
 def sweep(
-    grid: Annotated[Path, typer.Argument(help="grid file (YAML, JSON or TOML)")],
+    grid: Annotated[Path, typer.Argument(help=f"grid file (YAML, JSON or TOML) {REQUIRED}")],
     out: Annotated[
-        Path | None, typer.Option(help="sweep directory [grid's out, else sweeps/<grid name>]")
+        Path | None,
+        typer.Option(
+            help="sweep directory " + _default("the grid's out, else sweeps/<grid file name>")
+        ),
     ] = None,
     print_commands: Annotated[
         bool,
@@ -938,13 +941,19 @@ class ReportFormat(str, Enum):
 def report(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="sweep directories, search/finetune runs, eval JSON, or mask files"),
+        typer.Argument(
+            help=f"sweep directories, search/finetune runs, eval JSON, or mask files {REQUIRED}"
+        ),
     ],
     format: Annotated[
-        ReportFormat, typer.Option("--format", "-f", help="table, md, csv or json")
+        ReportFormat,
+        typer.Option("--format", "-f", help=f"table, md, csv or json {_default('table')}"),
     ] = ReportFormat.table,
     plots: Annotated[
-        Path | None, typer.Option(help="write PNG figures into this folder (needs matplotlib)")
+        Path | None,
+        typer.Option(
+            help=f"write PNG figures into this folder (needs matplotlib) {_default('none')}"
+        ),
     ] = None,
 ) -> None:
     """Tables (and plots) from finished runs: scores by method and sparsity, matching, mask
