@@ -376,7 +376,8 @@ def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> Non
         cell.status = "done" if complete and manifest else "partial"
     if ran is not None:
         now = comparable(cell.spec)
-        changed = [k for k in sorted(set(ran) | set(now)) if ran.get(k) != now.get(k)]
+        # fields this tamt has and the run's did not (a newer version's) are not compared
+        changed = [k for k in sorted(ran) if k in now and ran[k] != now[k]]
         if changed:
             key = changed[0]
             raise UserError(
