@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--head-warmup-lr", default=None)
     parser.add_argument("--out", default="fidelity-runs", help="where the runs are kept")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument(
+        "--only-done", action="store_true", help="run nothing: report the runs already scored"
+    )
     args = parser.parse_args()
     if not Path(args.corpus).exists() and args.corpus != "demo":
         raise SystemExit(f"corpus {args.corpus} not found (pass --corpus demo or a text file)")
@@ -94,6 +97,9 @@ def main() -> None:
             seconds, masks = [], {}
             for seed in seeds if name != "omp" else seeds[:1]:  # omp has no randomness
                 run = out / f"{name}-s{sparsity}-seed{seed}"
+                scored = [run / f"eval-{o}.json" for o in ("kd", "mlm")]
+                if args.only_done and not all(f.is_file() for f in scored):
+                    continue
                 where = str(run.resolve())
                 cmd = ["search", "-m", method, "-s", sparsity, "--model", args.model,
                        "--seed", seed, "--out", where, *data, *head, *extra]  # fmt: skip
@@ -115,6 +121,8 @@ def main() -> None:
                                    *common, cwd=out)  # fmt: skip
                         scored.write_text(json.dumps(res))
                     losses[objective].append(json.loads(scored.read_text())["loss"])
+            if not masks:
+                continue
             rows.append(
                 {
                     "sparsity": float(sparsity),
@@ -159,6 +167,8 @@ def main() -> None:
             holds = all(a < b for a, b in pairs if a is not None and b is not None)
             shown = " < ".join(f"{m} {by[m][objective]:.4f}" for m in ranked)
             verdict = "holds" if holds else "does not hold"
+            if sum(w is not None for w in worst) < 2:
+                verdict = "cannot be judged (fewer than two of its groups were run)"
             print(
                 f"sparsity {sparsity:g}, held-out {objective}: {shown}  → mask training < "
                 f"IMP < OMP < random {verdict}"
