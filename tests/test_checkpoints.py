@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from tamt_cli import artifacts, masking, models
 from tests.test_finetune import sst2  # noqa: F401  (the tiny SST-2 fixture)
-from tests.tiny import make_mlm_checkpoint
+from tests.tiny import interrupt_mask_training, make_mlm_checkpoint
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -133,18 +133,9 @@ def test_training_methods_run_and_resume(cli, mlm_checkpoint, corpus, method, mo
     assert not set(masks) & set(LAYOUTS[layout])
     assert all(int((~m).sum()) == m.numel() // 2 for m in masks.values())
     if method == "kd":  # an interrupted run resumes on the same model and ends the same
-        from tamt_cli.methods import mask_training
-
-        original = mask_training._Hooks.after_step
-
-        def crash(self, step):
-            original(self, step)
-            if step == 3:
-                raise KeyboardInterrupt
-
-        monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+        resume_normally = interrupt_mask_training(monkeypatch, 3)
         assert cli(*train(path, corpus, method, "part", *args)).code == 130
-        monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+        resume_normally()
         res = cli("search", "--resume", "part")
         assert res.code == 0, res.err
         again = artifacts.load_masks(Path("part/masks.safetensors"))

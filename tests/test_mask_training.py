@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tamt_cli import artifacts, masking, objectives
+from tests.tiny import interrupt_mask_training
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -162,21 +163,12 @@ def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
     args = ("--save-every", "4", "--seed", "3")
     assert cli(*train_args(tiny_bert, corpus, "kd", "full", *args)).code == 0
 
-    from tamt_cli.methods import mask_training
-
-    original = mask_training._Hooks.after_step
-
-    def crash(self, step):
-        original(self, step)
-        if step == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    resume_normally = interrupt_mask_training(monkeypatch, 6)
     res = cli(*train_args(tiny_bert, corpus, "kd", "part", *args))
     assert res.code == 130
     assert json.loads(Path("part/manifest.json").read_text())["status"] == "running"
     assert not Path("part/masks.safetensors").exists()
-    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    resume_normally()
     res = cli("search", "--resume", "part", "-s", "0.6")  # other settings are refused
     assert res.code == 2 and "started with sparsity=0.5" in res.err
     res = cli("search", "--resume", "part")
@@ -245,25 +237,16 @@ def test_same_seed_same_mask_on_a_headless_model(cli, tiny_bert, corpus, method,
     )
     assert any(not torch.equal(masks[0][k], init[k]) for k in init)  # it did train
 
-    from tamt_cli.methods import mask_training
-
-    original = mask_training._Hooks.after_step
-
-    def crash(self, step):
-        original(self, step)
-        if step == 2:  # before the first checkpoint
-            raise KeyboardInterrupt
-
     from tamt_cli import search
 
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume"))
-    monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    resume_normally = interrupt_mask_training(monkeypatch, 2)  # before the first checkpoint
     # a killed process (kill -9) runs no clean-up: its folder stays, with no checkpoint yet
     stopped = search._stopped
     monkeypatch.setattr(search, "_stopped", lambda *args, **kwargs: None)
     assert cli(*train_args(tiny_bert, corpus, method, "part", *args)).code == 130
     monkeypatch.setattr(search, "_stopped", stopped)
-    monkeypatch.setattr(mask_training._Hooks, "after_step", original)
+    resume_normally()
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume-2"))
     res = cli("search", "--resume", "part")
     assert res.code == 0, res.err

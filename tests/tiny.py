@@ -151,3 +151,19 @@ if __name__ == "__main__":
     root = Path(sys.argv[1])
     make_bert(root / "model")
     write_sst2(root / "SST-2")
+
+
+def interrupt_mask_training(monkeypatch, step: int):
+    """Make mask training stop with ``KeyboardInterrupt`` right after optimiser step ``step``
+    (as Ctrl-C would); returns a function that lets it run normally again."""
+    from tamt_cli.methods import mask_training
+
+    original = mask_training._Hooks.after_step
+
+    def crash(self, done: int) -> None:
+        original(self, done)
+        if done == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mask_training._Hooks, "after_step", crash)
+    return lambda: monkeypatch.setattr(mask_training._Hooks, "after_step", original)
