@@ -143,25 +143,7 @@ class IterativeMagnitudePruning:
 
     def resolved(self, spec: Any) -> dict[str, Any]:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
-        from tamt_cli import pretraining
-
-        opts = self.options
-        levels = round_levels(spec.sparsity, opts.prune_fraction)
-        total = (len(levels) - 1) * opts.steps_per_round
-        out: dict[str, Any] = {
-            "rounds": len(levels),
-            "round_sparsities": levels,
-            "steps_per_round": opts.steps_per_round,
-            "max_steps": total,
-            "lr": spec.lr or DEFAULT_LR,
-            "schedule": opts.schedule,
-            "rewind": opts.rewind,
-            "eval_every": spec.eval_every or opts.steps_per_round,
-            "save_every": spec.save_every or max(1, total // 10),
-        }
-        if "mlm" in opts.objective:
-            out.update(pretraining.head_settings(spec))
-        return out
+        return settings(spec, self.options)
 
     def preflight(self, job: SearchJob) -> None:
         """Checks that need the model but no computation, before the run directory is made."""
@@ -171,6 +153,28 @@ class IterativeMagnitudePruning:
 
     def search(self, job: SearchJob) -> dict[str, Any]:
         return IMPSession(job, self.options).run()
+
+
+def settings(spec: Any, opts: IMPOptions) -> dict[str, Any]:
+    """Rounds, steps, learning rate and intervals of a run: the spec's, else the defaults."""
+    from tamt_cli import pretraining
+
+    levels = round_levels(spec.sparsity, opts.prune_fraction)
+    total = (len(levels) - 1) * opts.steps_per_round
+    out: dict[str, Any] = {
+        "rounds": len(levels),
+        "round_sparsities": levels,
+        "steps_per_round": opts.steps_per_round,
+        "max_steps": total,
+        "lr": spec.lr or DEFAULT_LR,
+        "schedule": opts.schedule,
+        "rewind": opts.rewind,
+        "eval_every": spec.eval_every or opts.steps_per_round,
+        "save_every": spec.save_every or max(1, total // 10),
+    }
+    if "mlm" in opts.objective:
+        out.update(pretraining.head_settings(spec))
+    return out
 
 
 # -- the pieces of a round (module level, so tests can call and watch them) -----------------------
@@ -219,11 +223,12 @@ class IMPSession:
         self.options = options
         self.objective = options.objective
         self.engine = job.engine
-        self.levels = round_levels(job.sparsity, options.prune_fraction)
+        self.settings = settings(job.spec, options)
+        self.levels = self.settings["round_sparsities"]
         self.rounds = len(self.levels)
         self.per_round = options.steps_per_round
-        self.total_steps = (self.rounds - 1) * self.per_round
-        self.lr = self.spec.lr or DEFAULT_LR
+        self.total_steps = self.settings["max_steps"]
+        self.lr = self.settings["lr"]
         self.round = 0
         self.rewound_taken = options.rewind_step == 0  # the snapshot is the start state
         self.masks: dict[str, Any] = {}
@@ -327,8 +332,8 @@ class IMPSession:
             spec,
             end,
             f"IMP round {r}/{self.rounds} (sparsity {self.levels[r - 1]:g})",
-            eval_every=spec.eval_every or self.per_round,
-            save_every=spec.save_every or max(1, self.total_steps // 10),
+            eval_every=self.settings["eval_every"],
+            save_every=self.settings["save_every"],
         )
         self.engine.fit(
             self.loss_module,
