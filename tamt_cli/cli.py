@@ -1011,8 +1011,8 @@ def env(
 
 
 cache_app = typer.Typer(
-    help="tamt's cache of tokenised corpora (`TAMT_CACHE_DIR`, else "
-    "`$XDG_CACHE_HOME/tamt/blocks`, else `~/.cache/tamt/blocks`).",
+    help="tamt's cache of tokenised corpora and of MLM heads fitted on models without one "
+    "(`TAMT_CACHE_DIR`, else `$XDG_CACHE_HOME/tamt/blocks`, else `~/.cache/tamt/blocks`).",
     no_args_is_help=False,
     invoke_without_command=True,
 )
@@ -1021,14 +1021,14 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.callback()
 def _cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """tamt's cache of tokenised corpora: `tamt cache` lists it."""
+    """tamt's cache of tokenised corpora and fitted MLM heads: `tamt cache` lists it."""
     if ctx.invoked_subcommand is None:
         cache_list(as_json)
 
 
 @cache_app.command("list")
 def cache_list(as_json: JsonOpt = False) -> None:
-    """The cached token blocks, by corpus, with their size."""
+    """The cached token blocks, by corpus, and the fitted MLM heads, with their size."""
     from tamt_cli import environment
 
     _present(environment.cache_summary(), as_json, "cache_table")
@@ -1042,12 +1042,15 @@ def cache_clear(
             help=f"only this corpus, as `tamt cache list` names it {_default('every corpus')}"
         ),
     ] = None,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="only the MLM heads fitted on models without one")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove cached token blocks (they are rebuilt when next needed)."""
+    """Remove cached token blocks and fitted MLM heads (rebuilt when next needed)."""
     from tamt_cli import environment
 
-    result = environment.clear_cache(corpus)
+    result = environment.clear_cache(corpus, heads=heads)
     if as_json:
         _emit_json(result)
     else:

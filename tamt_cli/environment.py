@@ -104,30 +104,42 @@ def _size(path: Path) -> int | None:
 # -- the token-block cache ------------------------------------------------------------------
 
 
+#: how ``tamt cache`` names the MLM heads fitted on checkpoints without one (``heads/``)
+HEADS = "(fitted MLM heads)"
+
+
 def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every block file in the cache: its corpus, block length, blocks and bytes (newest first).
-    Files that are not tamt block files are not listed (and never removed)."""
+    """Every file of the cache: token blocks (their corpus, block length, blocks) and the MLM
+    heads fitted on models without one (under ``heads/``, listed as :data:`HEADS`), with their
+    bytes, newest first. Files that are not tamt's are not listed (and never removed)."""
     from safetensors import safe_open
 
     root = corpora.cache_root(root)
     entries = []
-    for path in sorted(root.glob("*.safetensors")) if root.is_dir() else []:
+    files = [*sorted(root.glob("*.safetensors")), *sorted(root.glob("heads/*.safetensors"))]
+    for path in files if root.is_dir() else []:
+        head = path.parent.name == "heads"
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
-                if meta.get("format") != corpora.FORMAT:
+                if head and "model_sha256" not in meta:
                     continue
-                blocks = fh.get_slice("train").get_shape()[0]
-                blocks += fh.get_slice("held_out").get_shape()[0]
+                if not head and meta.get("format") != corpora.FORMAT:
+                    continue
+                blocks = None
+                if not head:
+                    blocks = fh.get_slice("train").get_shape()[0]
+                    blocks += fh.get_slice("held_out").get_shape()[0]
         except Exception:  # unreadable: not ours to describe
             continue
         stat = path.stat()
         entries.append(
             {
                 "file": str(path),
-                "corpus": meta.get("source", "?"),
+                "kind": "head" if head else "blocks",
+                "corpus": HEADS if head else meta.get("source", "?"),
                 "max_length": int(meta.get("max_length", 0)),
-                "blocks": int(blocks),
+                "blocks": blocks,
                 "bytes": stat.st_size,
                 "modified": stat.st_mtime,
             }
@@ -151,13 +163,19 @@ def cache_summary(root: Path | None = None) -> dict[str, Any]:
     }
 
 
-def clear_cache(corpus: str | None = None, root: Path | None = None) -> dict[str, Any]:
-    """Remove the cached blocks (of one corpus, as ``tamt cache list`` names it); returns what
-    was removed."""
+def clear_cache(
+    corpus: str | None = None, root: Path | None = None, *, heads: bool = False
+) -> dict[str, Any]:
+    """Remove the cache's files: all of them, the blocks of one corpus (as ``tamt cache list``
+    names it), or with ``heads`` the fitted MLM heads only; returns what was removed."""
     from tamt_cli.errors import UserError
 
     entries = cache_entries(root)
-    if corpus is not None:
+    if heads and corpus is not None:
+        raise UserError("give --corpus or --heads, not both")
+    if heads:
+        entries = [e for e in entries if e["kind"] == "head"]
+    elif corpus is not None:
         known = sorted({e["corpus"] for e in entries})
         entries = [e for e in entries if e["corpus"] == corpus]
         if not entries:

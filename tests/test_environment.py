@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -149,3 +151,31 @@ def test_cache_lists_and_clears_token_blocks_by_corpus(cli, corpus, tmp_path, mo
     assert [row["corpus"] for row in cli("cache", "--json").json()["corpora"]] == ["other.txt"]
     assert cli("cache", "clear").code == 0
     assert sorted(p.name for p in root.iterdir()) == ["notes.safetensors"]
+
+
+def test_cache_lists_and_clears_fitted_heads(cli, corpus, tiny_bert, tmp_path, monkeypatch):
+    """A head fitted on a model without one is cached under heads/: listed, cleared with the
+    rest or alone with --heads, and refitted (identically) when next needed."""
+    from tamt_cli.environment import HEADS
+
+    root = tmp_path / "cache"
+    assert os.environ["TAMT_CACHE_DIR"] == str(root)
+    common = ("--objective", "mlm", "--corpus", corpus, "--max-length", "16", "--batch-size",
+              "4", "--head-warmup-steps", "2", "--json")  # fmt: skip
+    first = cli("eval", tiny_bert, *common).json()
+    assert first["mlm_head"]["reused"] is False
+    listed = cli("cache", "--json").json()
+    rows = {row["corpus"]: row for row in listed["corpora"]}
+    assert rows[HEADS]["files"] == 1 and rows[str(corpus)]["files"] == 1
+    head_file = next(f for f in listed["files"] if f["kind"] == "head")
+    assert Path(head_file["file"]).parent == root / "heads"
+    assert HEADS in cli("cache", "list").out
+
+    assert cli("cache", "clear", "--heads", "--corpus", str(corpus)).code == 2
+    res = cli("cache", "clear", "--heads", "--json").json()
+    assert res["files"] == 1 and res["bytes"] == head_file["bytes"]
+    assert [row["corpus"] for row in cli("cache", "--json").json()["corpora"]] == [str(corpus)]
+    again = cli("eval", tiny_bert, *common).json()
+    assert again["mlm_head"]["reused"] is False and again["loss"] == first["loss"]
+    assert cli("cache", "clear").code == 0
+    assert cli("cache", "--json").json()["files"] == []
