@@ -196,6 +196,34 @@ def random_scores(weights: Iterable[Prunable], seed: int) -> dict[str, torch.Ten
     return {p.name: torch.rand(p.shape, generator=gen) for p in weights}
 
 
+@torch.no_grad()
+def graded_scores(
+    raw: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor], tau: float
+) -> dict[str, torch.Tensor]:
+    """Initial scores that give exactly the mask ``keep`` at threshold ``τ`` but keep the order
+    of ``raw`` (e.g. ``|W|``): ``S = τ·raw/t``, with ``t`` each matrix's boundary between its
+    kept and its pruned raw scores. Weights near the boundary then start near ``τ`` and are the
+    first a trained score moves across it, instead of every score starting ``τ`` away."""
+    out = {}
+    for name, values in raw.items():
+        values = values.detach().float().abs()
+        kept = keep[name].to(values.device, torch.bool)
+        low = float(values[kept].min()) if bool(kept.any()) else None
+        high = float(values[~kept].max()) if bool((~kept).any()) else None
+        if low is not None and high is not None:
+            boundary = (low + high) / 2
+        elif low is not None:
+            boundary = low / 2
+        else:
+            boundary = high if high is not None else 1.0
+        scale = boundary if boundary > 0 else 1.0
+        score = values * (tau / scale)
+        above = torch.nextafter(torch.tensor(tau), torch.tensor(float("inf"))).item()
+        score = torch.where(kept, score.clamp(min=above), score.clamp(max=tau))
+        out[name] = score
+    return out
+
+
 def shapes(weights: Iterable[Prunable]) -> dict[str, tuple[int, ...]]:
     return {p.name: p.shape for p in weights}
 
@@ -264,13 +292,18 @@ class _StraightThrough(torch.autograd.Function):
 
 class ScoreMask(nn.Module):
     """Parametrization ``W ↦ W ⊙ 1[S > τ]`` with a learned real score ``S`` per weight and a
-    straight-through gradient. Initialised from a keep-mask: ``S = 2τ`` kept, ``0`` pruned."""
+    straight-through gradient. Initialised from a keep-mask (``S = 2τ`` kept, ``0`` pruned) or
+    from given float scores."""
 
     tau: torch.Tensor
 
-    def __init__(self, init_keep: torch.Tensor, tau: float = 0.01) -> None:
+    def __init__(self, init: torch.Tensor, tau: float = 0.01) -> None:
         super().__init__()
-        self.score = nn.Parameter(init_keep.to(torch.float32) * (2 * tau))
+        if init.dtype == torch.bool:
+            score = init.to(torch.float32) * (2 * tau)
+        else:
+            score = init.to(torch.float32).clone()
+        self.score = nn.Parameter(score)
         self.register_buffer("tau", torch.tensor(float(tau)))
         self.enabled = True
 
@@ -293,7 +326,8 @@ def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor])
 def attach_scores(
     weights: Iterable[Prunable], init: Mapping[str, torch.Tensor], tau: float = 0.01
 ) -> dict[str, ScoreMask]:
-    """Attach learnable score masks initialised from keep-masks; returns them by weight name."""
+    """Attach learnable score masks initialised from keep-masks (``2τ`` / ``0``) or from float
+    scores (see :func:`graded_scores`); returns them by weight name."""
     out = {}
     for p in weights:
         mod = ScoreMask(init[p.name].to(p.weight.device), tau)

@@ -29,6 +29,13 @@ DEFAULT_FITTED_HEAD_LR = 0.0
 #: a fitted head does not depend on a search's seed: every search of a model shares it
 HEAD_SEED = 0
 HEAD_CACHE_VERSION = 1
+#: held-out blocks on which a fitted head is compared with the corpus's token frequencies
+HEAD_CHECK_BLOCKS = 64
+#: the seed of the MLM corruption of held-out blocks: every evaluation masks the same tokens
+HELD_OUT_SEED = 12_345
+#: a fitted head whose held-out MLM loss is not this many nats below the frequency baseline's
+#: reads too little from the encoder for MLM mask training to learn from: a warning says so
+HEAD_MARGIN = 0.5
 
 
 @dataclass
@@ -160,12 +167,16 @@ def shared_head(
     }
     trainable = {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}
     if engine.broadcast(path.is_file()) and _load_cached_head(trainable, path):
-        return head, {**record, "reused": True}
+        quality = head_quality(model, weights, head, data, engine, _cached_quality(path))
+        _warn_if_weak(ref, quality, console)
+        return head, {**record, **quality, "reused": True}
     console.print(
         f"model '{ref.given}' has no MLM head: fitting one on the frozen model for {steps} "
         f"steps (lr {lr:g}; --head-warmup-steps, --head-warmup-lr); it is cached"
     )
     fit_head(head, trainable, model, weights, data, engine, steps, lr, batch_size, run_dir)
+    quality = head_quality(model, weights, head, data, engine, None)
+    _warn_if_weak(ref, quality, console)
     if engine.is_main:
         from safetensors.torch import save as st_save
 
@@ -173,10 +184,86 @@ def shared_head(
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in trainable.items()}
-        meta = {k: str(v) for k, v in fit.items()}
+        meta = {k: str(v) for k, v in {**fit, **quality}.items()}
         artifacts.write_bytes(path, st_save(tensors, metadata=meta))
     engine.barrier()
-    return head, {**record, "reused": False}
+    return head, {**record, **quality, "reused": False}
+
+
+def head_quality(
+    model: nn.Module,
+    weights: list[Any],
+    head: nn.Module,
+    data: PretrainingData,
+    engine: Any,
+    cached: dict[str, float] | None,
+) -> dict[str, float]:
+    """How much a fitted head reads from the encoder: the dense model's held-out MLM loss with
+    it (``head_heldout_mlm``, the first :data:`HEAD_CHECK_BLOCKS` held-out blocks) against the
+    loss of predicting every masked token from the training blocks' token frequencies
+    (``frequency_heldout_mlm``, the same positions). ``cached``: figures stored with the head."""
+    if cached is not None:
+        return cached
+    from types import SimpleNamespace
+
+    blocks = min(HEAD_CHECK_BLOCKS, int(data.held_out.shape[0]))
+    if blocks == 0:
+        return {}
+    spec = SimpleNamespace(eval_blocks=blocks, batch_size=16)
+    module = objectives.PretrainingLoss(model, weights, "mlm", head)
+    loss = held_out_loss(module, data, "mlm", spec, engine.device)
+    return {
+        "head_heldout_mlm": round(loss, 4),
+        "frequency_heldout_mlm": round(frequency_loss(data, blocks), 4),
+    }
+
+
+def frequency_loss(data: PretrainingData, blocks: int) -> float:
+    """Cross-entropy of the masked tokens of the first ``blocks`` held-out blocks (drawn as
+    :func:`held_out_loss` draws them) under the training blocks' token frequencies (add-one
+    smoothed): what a head that ignores the encoder can reach."""
+    info = data.tokenizer_info
+    vocab = int(info["vocab_size"])
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    for start in range(0, data.train.shape[0], 65_536):
+        ids = data.train[start : start + 65_536].reshape(-1).long()
+        counts += torch.bincount(ids[ids < vocab], minlength=vocab).double()
+    log_p = torch.log((counts + 1) / (counts.sum() + vocab))
+    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
+    total, count = 0.0, 0
+    for start in range(0, blocks, 16):
+        chunk = data.held_out[start : min(start + 16, blocks)]
+        labels = objectives.batch_for(chunk, "mlm", info, generator)["labels"]
+        chosen = labels[labels != objectives.IGNORE]
+        total += float(-log_p[chosen].sum())
+        count += int(chosen.numel())
+    return total / max(count, 1)
+
+
+def _cached_quality(path: Path) -> dict[str, float] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        keys = ("head_heldout_mlm", "frequency_heldout_mlm")
+        return {k: float(meta[k]) for k in keys} if all(k in meta for k in keys) else None
+    except Exception:
+        return None
+
+
+def _warn_if_weak(ref: Any, quality: dict[str, float], console: Console) -> None:
+    if not quality:
+        return
+    head, frequency = quality["head_heldout_mlm"], quality["frequency_heldout_mlm"]
+    if head > frequency - HEAD_MARGIN:
+        console.print(
+            f"warning: the MLM head fitted on '{ref.given}' predicts masked tokens hardly better "
+            f"than token frequencies do (held-out loss {head:.2f} against {frequency:.2f} "
+            "nats), so the MLM loss says little about a subnetwork of it; prefer --method kd "
+            "(see the README: TAMT-MLM on a model without an MLM head)",
+            highlight=False,
+        )
 
 
 def search_head(
@@ -326,7 +413,7 @@ def held_out_loss(
     if blocks.shape[0] == 0:
         raise UserError("the corpus has no held-out blocks to evaluate on")
     info = data.tokenizer_info
-    generator = torch.Generator().manual_seed(12_345)
+    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
     was = module.training
     module.eval()
     total, count = 0.0, 0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,79 @@ def test_gradients_reach_only_the_scores(tiny_bert):
     after = model.state_dict()
     for name, value in before.items():
         assert torch.equal(value, after[name]), name  # frozen weights unchanged, bit for bit
+
+
+def test_graded_scores_move_the_mask_where_binary_scores_cannot(cli, tiny_bert, corpus):
+    """At a learning rate whose 8 steps move a score by far less than τ, scores that start at
+    2τ / 0 flip nothing, while graded scores flip the weights next to the magnitude boundary
+    (and only a few of them); both end at exactly the target sparsity."""
+    slow = ("--lr", "1e-4", "--seed", "1")
+    assert cli(*train_args(tiny_bert, corpus, "kd", "binary", *slow)).code == 0
+    res = cli(*train_args(tiny_bert, corpus, "kd", "graded", *slow, "-o", "scores=graded"))
+    assert res.code == 0, res.err
+    notes = json.loads(Path("graded/manifest.json").read_text())["notes"]
+    assert notes["scores"] == "graded" and notes["lr"] == 1e-4
+    model = loaded_model(tiny_bert)
+    weights = masking.prunable_weights(model)
+    omp = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
+    binary = artifacts.load_masks(Path("binary/masks.safetensors"))
+    graded = artifacts.load_masks(Path("graded/masks.safetensors"))
+    assert all(torch.equal(binary[n], omp[n]) for n in omp)
+    flipped = {n: int((graded[n] != omp[n]).sum()) for n in omp}
+    assert 0 < sum(flipped.values()) < 0.1 * sum(m.numel() for m in omp.values())
+    for p in weights:
+        assert int((~graded[p.name]).sum()) == p.numel // 2, p.name
+        if flipped[p.name]:  # what flipped lies next to the boundary in |W|
+            moved = (graded[p.name] != omp[p.name]) & (p.kind != "pooler")
+            magnitude = p.weight.detach().abs()
+            boundary = magnitude[omp[p.name]].min()
+            assert float((magnitude[moved] / boundary - 1).abs().max()) < 0.5, p.name
+    res = cli("search", "-m", "kd", "-s", "0.5", "--model", tiny_bert, "-o", "scores=soft",
+              "--dry-run")  # fmt: skip
+    assert res.code == 2 and "scores" in res.err and "graded" in res.err
+
+
+def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_bert, corpus):
+    """A head whose transform outputs zeros and whose bias is the log of the smoothed training
+    frequencies scores exactly the frequency baseline, on the same held-out positions."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    from tamt_cli import models, pretraining
+    from tamt_cli.corpora import load_blocks
+    from tamt_cli.engine import Engine
+
+    ref = models.resolve(str(tiny_bert))
+    model = models.load_encoder(ref).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    blocks = load_blocks(str(corpus), tok, 16)
+    info = {
+        "special_ids": sorted(set(tok.all_special_ids)),
+        "mask_id": int(tok.mask_token_id),
+        "vocab_size": int(model.config.vocab_size),
+    }
+    data = pretraining.PretrainingData(blocks.train, blocks.held_out, "c", "f", info)
+    head, _ = models.load_mlm_head(ref, model)
+    vocab = model.config.vocab_size
+    counts = torch.bincount(blocks.train.reshape(-1).long(), minlength=vocab).double()
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("bias") and p.shape == (vocab,):
+                p.copy_(torch.log((counts + 1) / (counts.sum() + vocab)).float())
+            elif "transform" in name:
+                p.zero_()
+    engine = Engine("no", Console(stderr=True))
+    n = min(8, blocks.held_out.shape[0])
+    weights = masking.prunable_weights(model)
+    quality = pretraining.head_quality(model, weights, head, data, engine, None)
+    baseline = pretraining.frequency_loss(data, n)
+    module = objectives.PretrainingLoss(model, weights, "mlm", head)
+    spec = SimpleNamespace(eval_blocks=n, batch_size=16)
+    assert pretraining.held_out_loss(module, data, "mlm", spec, "cpu") == pytest.approx(baseline)
+    assert quality["head_heldout_mlm"] == pytest.approx(quality["frequency_heldout_mlm"], abs=1e-3)
+    assert 1.0 < baseline < np.log(vocab)
 
 
 def test_kd_loss_is_zero_dense_and_teacher_shares_storage(tiny_bert):
@@ -191,6 +265,9 @@ def test_mlm_fits_a_missing_head_once_and_scores_every_subnetwork_with_it(cli, t
     manifest = json.loads(Path("run/manifest.json").read_text())
     head = manifest["notes"]["mlm_head"]
     assert (head["kind"], head["steps"], head["reused"]) == ("fitted", 3, False)
+    # three steps fit nothing: the head is no better than the token frequencies, and is told so
+    assert head["head_heldout_mlm"] > head["frequency_heldout_mlm"] - 0.5
+    assert "predicts masked tokens hardly better than token frequencies" in res.err
     assert manifest["notes"]["head_lr"] == 0.0  # a fitted head is frozen by default
     assert Path("run/head.safetensors").is_file()
     assert Path("run/head_warmup.jsonl").is_file()
@@ -202,6 +279,7 @@ def test_mlm_fits_a_missing_head_once_and_scores_every_subnetwork_with_it(cli, t
     out = first.json()
     # the same fit settings as the search: the cached head, not a new fit
     assert out["mlm_head"]["kind"] == "fitted" and out["mlm_head"]["reused"] is True
+    assert out["mlm_head"]["head_heldout_mlm"] == head["head_heldout_mlm"]  # stored with it
     assert out["mask_sparsity"] == pytest.approx(0.5, abs=1e-3) and out["loss"] > 0
     again = cli("eval", "run", *common).json()
     assert again["loss"] == out["loss"]  # bit for bit

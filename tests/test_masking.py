@@ -552,3 +552,53 @@ def test_prune_count_is_exact_for_numpy_floats():
 
     assert masking.prune_count(100, np.float32(0.29)) == 29
     assert masking.prune_count(100, np.float64(0.29)) == 29
+
+
+# -- graded initial scores ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("sparsity", (0.3, 0.7))
+def test_graded_scores_give_the_initial_mask_and_keep_the_ranking(weights, scope, sparsity):
+    tau = 0.01
+    ranking = masking.magnitude_scores(weights)
+    keep = masking.masks_from_scores(ranking, sparsity, scope)
+    graded = masking.graded_scores(ranking, keep, tau)
+    for p in weights:
+        score, mask = graded[p.name], keep[p.name]
+        assert torch.equal(score > tau, mask), p.name
+        # the order of |W| survives: scores are a monotone function of the magnitudes
+        order = torch.argsort(ranking[p.name].reshape(-1), stable=True)
+        assert bool((score.reshape(-1)[order].diff() >= 0).all()), p.name
+        # and they are spread around τ, not two values 2τ / 0
+        assert score.unique().numel() > 10
+        assert float(score[mask].min()) - tau < 0.1 * tau
+        assert tau - float(score[~mask].max()) < 0.1 * tau
+
+
+def test_graded_scores_nearest_the_boundary_flip_first(model, weights):
+    """One step of the same size on every score flips only the weights next to the boundary
+    when scores are graded, and every one of them when they are binary."""
+    ranking = masking.magnitude_scores(weights)
+    keep = masking.masks_from_scores(ranking, 0.5)
+    graded = masking.graded_scores(ranking, keep, 0.01)
+    binary = {n: m.float() * 0.02 for n, m in keep.items()}
+    for name, mask in keep.items():
+        step = torch.where(mask, -0.002, 0.002)  # every kept score down, every pruned one up
+        flipped_graded = int(((graded[name] + step > 0.01) != mask).sum())
+        flipped_binary = int(((binary[name] + step > 0.01) != mask).sum())
+        assert flipped_binary == 0  # 2τ / 0 are 0.01 away: a small step flips nothing...
+        step = step * 10  # ...and a step of τ flips every score at once
+        assert int(((binary[name] + step > 0.01) != mask).sum()) == mask.numel()
+        assert 0 < flipped_graded < mask.numel() // 2, name
+
+
+def test_score_mask_from_float_scores_is_the_graded_mask(model, weights):
+    ranking = masking.magnitude_scores(weights)
+    keep = masking.masks_from_scores(ranking, 0.6)
+    graded = masking.graded_scores(ranking, keep, 0.01)
+    mods = masking.attach_scores(weights, graded, 0.01)
+    for name, mod in mods.items():
+        assert torch.equal(mod.keep(), keep[name])
+        assert torch.equal(mod.score.detach(), graded[name])
+    masking.detach_masks(weights)

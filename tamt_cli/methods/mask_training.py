@@ -43,7 +43,13 @@ class MaskTrainingOptions(BaseModel):
     reset_every: int | None = Field(
         None, gt=0, description="reset thresholds to the exact sparsity every N steps"
     )
-    tau: float = Field(0.01, gt=0, description="initial threshold τ (scores start at 2τ / 0)")
+    tau: float = Field(0.01, gt=0, description="initial threshold τ")
+    scores: Literal["binary", "graded"] = Field(
+        "binary",
+        description="initial score values: binary (2τ kept, 0 pruned: the paper's) or graded "
+        "(τ·|W|/t: the same mask, scores in the order of the initial ranking, so that the "
+        "weights nearest the boundary are the first to flip)",
+    )
 
 
 class MaskTraining:
@@ -136,7 +142,7 @@ class TrainingSession:
         head_params: list[Any] = []
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
             head, head_params, self.head_lr = pretraining.search_head(job, data, engine)
-        init = self.initial_masks()
+        init = self.initial_scores()
         scores = masking.attach_scores(job.weights, init, self.options.tau)
         kinds = {p.name: p.kind for p in job.weights}
         for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
@@ -189,6 +195,7 @@ class TrainingSession:
             reset_every=self.reset_every,
             init=self.options.init,
             tau=self.options.tau,
+            scores=self.options.scores,
             corpus=data.source,
             corpus_fingerprint=data.fingerprint,
             max_length=spec.max_length,
@@ -198,15 +205,20 @@ class TrainingSession:
         )
         return final
 
-    def initial_masks(self) -> dict[str, Any]:
+    def initial_scores(self) -> dict[str, Any]:
+        """The initial mask (magnitude or random ranking at the target sparsity), as a keep-mask
+        (binary scores) or as graded scores in the ranking's order."""
         from tamt_cli import masking
 
         weights, scope = self.job.weights, self.spec.scope
         if self.options.init == "random":
-            scores = masking.random_scores(weights, self.spec.seed)
+            ranking = masking.random_scores(weights, self.spec.seed)
         else:
-            scores = masking.magnitude_scores(weights)
-        return masking.masks_from_scores(scores, self.sparsity, scope)
+            ranking = masking.magnitude_scores(weights)
+        keep = masking.masks_from_scores(ranking, self.sparsity, scope)
+        if self.options.scores == "binary":
+            return keep
+        return masking.graded_scores(ranking, keep, self.options.tau)
 
 
 class _Hooks:
