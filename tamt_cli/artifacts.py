@@ -498,6 +498,40 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def choose_mask(
+    manifest: dict[str, Any], run: Path, *, step: int | None = None, sparsity: float | None = None
+) -> dict[str, Any]:
+    """The entry of ``run``'s manifest for the mask saved at ``step`` and/or ``sparsity`` (by
+    default the final mask)."""
+    entries = manifest.get("masks") or []
+    if not entries:
+        raise UserError(f"run '{run}' holds no masks")
+    if step is not None:
+        hits = [e for e in entries if e.get("step") == step]
+        if not hits:
+            steps = [str(e["step"]) for e in entries if e.get("step") is not None]
+            raise UserError(
+                f"run '{run}' has no mask at step {step}; "
+                f"available: {', '.join(steps) or 'none (not a training run)'}"
+            )
+        entries = hits
+    if sparsity is not None:
+        hits = [
+            e
+            for e in entries
+            if e.get("sparsity") is not None and abs(e["sparsity"] - sparsity) < 1e-9
+        ]
+        if not hits:
+            have = sorted({f"{e['sparsity']:g}" for e in entries if e.get("sparsity") is not None})
+            raise UserError(
+                f"run '{run}' has no mask at sparsity {sparsity:g}; "
+                f"available: {', '.join(have) or 'none'}"
+            )
+        entries = hits
+    finals = [e for e in entries if e.get("final")]
+    return (finals or entries)[-1]
+
+
 def git_commit() -> str | None:
     """The commit of the source tree tamt runs from, when it is a git checkout."""
     here = Path(__file__).resolve().parent.parent

@@ -755,7 +755,9 @@ def finetune(
     if as_json:
         _emit_json(result)
     else:
-        finetuning.render(result, _out())
+        from tamt_cli.display import render_finetune
+
+        render_finetune(result, _out())
 
 
 @app.command("eval")
@@ -866,24 +868,15 @@ def evaluate(
     if dry_run:
         _show_spec(resolved, as_json)
         return
-    if resolved.task is not None:
-        from tamt_cli import finetune as finetuning
-
-        result = finetuning.evaluate(resolved, _err())
-        if as_json:
-            _emit_json(result)
-        else:
-            finetuning.render(result, _out())
-        return
     from tamt_cli import evaluate as evaluating
 
-    result = evaluating.run_objective(resolved, _err())
+    result = evaluating.run(resolved, _err())
     if as_json:
         _emit_json(result)
     else:
-        from tamt_cli.display import result_table
+        from tamt_cli.display import render_eval
 
-        _out().print(result_table(result, f"Held-out {result['objective']} loss"))
+        render_eval(result, _out())
 
 
 @app.command()

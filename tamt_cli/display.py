@@ -82,6 +82,73 @@ def result_table(result: dict[str, Any], title: str) -> Table:
     return table
 
 
+def render_eval(result: dict[str, Any], console: Console) -> None:
+    """`tamt eval`: a task's metrics per split, or the held-out loss of ``--objective``."""
+    if "objective" in result:
+        console.print(result_table(result, f"Held-out {result['objective']} loss"))
+        return
+    table = Table(
+        title=f"{result['task']} on {result['checkpoint']}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("split", "examples", "metric", "value"):
+        table.add_column(col, justify="left" if col in {"split", "metric"} else "right")
+    for split, row in result["splits"].items():
+        for i, (name, value) in enumerate(row["metrics"].items()):
+            table.add_row(split if i == 0 else "", str(row["examples"]) if i == 0 else "", name,
+                          _value(value))  # fmt: skip
+    console.print(table)
+    sparsity = result.get("mask_sparsity")
+    shown = "dense (no mask)" if sparsity is None else f"{sparsity:.2%}"
+    console.print(f"mask sparsity {shown}")
+
+
+def render_finetune(result: dict[str, Any], console: Console) -> None:
+    """`tamt finetune`: best and final scores per seed, mean ± std over seeds."""
+    sparsity = result.get("mask_sparsity")
+    shown = "dense" if sparsity is None else f"mask sparsity {sparsity:.2%}"
+    table = Table(
+        title=f"{result['task']}: {result['subnetwork']} ({shown})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption=f"best: highest {result['selected_by']} over the evaluations (the paper "
+        "reports it); final: after the last step (the saved weights)",
+        caption_justify="left",
+    )
+    columns = [(split, name) for split, metrics in result["best"].items() for name in metrics]
+    several = len(result["best"]) > 1
+    table.add_column("seed", justify="right")
+    table.add_column("best step", justify="right")
+    for split, name in columns:
+        label = f"{split}/{name}" if several else name
+        table.add_column(f"{label} best", justify="right")
+        table.add_column(f"{label} final", justify="right")
+    table.add_column("seconds", justify="right")
+    for r in result["runs"]:
+        cells = [str(r["seed"]), str(r["best"]["step"])]
+        for split, name in columns:
+            cells += [
+                _value(r["best"]["metrics"][split][name]),
+                _value(r["final"]["metrics"][split][name]),
+            ]
+        table.add_row(*cells, f"{r['seconds']:.0f}")
+    if len(result["runs"]) > 1:
+        table.add_section()
+        cells = ["mean ± std", ""]
+        for split, name in columns:
+            for which in ("best", "final"):
+                stat = result[which][split][name]
+                cells.append(f"{stat['mean']:.2f} ± {stat['std']:.2f}")
+        table.add_row(*cells, "", style="bold")
+    console.print(table)
+    console.print(f"fine-tuned models in [bold]{result['out']}[/bold]")
+
+
+def _value(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def env_table(report: dict[str, Any]) -> Table:
     """`tamt env`: one section per concern, ready to paste into a bug report."""
     from tamt_cli.environment import human_bytes

@@ -1,113 +1,124 @@
-"""`tamt eval --objective`: the held-out pre-training loss of a subnetwork (a cheap proxy for
-how well it will transfer), for a search run, an exported subnetwork, or a dense model."""
+"""`tamt eval`: the task metrics of a fine-tuned checkpoint (``--task``), or the held-out
+pre-training loss of a subnetwork (``--objective``: a cheap proxy for how well it will
+transfer) for a search run, an exported subnetwork, or a dense model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, models, subjects, transfer, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
 
-@dataclass
-class Subject:
-    """What is scored or fine-tuned: a model, and the mask (if any) over its pre-trained weights.
-
-    ``kind`` is ``search`` (a search run), ``subnetwork`` (an exported subnetwork folder),
-    ``mask`` (a bare mask file over ``--model``) or ``model`` (a plain model: dense)."""
-
-    ref: Any
-    masks: dict[str, Any] | None
-    head_file: Path | None
-    manifest: dict[str, Any] | None
-    description: str
-    embeddings: bool = True
-    pooler: bool = True
-    notes: dict[str, Any] = field(default_factory=dict)
-    kind: str = "model"
-    mask_file: Path | None = None
-    #: SHA-256 the weights at ``ref`` must have for the mask to mean what it meant (or None)
-    weights_sha256: str | None = None
+def run(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    """``tamt eval``: a task's metrics with ``--task``, else the ``--objective`` loss."""
+    if spec.task is not None:
+        return run_task(spec, console)
+    return run_objective(spec, console)
 
 
-def subject(
-    checkpoint: str,
-    step: int | None = None,
-    *,
-    model: str | None = None,
-    own_weights: bool = False,
-) -> Subject:
-    """A search run or exported subnetwork (its manifest names the pre-trained model, whose
-    dense weights are the KD teacher), a mask file (``*.safetensors``) over ``model``, or a plain
-    model (dense: no mask).
+def run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    """Score a fine-tuned folder (or any model folder with a matching head) on a task."""
+    with transfer.quiet():
+        return _run_task(spec, console)
 
-    ``model`` also says where a search run's model is loaded from now (the recorded weight hash
-    must still match). ``own_weights``: an exported subnetwork is its own folder (the zeros baked
-    in, as fine-tuning wants) rather than the pre-trained model it was cut from."""
-    from tamt_cli import extract, models, pretraining
-    from tamt_cli.specs import ExtractSpec
 
-    path = Path(checkpoint)
-    if path.suffix == ".safetensors" and not path.is_dir():
-        if step is not None:
-            raise UserError(f"--step needs a search run; '{checkpoint}' is a mask file")
-        if model is None:
+def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
+    from tamt_cli.tasks.base import create_task
+
+    assert spec.task is not None
+    location, manifest = subjects.fine_tuned(spec.checkpoint)
+    ref = models.resolve(location)
+    same = manifest is not None and manifest.get("task") == spec.task
+    record = manifest if same and manifest is not None else {}
+    options = spec.task_options or record.get("task_options") or {}
+    task = create_task(spec.task, options)
+    hp = record.get("hyperparameters", {})
+    max_length = spec.max_length or hp.get("max_length") or task.defaults.max_length
+    doc_stride = spec.doc_stride or hp.get("doc_stride") or task.defaults.doc_stride
+    batch_size = spec.batch_size or hp.get("eval_batch_size") or task.defaults.batch_size
+    splits = task.splits(spec.split)
+    tokenizer = transfer.load_tokenizer(ref)
+    models.check_positions(ref, max_length)
+    with console.status(f"loading {task.name} data"):
+        sets = transfer.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
+    model = load_trained(task, ref)
+    with eval_progress(console, sets) as advance:
+        scores = transfer.score(task, model, sets, batch_size, advance)
+    if manifest is not None:
+        sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
+    elif (Path(location) / artifacts.MASK_FILE).is_file():
+        sparsity = transfer.mask_sparsity(
+            artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
+        )
+    else:
+        sparsity = transfer.measured_sparsity(model)
+    return {
+        "task": task.name,
+        "checkpoint": spec.checkpoint,
+        "split": ",".join(splits),
+        "examples": sum(s.examples for s in sets),
+        "metrics": transfer.flat(scores, prefix_always=False),
+        "splits": {s.split: {"examples": s.examples, "metrics": scores[s.split]} for s in sets},
+        "main_metric": task.main_metric,
+        "mask_sparsity": sparsity,
+        "model": ref.location,
+        "max_length": max_length,
+    }
+
+
+def load_trained(task: Any, ref: Any) -> Any:
+    """The checkpoint as the task's model; its head must be there and fit the task."""
+    import torch
+    from transformers import AutoConfig
+
+    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    if task.head != "span":
+        wanted = task.model_config()["num_labels"]
+        if config.num_labels != wanted:
             raise UserError(
-                f"mask file '{checkpoint}' needs --model, the model whose weights it masks"
+                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
+                f"needs {wanted}"
             )
-        masks = artifacts.load_masks(path)
-        return Subject(
-            ref=models.resolve(model),
-            masks=masks,
-            head_file=None,
-            manifest=None,
-            description=f"mask {path.name} over {model}",
-            embeddings="embeddings.word_embeddings.weight" in masks,
-            pooler="pooler.dense.weight" in masks,
-            kind="mask",
-            mask_file=path,
+    cls = task.auto_model_class()
+
+    def load(location: str, **kw: Any) -> Any:
+        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
+
+    model, info = models.pretrained(load, ref, "model")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(
+            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
+            "checkpoint); fine-tune it first with tamt finetune"
         )
-    if (path / artifacts.MANIFEST).is_file():
-        manifest = artifacts.read_manifest(path)
-        kind = manifest.get("kind")
-        if kind not in {"search", "subnetwork"}:
-            raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
-        entry = extract.choose(manifest, ExtractSpec(run=path, step=step))
-        masks = artifacts.load_masks(path / entry["file"])
-        head = path / pretraining.HEAD_FILE
-        record = manifest["model"]
-        if kind == "subnetwork" and own_weights:
-            if model is not None:
-                raise UserError(
-                    f"'{checkpoint}' is an exported subnetwork, which is its own model; "
-                    "--model is for a mask file or a search run"
-                )
-            ref, sha = models.resolve(str(path)), None
-        else:
-            ref, sha = models.resolve(model or record["id"]), record.get("weights_sha256")
-        return Subject(
-            ref=ref,
-            masks=masks,
-            head_file=head if head.is_file() else None,
-            manifest=manifest,
-            description=f"{manifest.get('method')} mask of {record['id']}",
-            embeddings=manifest.get("embeddings", True),
-            pooler=manifest.get("pooler", True),
-            kind=str(kind),
-            mask_file=path / entry["file"],
-            weights_sha256=sha,
-        )
-    if step is not None:
-        raise UserError(f"--step needs a search run; '{checkpoint}' is a model")
-    if model is not None:
-        raise UserError(f"--model is for a mask file or a search run; '{checkpoint}' is a model")
-    return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
+    return model.eval()
+
+
+@contextlib.contextmanager
+def eval_progress(console: Console, sets: list[transfer.EvalSet]) -> Any:
+    """A progress bar over the features of every split; yields ``advance(split, n)``."""
+    if not verbosity.live(console):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        ids = {s.split: bar.add_task(f"scoring {s.split}", total=len(s.features)) for s in sets}
+        yield lambda split, n: bar.advance(ids[split], n)
 
 
 def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
-    what = subject(spec.checkpoint, spec.step)
+    what = subjects.resolve(spec.checkpoint, spec.step)
     if spec.head == "own" and "mlm" in spec.objective and what.head_file is None:
         raise UserError(
             f"--head own needs a search run that trained an MLM head; '{spec.checkpoint}' has "

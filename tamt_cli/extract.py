@@ -13,37 +13,6 @@ from tamt_cli.errors import UserError
 from tamt_cli.specs import ExtractSpec
 
 
-def choose(manifest: dict[str, Any], spec: ExtractSpec) -> dict[str, Any]:
-    """The mask entry of a run that ``--step`` / ``--sparsity`` ask for (default: the final)."""
-    entries = manifest.get("masks") or []
-    if not entries:
-        raise UserError(f"run '{spec.run}' holds no masks")
-    if spec.step is not None:
-        hits = [e for e in entries if e.get("step") == spec.step]
-        if not hits:
-            steps = [str(e["step"]) for e in entries if e.get("step") is not None]
-            raise UserError(
-                f"run '{spec.run}' has no mask at step {spec.step}; "
-                f"available: {', '.join(steps) or 'none (not a training run)'}"
-            )
-        entries = hits
-    if spec.sparsity is not None:
-        hits = [
-            e
-            for e in entries
-            if e.get("sparsity") is not None and abs(e["sparsity"] - spec.sparsity) < 1e-9
-        ]
-        if not hits:
-            have = sorted({f"{e['sparsity']:g}" for e in entries if e.get("sparsity") is not None})
-            raise UserError(
-                f"run '{spec.run}' has no mask at sparsity {spec.sparsity:g}; "
-                f"available: {', '.join(have) or 'none'}"
-            )
-        entries = hits
-    finals = [e for e in entries if e.get("final")]
-    return (finals or entries)[-1]
-
-
 def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict[str, Any]:
     """``overwrite``: replace an existing ``--export`` folder that is a tamt run or export."""
     from tamt_cli import masking
@@ -59,7 +28,7 @@ def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict
             can_overwrite=True,
             sources=(Path(spec.run),),
         )
-    entry = choose(manifest, spec)
+    entry = artifacts.choose_mask(manifest, spec.run, step=spec.step, sparsity=spec.sparsity)
     mask_path = Path(spec.run) / entry["file"]
     masks = masking_cpu(artifacts.load_masks(mask_path))
     infos = [SimpleNamespace(**m) for m in manifest["sparsity_report"]["matrices"]]

@@ -1,5 +1,4 @@
-"""`tamt finetune` and `tamt eval --task`: transfer a subnetwork to a downstream task with its
-mask held fixed, and score fine-tuned checkpoints.
+"""`tamt finetune`: transfer a subnetwork to a downstream task with its mask held fixed.
 
 A fine-tuning run directory (written under a temporary name, renamed when every seed is done)::
 
@@ -29,7 +28,7 @@ from rich.console import Console
 from tamt_cli import artifacts, models, transfer, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
-from tamt_cli.specs import EvalSpec, FinetuneSpec
+from tamt_cli.specs import FinetuneSpec
 
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
@@ -98,17 +97,17 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
 
 
 def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
-    from tamt_cli import evaluate
+    from tamt_cli import subjects
     from tamt_cli.engine import Engine
     from tamt_cli.tasks.base import create_task
 
     task = create_task(spec.task, spec.task_options)
-    what = evaluate.subject(spec.subnetwork, model=spec.model, own_weights=True)
+    what = subjects.resolve(spec.subnetwork, model=spec.model, own_weights=True)
     out = Path(spec.out) if spec.out else artifacts.default_run_dir("finetune", task.name)
     artifacts.check_output(out, flag="--out")
     hp = settings(spec, task)
     tokenizer = tokenizer_for(what)
-    check_positions(what.ref, hp["max_length"])
+    models.check_positions(what.ref, hp["max_length"])
     with console.status(f"loading {task.name} data"):
         train_raw = task.load(task.train_split, spec.data_dir)
         transfer.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
@@ -176,18 +175,6 @@ def tokenizer_for(what: Any) -> Any:
         if what.kind != "subnetwork" or not record:
             raise
         return transfer.load_tokenizer(models.resolve(record["id"]))
-
-
-def check_positions(ref: Any, max_length: int) -> None:
-    from transformers import AutoConfig
-
-    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and max_length > positions:
-        raise UserError(
-            f"--max-length {max_length} is longer than the {positions} positions of "
-            f"'{ref.given}'; pass --max-length {positions} or less"
-        )
 
 
 class Tracker(Hooks):
@@ -416,209 +403,3 @@ def summarise(
         "runs": runs,
         "notes": notes,
     }
-
-
-# -- evaluation -----------------------------------------------------------------------------
-
-
-def evaluate(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    """Score a fine-tuned folder (or any model folder with a matching head) on a task."""
-    with transfer.quiet():
-        return _evaluate(spec, console)
-
-
-def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
-    """The model folder ``checkpoint`` names (a one-seed run directory names its seed folder)
-    and its fine-tuning manifest, if it has one."""
-    path = Path(checkpoint)
-    if not (path / artifacts.MANIFEST).is_file():
-        return checkpoint, None
-    manifest = artifacts.read_manifest(path)
-    kind = manifest.get("kind")
-    if kind != "finetune":
-        if kind in {"search", "subnetwork"}:
-            raise UserError(
-                f"'{checkpoint}' is a {kind}, not a fine-tuned model; fine-tune it first: "
-                f"tamt finetune {checkpoint} --task ..."
-            )
-        return checkpoint, None
-    members = manifest.get("members")
-    if members is None:
-        return checkpoint, manifest
-    if len(members) != 1:
-        shown = ", ".join(str(path / m) for m in members)
-        raise UserError(
-            f"'{checkpoint}' holds {len(members)} fine-tuned models; evaluate one of: {shown}"
-        )
-    return fine_tuned(str(path / members[0]))
-
-
-def _evaluate(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    from tamt_cli.tasks.base import create_task
-
-    assert spec.task is not None
-    location, manifest = fine_tuned(spec.checkpoint)
-    ref = models.resolve(location)
-    same = manifest is not None and manifest.get("task") == spec.task
-    record = manifest if same and manifest is not None else {}
-    options = spec.task_options or record.get("task_options") or {}
-    task = create_task(spec.task, options)
-    hp = record.get("hyperparameters", {})
-    max_length = spec.max_length or hp.get("max_length") or task.defaults.max_length
-    doc_stride = spec.doc_stride or hp.get("doc_stride") or task.defaults.doc_stride
-    batch_size = spec.batch_size or hp.get("eval_batch_size") or task.defaults.batch_size
-    splits = task.splits(spec.split)
-    tokenizer = transfer.load_tokenizer(ref)
-    check_positions(ref, max_length)
-    with console.status(f"loading {task.name} data"):
-        sets = transfer.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
-    model = load_trained(task, ref)
-    with eval_progress(console, sets) as advance:
-        scores = transfer.score(task, model, sets, batch_size, advance)
-    if manifest is not None:
-        sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
-    elif (Path(location) / artifacts.MASK_FILE).is_file():
-        sparsity = transfer.mask_sparsity(
-            artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
-        )
-    else:
-        sparsity = transfer.measured_sparsity(model)
-    return {
-        "task": task.name,
-        "checkpoint": spec.checkpoint,
-        "split": ",".join(splits),
-        "examples": sum(s.examples for s in sets),
-        "metrics": transfer.flat(scores, prefix_always=False),
-        "splits": {s.split: {"examples": s.examples, "metrics": scores[s.split]} for s in sets},
-        "main_metric": task.main_metric,
-        "mask_sparsity": sparsity,
-        "model": ref.location,
-        "max_length": max_length,
-    }
-
-
-def load_trained(task: Any, ref: Any) -> Any:
-    """The checkpoint as the task's model; its head must be there and fit the task."""
-    import torch
-    from transformers import AutoConfig
-
-    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
-    if task.head != "span":
-        wanted = task.model_config()["num_labels"]
-        if config.num_labels != wanted:
-            raise UserError(
-                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
-                f"needs {wanted}"
-            )
-    cls = task.auto_model_class()
-
-    def load(location: str, **kw: Any) -> Any:
-        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
-
-    model, info = models.pretrained(load, ref, "model")
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise UserError(
-            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
-            "checkpoint); fine-tune it first with tamt finetune"
-        )
-    return model.eval()
-
-
-@contextlib.contextmanager
-def eval_progress(console: Console, sets: list[transfer.EvalSet]) -> Any:
-    """A progress bar over the features of every split; yields ``advance(split, n)``."""
-    if not verbosity.live(console):
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        ids = {s.split: bar.add_task(f"scoring {s.split}", total=len(s.features)) for s in sets}
-        yield lambda split, n: bar.advance(ids[split], n)
-
-
-# -- display --------------------------------------------------------------------------------
-
-
-def render(result: dict[str, Any], console: Console) -> None:
-    """A rich table of a fine-tuning summary or of an evaluation."""
-    if "checkpoint" in result:
-        render_eval(result, console)
-    else:
-        render_finetune(result, console)
-
-
-def render_eval(result: dict[str, Any], console: Console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=f"{result['task']} on {result['checkpoint']}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-    )
-    for col in ("split", "examples", "metric", "value"):
-        table.add_column(col, justify="left" if col in {"split", "metric"} else "right")
-    for split, row in result["splits"].items():
-        for i, (name, value) in enumerate(row["metrics"].items()):
-            table.add_row(split if i == 0 else "", str(row["examples"]) if i == 0 else "", name,
-                          _value(value))  # fmt: skip
-    console.print(table)
-    sparsity = result.get("mask_sparsity")
-    shown = "dense (no mask)" if sparsity is None else f"{sparsity:.2%}"
-    console.print(f"mask sparsity {shown}")
-
-
-def render_finetune(result: dict[str, Any], console: Console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    sparsity = result.get("mask_sparsity")
-    shown = "dense" if sparsity is None else f"mask sparsity {sparsity:.2%}"
-    table = Table(
-        title=f"{result['task']}: {result['subnetwork']} ({shown})",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        caption=f"best: highest {result['selected_by']} over the evaluations (the paper "
-        "reports it); final: after the last step (the saved weights)",
-        caption_justify="left",
-    )
-    columns = [(split, name) for split, metrics in result["best"].items() for name in metrics]
-    several = len(result["best"]) > 1
-    table.add_column("seed", justify="right")
-    table.add_column("best step", justify="right")
-    for split, name in columns:
-        label = f"{split}/{name}" if several else name
-        table.add_column(f"{label} best", justify="right")
-        table.add_column(f"{label} final", justify="right")
-    table.add_column("seconds", justify="right")
-    for r in result["runs"]:
-        cells = [str(r["seed"]), str(r["best"]["step"])]
-        for split, name in columns:
-            cells += [
-                _value(r["best"]["metrics"][split][name]),
-                _value(r["final"]["metrics"][split][name]),
-            ]
-        table.add_row(*cells, f"{r['seconds']:.0f}")
-    if len(result["runs"]) > 1:
-        table.add_section()
-        cells = ["mean ± std", ""]
-        for split, name in columns:
-            for which in ("best", "final"):
-                stat = result[which][split][name]
-                cells.append(f"{stat['mean']:.2f} ± {stat['std']:.2f}")
-        table.add_row(*cells, "", style="bold")
-    console.print(table)
-    console.print(f"fine-tuned models in [bold]{result['out']}[/bold]")
-
-
-def _value(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)

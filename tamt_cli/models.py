@@ -89,6 +89,19 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
         ) from None
 
 
+def check_positions(ref: ModelRef, max_length: int) -> None:
+    """``--max-length`` must fit the model's position embeddings."""
+    from transformers import AutoConfig
+
+    config = pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise UserError(
+            f"--max-length {max_length} is longer than the {positions} positions of "
+            f"'{ref.given}'; pass --max-length {positions} or less"
+        )
+
+
 def _fault(ref: ModelRef, exc: BaseException) -> str:
     """What is wrong with a local model folder's files, in a few words naming the file."""
     import pickle

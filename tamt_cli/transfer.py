@@ -24,8 +24,8 @@ from tamt_cli.tasks.base import MODEL_INPUTS
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from tamt_cli.evaluate import Subject
     from tamt_cli.models import ModelRef
+    from tamt_cli.subjects import Subject
 
 #: encoded columns the model reads at prediction time (gold labels stay out)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -1,0 +1,134 @@
+"""What a command is pointed at: a search run, an exported subnetwork, a mask file over a model,
+a fine-tuned model or a plain model, resolved to a model and the mask (if any) over it.
+
+Used by `tamt finetune`, `tamt eval` and `tamt sweep`; reads run directories through
+:mod:`tamt_cli.artifacts` and never loads weights itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tamt_cli import artifacts, models
+from tamt_cli.errors import UserError
+
+
+@dataclass
+class Subject:
+    """What is scored or fine-tuned: a model, and the mask (if any) over its pre-trained weights.
+
+    ``kind`` is ``search`` (a search run), ``subnetwork`` (an exported subnetwork folder),
+    ``mask`` (a bare mask file over ``--model``) or ``model`` (a plain model: dense)."""
+
+    ref: models.ModelRef
+    masks: dict[str, Any] | None
+    head_file: Path | None
+    manifest: dict[str, Any] | None
+    description: str
+    embeddings: bool = True
+    pooler: bool = True
+    kind: str = "model"
+    mask_file: Path | None = None
+    #: SHA-256 the weights at ``ref`` must have for the mask to mean what it meant (or None)
+    weights_sha256: str | None = None
+
+
+def resolve(
+    checkpoint: str,
+    step: int | None = None,
+    *,
+    model: str | None = None,
+    own_weights: bool = False,
+) -> Subject:
+    """A search run or exported subnetwork (its manifest names the pre-trained model, whose
+    dense weights are the KD teacher), a mask file (``*.safetensors``) over ``model``, or a plain
+    model (dense: no mask).
+
+    ``model`` also says where a search run's model is loaded from now (the recorded weight hash
+    must still match). ``own_weights``: an exported subnetwork is its own folder (the zeros baked
+    in, as fine-tuning wants) rather than the pre-trained model it was cut from."""
+    from tamt_cli import pretraining
+
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors" and not path.is_dir():
+        if step is not None:
+            raise UserError(f"--step needs a search run; '{checkpoint}' is a mask file")
+        if model is None:
+            raise UserError(
+                f"mask file '{checkpoint}' needs --model, the model whose weights it masks"
+            )
+        masks = artifacts.load_masks(path)
+        return Subject(
+            ref=models.resolve(model),
+            masks=masks,
+            head_file=None,
+            manifest=None,
+            description=f"mask {path.name} over {model}",
+            embeddings="embeddings.word_embeddings.weight" in masks,
+            pooler="pooler.dense.weight" in masks,
+            kind="mask",
+            mask_file=path,
+        )
+    if (path / artifacts.MANIFEST).is_file():
+        manifest = artifacts.read_manifest(path)
+        kind = manifest.get("kind")
+        if kind not in {"search", "subnetwork"}:
+            raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
+        entry = artifacts.choose_mask(manifest, path, step=step)
+        masks = artifacts.load_masks(path / entry["file"])
+        head = path / pretraining.HEAD_FILE
+        record = manifest["model"]
+        if kind == "subnetwork" and own_weights:
+            if model is not None:
+                raise UserError(
+                    f"'{checkpoint}' is an exported subnetwork, which is its own model; "
+                    "--model is for a mask file or a search run"
+                )
+            ref, sha = models.resolve(str(path)), None
+        else:
+            ref, sha = models.resolve(model or record["id"]), record.get("weights_sha256")
+        return Subject(
+            ref=ref,
+            masks=masks,
+            head_file=head if head.is_file() else None,
+            manifest=manifest,
+            description=f"{manifest.get('method')} mask of {record['id']}",
+            embeddings=manifest.get("embeddings", True),
+            pooler=manifest.get("pooler", True),
+            kind=str(kind),
+            mask_file=path / entry["file"],
+            weights_sha256=sha,
+        )
+    if step is not None:
+        raise UserError(f"--step needs a search run; '{checkpoint}' is a model")
+    if model is not None:
+        raise UserError(f"--model is for a mask file or a search run; '{checkpoint}' is a model")
+    return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
+
+
+def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
+    """The model folder ``checkpoint`` names (a one-seed run directory names its seed folder)
+    and its fine-tuning manifest, if it has one."""
+    path = Path(checkpoint)
+    if not (path / artifacts.MANIFEST).is_file():
+        return checkpoint, None
+    manifest = artifacts.read_manifest(path)
+    kind = manifest.get("kind")
+    if kind != "finetune":
+        if kind in {"search", "subnetwork"}:
+            raise UserError(
+                f"'{checkpoint}' is a {kind}, not a fine-tuned model; fine-tune it first: "
+                f"tamt finetune {checkpoint} --task ..."
+            )
+        return checkpoint, None
+    members = manifest.get("members")
+    if members is None:
+        return checkpoint, manifest
+    if len(members) != 1:
+        shown = ", ".join(str(path / m) for m in members)
+        raise UserError(
+            f"'{checkpoint}' holds {len(members)} fine-tuned models; evaluate one of: {shown}"
+        )
+    return fine_tuned(str(path / members[0]))
