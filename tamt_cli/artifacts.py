@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +28,32 @@ import numpy as np
 from tamt_cli import __version__
 from tamt_cli.errors import UserError, first_line
 
+# -- the names of a run directory's files ------------------------------------------------------
+#
+# A search run: SPEC_FILE, MANIFEST, MASK_FILE (the final mask), MASKS_DIR/step-NNNNNN.safetensors
+# (masks at checkpoints), METRICS_LOG, HEAD_WARMUP_LOG and HEAD_FILE (MLM objectives),
+# CHECKPOINTS/step-NNNNNN/ (CHECKPOINT_TENSORS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE).
+# A fine-tuning run: SPEC_FILE, MANIFEST, SUMMARY and one seed_folder(N) per seed (a plain Hugging
+# Face folder with SEED_METRICS, METRICS_LOG, MASK_FILE and MANIFEST).
+
 MASK_FILE = "masks.safetensors"
 MANIFEST = "manifest.json"
 SPEC_FILE = "spec.yaml"
+MASKS_DIR = "masks"
+#: the training loop's log: one JSON object per logged step
+METRICS_LOG = "metrics.jsonl"
+#: the log of the MLM head's fit on the dense model
+HEAD_WARMUP_LOG = "head_warmup.jsonl"
+#: the MLM head a search trained along with its mask
+HEAD_FILE = "head.safetensors"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_TENSORS = "trainable.safetensors"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"
+CHECKPOINT_STATE = "state.json"
+#: a fine-tuning run's best and final scores over its seeds
+SUMMARY = "summary.json"
+#: one fine-tuned seed's best and final scores and every evaluation
+SEED_METRICS = "metrics.json"
 MASK_FORMAT = "tamt.masks"
 MASK_FORMAT_VERSION = "1"
 
@@ -483,6 +507,29 @@ def default_run_dir(*parts: str) -> Path:
     return path
 
 
+def seed_folder(seed: int) -> str:
+    """The folder of one seed of a fine-tuning run."""
+    return f"seed-{seed}"
+
+
+def step_mask_file(step: int) -> str:
+    """A search run's mask saved at ``step``, relative to the run directory."""
+    return f"{MASKS_DIR}/step-{step:06d}.safetensors"
+
+
+def checkpoint_folder(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():
@@ -550,12 +597,11 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment() -> dict[str, Any]:
-    """Versions that matter for reproducing a run."""
+def environment(plugins: Mapping[str, str]) -> dict[str, Any]:
+    """Versions that matter for reproducing a run (``plugins``: distribution → version of what
+    provides methods and tasks)."""
     import torch
     import transformers
-
-    from tamt_cli.registry import installed_distributions
 
     return {
         "tamt": __version__,
@@ -564,15 +610,130 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
-        "plugins": installed_distributions(),
+        "plugins": dict(plugins),
     }
 
 
-def new_manifest(kind: str, **fields: Any) -> dict[str, Any]:
+def new_manifest(kind: str, plugins: Mapping[str, str], **fields: Any) -> dict[str, Any]:
+    """A manifest of ``kind`` holding ``fields``, the tamt version, the time and the
+    environment (``plugins``: see :func:`environment`)."""
     return {
         "tamt_version": __version__,
         "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **fields,
-        "environment": environment(),
+        "environment": environment(plugins),
+    }
+
+
+# -- search runs -----------------------------------------------------------------------------
+
+
+class RunWriter:
+    """Writes a search run's masks, extra files and manifest (on the main process only).
+
+    The manifest's ``seconds`` is the wall-clock time of the search so far (of earlier runs
+    up to their last write, when resumed)."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        enabled: bool,
+        previous: dict[str, Any] | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.enabled = enabled
+        self.previous = previous  # the manifest of the run being resumed
+        self.started = time.perf_counter() if started is None else started
+        self.before = float(manifest.get("seconds") or 0.0)
+
+    def record_input(self, name: str, value: Any, what: str) -> None:
+        """Record a fact the result depends on (e.g. a digest of the corpus) in the manifest's
+        ``inputs``; resuming refuses to go on when it differs from what the run started with."""
+        before = ((self.previous or {}).get("inputs") or {}).get(name)
+        if before is not None and before != value:
+            raise UserError(
+                f"--resume: {what} has changed since run '{self.root}' started ({name} differs); "
+                f"resume it with the same {what}, or start a new run"
+            )
+        if before is None:
+            self.manifest.setdefault("inputs", {})[name] = value
+            self.write_manifest()
+
+    def write_manifest(self) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            self.manifest["seconds"] = round(self.before + elapsed, 2)
+            write_json(self.root / MANIFEST, self.manifest)
+
+    def save_masks(self, masks: dict[str, Any], *, step: int | None, **extra: Any) -> None:
+        """Keep a mask (e.g. at a checkpoint) as ``masks/step-NNNNNN.safetensors``."""
+        if not self.enabled:
+            return
+        name = step_mask_file(step) if step is not None else MASK_FILE
+        save_masks(self.root / name, masks)
+        kept = [m for m in self.manifest["masks"] if m.get("file") != name]
+        sparsity = self.manifest.get("sparsity")
+        pruned = sum(int((~m).sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        kept.append(
+            {
+                "file": name,
+                "sparsity": sparsity,
+                "achieved": pruned / total,
+                "step": step,
+                "final": False,
+                **extra,
+            }
+        )
+        self.manifest["masks"] = sorted(kept, key=lambda m: (m["step"] is None, m["step"] or 0))
+        self.write_manifest()
+
+    def save_tensors(
+        self, name: str, tensors: dict[str, Any], metadata: dict | None = None
+    ) -> None:
+        """An extra safetensors file of the run (e.g. a trained head)."""
+        if self.enabled:
+            from safetensors.torch import save as st_save
+
+            cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            write_bytes(self.root / name, st_save(cpu, metadata=metadata))
+
+    def finish(
+        self, masks: dict[str, Any], report: dict[str, Any], notes: dict, step: int | None = None
+    ) -> None:
+        """The final mask as ``masks.safetensors`` and the completed manifest."""
+        if not self.enabled:
+            return
+        save_masks(self.root / MASK_FILE, masks)
+        entries = [m for m in self.manifest["masks"] if m.get("file") != MASK_FILE]
+        final = {
+            "file": MASK_FILE,
+            "sparsity": self.manifest.get("sparsity"),
+            "achieved": report["overall"]["sparsity"],
+            "step": step,
+            "final": True,
+        }
+        self.manifest.update(
+            status="complete", masks=[*entries, final], sparsity_report=report, notes=notes
+        )
+        self.write_manifest()
+
+
+def model_record(ref: Any, model: Any, weights_sha: str) -> dict[str, Any]:
+    """The model a run was made from: what was given, where it loaded from, its shape and the
+    hash of its weights."""
+    config = model.config
+    return {
+        "id": ref.given,
+        "location": ref.location,
+        "local": ref.local,
+        "class": type(model).__name__,
+        "model_type": config.model_type,
+        "layers": getattr(config, "num_hidden_layers", None),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "weights_sha256": weights_sha,
     }

@@ -32,8 +32,6 @@ from tamt_cli.objectives import eval_mode
 
 #: builds one micro-batch from the indices of its examples and the micro-batch's generator
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 #: experiment trackers `--report-to` takes (through Accelerate), and the package each needs
 TRACKERS = {
     "tensorboard": "tensorboard",
@@ -232,7 +230,7 @@ class Engine:
         run_dir: Path | None,
         hooks: Hooks | None = None,
         start_step: int = 0,
-        metrics_name: str = METRICS,
+        metrics_name: str = artifacts.METRICS_LOG,
     ) -> nn.Module:
         """Train from ``start_step`` to ``loop.max_steps`` over a data set of ``examples``
         examples (``make_batch`` turns indices into model inputs); returns the unwrapped module.
@@ -246,7 +244,7 @@ class Engine:
             run_dir / metrics_name if run_dir else None, start_step, enabled=self.is_main
         )
         # rows of another log of the same run (the MLM-head warm-up) go under their own names
-        prefix = "" if metrics_name == METRICS else f"{Path(metrics_name).stem}/"
+        prefix = "" if metrics_name == artifacts.METRICS_LOG else f"{Path(metrics_name).stem}/"
 
         def record(step: int, row: dict[str, Any]) -> None:
             metrics.write(step=step, **row)
@@ -329,15 +327,16 @@ class Engine:
         if self.is_main:
             from safetensors.torch import save as st_save
 
-            folder = run_dir / CHECKPOINTS / f"step-{step:06d}"
+            folder = artifacts.checkpoint_folder(run_dir, step)
             with artifacts.staged_dir(folder, replace=True) as stage:
                 cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-                artifacts.write_bytes(stage / "trainable.safetensors", st_save(cpu))
-                with open(stage / "optimizer.pt", "wb") as fh:  # a full disk raises OSError
+                artifacts.write_bytes(stage / artifacts.CHECKPOINT_TENSORS, st_save(cpu))
+                # a full disk raises OSError
+                with open(stage / artifacts.CHECKPOINT_OPTIMIZER, "wb") as fh:
                     torch.save(_unwrap_optimizer(optimizer).state_dict(), fh)
                 state = {"step": step, "scheduler": scheduler.state_dict()}
-                artifacts.write_json(stage / "state.json", state)
-            for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+                artifacts.write_json(stage / artifacts.CHECKPOINT_STATE, state)
+            for old in artifacts.checkpoints(run_dir)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         self.barrier()
 
@@ -354,39 +353,36 @@ class Engine:
             return UserError(f"checkpoint file '{folder / name}' is damaged: {why}")
 
         try:
-            tensors = load_file(str(folder / "trainable.safetensors"))
+            tensors = load_file(str(folder / artifacts.CHECKPOINT_TENSORS))
         except Exception as exc:
-            raise damaged("trainable.safetensors", first_line(exc)) from None
+            raise damaged(artifacts.CHECKPOINT_TENSORS, first_line(exc)) from None
         try:
-            opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+            opt_state = torch.load(
+                folder / artifacts.CHECKPOINT_OPTIMIZER, map_location="cpu", weights_only=True
+            )
         except pickle.UnpicklingError as exc:
-            raise damaged("optimizer.pt", refused_pickle(exc)) from None
+            raise damaged(artifacts.CHECKPOINT_OPTIMIZER, refused_pickle(exc)) from None
         except Exception as exc:
-            raise damaged("optimizer.pt", first_line(exc)) from None
+            raise damaged(artifacts.CHECKPOINT_OPTIMIZER, first_line(exc)) from None
         try:
-            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            state = json.loads((folder / artifacts.CHECKPOINT_STATE).read_text(encoding="utf-8"))
             step = int(state["step"])
             schedule = state["scheduler"]
         except Exception as exc:
-            raise damaged("state.json", first_line(exc)) from None
+            raise damaged(artifacts.CHECKPOINT_STATE, first_line(exc)) from None
         try:
             optimizer.load_state_dict(opt_state)
         except Exception as exc:
-            raise damaged("optimizer.pt", f"it does not fit this run ({first_line(exc)})") from None
+            raise damaged(
+                artifacts.CHECKPOINT_OPTIMIZER, f"it does not fit this run ({first_line(exc)})"
+            ) from None
         try:
             scheduler.load_state_dict(schedule)
         except Exception as exc:
-            raise damaged("state.json", f"its schedule does not fit ({first_line(exc)})") from None
+            raise damaged(
+                artifacts.CHECKPOINT_STATE, f"its schedule does not fit ({first_line(exc)})"
+            ) from None
         return step, tensors
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:

@@ -134,7 +134,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     if spec.head == "own" and "mlm" in spec.objective and what.head_file is None:
         raise UserError(
             f"--head own needs a search run that trained an MLM head; '{spec.checkpoint}' has "
-            f"no {pretraining.HEAD_FILE} (use --head shared)"
+            f"no {artifacts.HEAD_FILE} (use --head shared)"
         )
     engine = Engine("no", console)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, registry
 from tamt_cli.errors import UserError
 from tamt_cli.specs import ExtractSpec
 
@@ -84,6 +84,7 @@ def export(
     assert spec.export is not None
     sub_manifest = artifacts.new_manifest(
         "subnetwork",
+        registry.installed_distributions(),
         source_run=str(Path(spec.run).resolve()),
         source_mask=entry,
         method=manifest.get("method"),

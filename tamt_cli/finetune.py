@@ -25,18 +25,12 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, transfer, verbosity
+from tamt_cli import artifacts, models, registry, transfer, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
 
-SUMMARY = "summary.json"
-METRICS = "metrics.json"
 OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "warmup": 0}
-
-
-def seed_folder(seed: int) -> str:
-    return f"seed-{seed}"
 
 
 # -- fine-tuning ----------------------------------------------------------------------------
@@ -146,19 +140,20 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 runs.append(record)
             result = summarise(task, spec, out, what, link, runs, notes)
             if stage is not None:
-                artifacts.write_json(stage / SUMMARY, result)
+                artifacts.write_json(stage / artifacts.SUMMARY, result)
                 artifacts.write_json(
                     stage / artifacts.MANIFEST,
                     artifacts.new_manifest(
                         "finetune",
+                        registry.installed_distributions(),
                         task=task.name,
                         task_options=spec.task_options,
                         seeds=spec.seeds,
-                        members=[seed_folder(s) for s in spec.seeds],
+                        members=[artifacts.seed_folder(s) for s in spec.seeds],
                         subnetwork={**link, "mask_sparsity": result["mask_sparsity"]},
                         hyperparameters=hp,
                         data=data_record(spec, train_raw, sets),
-                        summary=SUMMARY,
+                        summary=artifacts.SUMMARY,
                     ),
                 )
     finally:
@@ -253,10 +248,10 @@ def train_seed(
         eval_every=tasks_base.eval_interval(spec.eval_every, hp["eval_every_default"], steps),
         description=f"{task.name} seed {seed}",
     )
-    folder = stage / seed_folder(seed) if stage is not None else None
+    folder = stage / artifacts.seed_folder(seed) if stage is not None else None
     if folder is not None:
         folder.mkdir()
-    name = f"{run_name or task.name}/{seed_folder(seed)}"
+    name = f"{run_name or task.name}/{artifacts.seed_folder(seed)}"
     engine.track(folder or Path("."), name, {**spec.model_dump(mode="json"), "seed": seed})
     t0 = time.perf_counter()
     engine.fit(
@@ -279,7 +274,7 @@ def train_seed(
     best, final = tracker.best, tracker.final
     record = {
         "seed": seed,
-        "folder": seed_folder(seed),
+        "folder": artifacts.seed_folder(seed),
         "steps": steps,
         "eval_every": loop.eval_every,
         "epochs": hp["epochs"],
@@ -296,7 +291,7 @@ def train_seed(
         if built.masks is not None:
             artifacts.save_masks(folder / artifacts.MASK_FILE, built.masks)
         artifacts.write_json(
-            folder / METRICS,
+            folder / artifacts.SEED_METRICS,
             {
                 "task": task.name,
                 "seed": seed,
@@ -313,6 +308,7 @@ def train_seed(
             folder / artifacts.MANIFEST,
             artifacts.new_manifest(
                 "finetune",
+                registry.installed_distributions(),
                 task=task.name,
                 task_options=spec.task_options,
                 seed=seed,
@@ -388,7 +384,7 @@ def summarise(
     notes: list[str],
 ) -> dict[str, Any]:
     for r in runs:
-        r["folder"] = str(out / seed_folder(r["seed"]))
+        r["folder"] = str(out / artifacts.seed_folder(r["seed"]))
     return {
         "out": str(out),
         "task": task.name,

@@ -15,11 +15,9 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import objectives
+from tamt_cli import artifacts, objectives
 from tamt_cli.errors import UserError, first_line
 
-HEAD_FILE = "head.safetensors"
-HEAD_WARMUP_METRICS = "head_warmup.jsonl"
 DEFAULT_HEAD_WARMUP = 300
 DEFAULT_HEAD_WARMUP_LR = 1e-3
 #: the MLM head's learning rate in the paper's and the reference code's mask training
@@ -179,8 +177,6 @@ def shared_head(
     _warn_if_weak(ref, quality, console)
     if engine.is_main:
         from safetensors.torch import save as st_save
-
-        from tamt_cli import artifacts
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in trainable.items()}
@@ -347,7 +343,7 @@ def fit_head(
             data.batch_maker("mlm"),
             loop,
             run_dir=run_dir,
-            metrics_name=HEAD_WARMUP_METRICS,
+            metrics_name=artifacts.HEAD_WARMUP_LOG,
         )
     finally:
         engine.accelerator.free_memory()

@@ -117,7 +117,9 @@ def _read_run(path: Path, inputs: Inputs) -> None:
             return
         inputs.searches[path.resolve()] = manifest
     elif kind == "finetune" and manifest.get("members") is not None:
-        summary = _load_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+        summary = (
+            _load_json(path / artifacts.SUMMARY) if (path / artifacts.SUMMARY).is_file() else {}
+        )
         selected = summary.get("selected_by")
         for record in summary.get("runs") or []:
             folder = path / Path(str(record.get("folder", ""))).name
@@ -125,7 +127,7 @@ def _read_run(path: Path, inputs: Inputs) -> None:
             link = (member or manifest).get("subnetwork") or manifest.get("subnetwork") or {}
             inputs.seeds.append(_seed(path, manifest.get("task"), selected, link, record))
     elif kind == "finetune":
-        metrics_file = path / "metrics.json"
+        metrics_file = path / artifacts.SEED_METRICS
         metrics = _load_json(metrics_file) if metrics_file.is_file() else {}
         record = {"seed": manifest.get("seed"), **{k: metrics.get(k) for k in ("best", "final")}}
         link = manifest.get("subnetwork") or {}

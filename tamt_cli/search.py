@@ -106,7 +106,7 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
         masks = method.search(job)
     masks, report = _checked(spec, job, masks)
     manifest = _manifest(spec, ref, model, weights_sha, job)
-    writer = RunWriter(out, manifest, enabled=True, started=started)
+    writer = artifacts.RunWriter(out, manifest, enabled=True, started=started)
     with artifacts.staged_dir(out) as stage:
         writer.root = stage
         artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
@@ -162,7 +162,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             manifest["created"] = previous.get("created", manifest["created"])
             manifest["inputs"] = dict(previous.get("inputs") or {})
             manifest["seconds"] = previous.get("seconds")
-        writer = RunWriter(
+        writer = artifacts.RunWriter(
             out, manifest, enabled=engine.is_main, previous=previous, started=started
         )
         job.run = writer
@@ -195,9 +195,7 @@ def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> 
     with a checkpoint says how to resume it. Raises the exception to report, if it differs."""
     import shutil
 
-    from tamt_cli.engine import checkpoints
-
-    resumable = (resumed or (created and bool(checkpoints(out)))) and out.is_dir()
+    resumable = (resumed or (created and bool(artifacts.checkpoints(out)))) and out.is_dir()
     if created and not resumable:
         shutil.rmtree(out, ignore_errors=True)
     hint = f"resume with: tamt search --resume {out}" if resumable else None
@@ -232,10 +230,11 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
     plugin = registry.methods().plugin(spec.method)
     return artifacts.new_manifest(
         "search",
+        registry.installed_distributions(),
         status="running",
         method=spec.method,
         method_plugin={"distribution": plugin.distribution, "version": plugin.version},
-        model=model_record(ref, model, weights_sha),
+        model=artifacts.model_record(ref, model, weights_sha),
         seed=spec.seed,
         sparsity=spec.sparsity,
         scope=spec.scope,
@@ -245,109 +244,3 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
         masks=[],
         sparsity_report=None,
     )
-
-
-class RunWriter:
-    """Writes a search run's masks, extra files and manifest (on the main process only).
-
-    The manifest's ``seconds`` is the wall-clock time of the search so far (of earlier runs
-    up to their last write, when resumed)."""
-
-    def __init__(
-        self,
-        root: Path,
-        manifest: dict[str, Any],
-        enabled: bool,
-        previous: dict[str, Any] | None = None,
-        started: float | None = None,
-    ) -> None:
-        self.root = root
-        self.manifest = manifest
-        self.enabled = enabled
-        self.previous = previous  # the manifest of the run being resumed
-        self.started = time.perf_counter() if started is None else started
-        self.before = float(manifest.get("seconds") or 0.0)
-
-    def record_input(self, name: str, value: Any, what: str) -> None:
-        """Record a fact the result depends on (e.g. a digest of the corpus) in the manifest's
-        ``inputs``; resuming refuses to go on when it differs from what the run started with."""
-        before = ((self.previous or {}).get("inputs") or {}).get(name)
-        if before is not None and before != value:
-            raise UserError(
-                f"--resume: {what} has changed since run '{self.root}' started ({name} differs); "
-                f"resume it with the same {what}, or start a new run"
-            )
-        if before is None:
-            self.manifest.setdefault("inputs", {})[name] = value
-            self.write_manifest()
-
-    def write_manifest(self) -> None:
-        if self.enabled:
-            elapsed = time.perf_counter() - self.started
-            self.manifest["seconds"] = round(self.before + elapsed, 2)
-            artifacts.write_json(self.root / artifacts.MANIFEST, self.manifest)
-
-    def save_masks(self, masks: dict[str, Any], *, step: int | None, **extra: Any) -> None:
-        """Keep a mask (e.g. at a checkpoint) as ``masks/step-NNNNNN.safetensors``."""
-        if not self.enabled:
-            return
-        name = f"masks/step-{step:06d}.safetensors" if step is not None else artifacts.MASK_FILE
-        artifacts.save_masks(self.root / name, masks)
-        kept = [m for m in self.manifest["masks"] if m.get("file") != name]
-        sparsity = self.manifest.get("sparsity")
-        pruned = sum(int((~m).sum()) for m in masks.values())
-        total = sum(m.numel() for m in masks.values())
-        kept.append(
-            {
-                "file": name,
-                "sparsity": sparsity,
-                "achieved": pruned / total,
-                "step": step,
-                "final": False,
-                **extra,
-            }
-        )
-        self.manifest["masks"] = sorted(kept, key=lambda m: (m["step"] is None, m["step"] or 0))
-        self.write_manifest()
-
-    def save_tensors(self, name: str, tensors: dict[str, Any], metadata: dict | None = None):
-        """An extra safetensors file of the run (e.g. a trained head)."""
-        if self.enabled:
-            from safetensors.torch import save as st_save
-
-            cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            artifacts.write_bytes(self.root / name, st_save(cpu, metadata=metadata))
-
-    def finish(
-        self, masks: dict[str, Any], report: dict[str, Any], notes: dict, step: int | None = None
-    ) -> None:
-        """The final mask as ``masks.safetensors`` and the completed manifest."""
-        if not self.enabled:
-            return
-        artifacts.save_masks(self.root / artifacts.MASK_FILE, masks)
-        entries = [m for m in self.manifest["masks"] if m.get("file") != artifacts.MASK_FILE]
-        final = {
-            "file": artifacts.MASK_FILE,
-            "sparsity": self.manifest.get("sparsity"),
-            "achieved": report["overall"]["sparsity"],
-            "step": step,
-            "final": True,
-        }
-        self.manifest.update(
-            status="complete", masks=[*entries, final], sparsity_report=report, notes=notes
-        )
-        self.write_manifest()
-
-
-def model_record(ref: Any, model: Any, weights_sha: str) -> dict[str, Any]:
-    config = model.config
-    return {
-        "id": ref.given,
-        "location": ref.location,
-        "local": ref.local,
-        "class": type(model).__name__,
-        "model_type": config.model_type,
-        "layers": getattr(config, "num_hidden_layers", None),
-        "hidden_size": getattr(config, "hidden_size", None),
-        "weights_sha256": weights_sha,
-    }

@@ -49,8 +49,6 @@ def resolve(
     ``model`` also says where a search run's model is loaded from now (the recorded weight hash
     must still match). ``own_weights``: an exported subnetwork is its own folder (the zeros baked
     in, as fine-tuning wants) rather than the pre-trained model it was cut from."""
-    from tamt_cli import pretraining
-
     path = Path(checkpoint)
     if path.suffix == ".safetensors" and not path.is_dir():
         if step is not None:
@@ -78,7 +76,7 @@ def resolve(
             raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
         entry = artifacts.choose_mask(manifest, path, step=step)
         masks = artifacts.load_masks(path / entry["file"])
-        head = path / pretraining.HEAD_FILE
+        head = path / artifacts.HEAD_FILE
         record = manifest["model"]
         if kind == "subnetwork" and own_weights:
             if model is not None:

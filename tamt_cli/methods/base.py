@@ -59,7 +59,7 @@ class SearchJob:
     # for training methods (``trains = True``) only:
     ref: Any = None  # the resolved --model (tamt_cli.models.ModelRef)
     engine: Any = None  # tamt_cli.engine.Engine: processes, the loop, checkpoints
-    run: Any = None  # tamt_cli.search.RunWriter: masks at steps, extra files, the manifest
+    run: Any = None  # tamt_cli.artifacts.RunWriter: masks at steps, extra files, the manifest
     resume: bool = False  # continue from the run's last checkpoint
 
     @property

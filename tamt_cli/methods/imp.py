@@ -239,13 +239,12 @@ class IMPSession:
 
         import torch
 
-        from tamt_cli import engine as eng
-        from tamt_cli import masking, objectives, pretraining
+        from tamt_cli import artifacts, masking, objectives, pretraining
 
         spec, job, engine = self.spec, self.job, self.engine
         self.data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
         pretraining.record_corpus(job, self.data)
-        last = eng.checkpoints(job.run.root)[-1:] if job.resume else []
+        last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
         head = None
         self.head_lr: float | None = None
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state

@@ -130,8 +130,8 @@ class TrainingSession:
     def run(self) -> dict[str, Any]:
         import torch
 
+        from tamt_cli import artifacts, masking, objectives, pretraining
         from tamt_cli import engine as eng
-        from tamt_cli import masking, objectives, pretraining
 
         spec, job, engine = self.spec, self.job, self.engine
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
@@ -156,7 +156,7 @@ class TrainingSession:
         scheduler = eng.linear_schedule(optimizer, self.max_steps)
 
         start = 0
-        last = eng.checkpoints(job.run.root)[-1:] if job.resume else []
+        last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
         if last:
             start, tensors = engine.load_checkpoint(last[0], optimizer, scheduler)
             pretraining.restore_trainable(loss_module, tensors)
@@ -186,7 +186,7 @@ class TrainingSession:
         masking.reset_thresholds(scores, self.sparsity, spec.scope)
         final = masking.exact_masks_from(scores, self.sparsity, spec.scope)
         if head is not None:
-            job.run.save_tensors(pretraining.HEAD_FILE, pretraining.head_state(head, job.model))
+            job.run.save_tensors(artifacts.HEAD_FILE, pretraining.head_state(head, job.model))
         job.notes.update(
             objective=self.objective,
             steps=self.max_steps,
