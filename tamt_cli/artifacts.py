@@ -673,17 +673,17 @@ class RunWriter:
         """Keep a mask (e.g. at a checkpoint) as ``masks/step-NNNNNN.safetensors``."""
         if not self.enabled:
             return
+        from tamt_cli import masking
+
         name = step_mask_file(step) if step is not None else MASK_FILE
         save_masks(self.root / name, masks)
         kept = [m for m in self.manifest["masks"] if m.get("file") != name]
         sparsity = self.manifest.get("sparsity")
-        pruned = sum(int((~m).sum()) for m in masks.values())
-        total = sum(m.numel() for m in masks.values())
         kept.append(
             {
                 "file": name,
                 "sparsity": sparsity,
-                "achieved": pruned / total,
+                "achieved": masking.pruned_fraction(masks),
                 "step": step,
                 "final": False,
                 **extra,

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, subjects, transfer, verbosity
+from tamt_cli import artifacts, masking, models, subjects, transfer, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -25,7 +25,7 @@ def run(spec: EvalSpec, console: Console) -> dict[str, Any]:
 
 def run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     """Score a fine-tuned folder (or any model folder with a matching head) on a task."""
-    with transfer.quiet():
+    with verbosity.quiet_libraries():
         return _run_task(spec, console)
 
 
@@ -54,7 +54,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     if manifest is not None:
         sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
     elif (Path(location) / artifacts.MASK_FILE).is_file():
-        sparsity = transfer.mask_sparsity(
+        sparsity = masking.pruned_fraction(
             artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
         )
     else:
@@ -126,7 +126,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
     fitted once on the dense model; ``--head own`` scores a search run with the head it
     trained along with its mask."""
-    from tamt_cli import masking, models, objectives, pretraining
+    from tamt_cli import objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
@@ -141,11 +141,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         with console.status(f"loading model {what.ref.given}"):
             model = models.load_encoder(what.ref)
         recorded = (what.manifest or {}).get("model", {}).get("weights_sha256")
-        if recorded is not None and models.weights_hash(model) != recorded:
-            raise UserError(
-                f"model '{what.ref.given}' now has different weights from those "
-                f"'{spec.checkpoint}' was made from"
-            )
+        models.check_weights(model, recorded, what.ref.given, f"'{spec.checkpoint}'")
         weights = masking.prunable_weights(model, embeddings=what.embeddings, pooler=what.pooler)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -181,8 +177,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
                 what.masks, masking.shapes(weights), f"the mask of '{spec.checkpoint}'"
             )
             masking.attach_masks(weights, what.masks)
-            pruned = sum(int((~m).sum()) for m in what.masks.values())
-            sparsity = pruned / sum(m.numel() for m in what.masks.values())
+            sparsity = masking.pruned_fraction(what.masks)
         module = objectives.PretrainingLoss(model, weights, spec.objective, head)
         module.to(engine.device)
         loss = pretraining.held_out_loss(module, data, spec.objective, data_spec, engine.device)

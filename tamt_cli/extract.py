@@ -71,11 +71,7 @@ def export(
     ref = models.resolve(record["id"])
     with console.status(f"loading model {record['id']}"):
         model = models.load_encoder(ref)
-        if models.weights_hash(model) != record["weights_sha256"]:
-            raise UserError(
-                f"model '{record['id']}' now has different weights from those the run "
-                f"'{spec.run}' was searched on; its masks would not mean the same thing"
-            )
+        models.check_weights(model, record["weights_sha256"], record["id"], f"run '{spec.run}'")
     weights = masking.prunable_weights(
         model, embeddings=manifest.get("embeddings", True), pooler=manifest.get("pooler", True)
     )

@@ -38,7 +38,7 @@ OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "
 
 def run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     """Fine-tune ``spec.subnetwork`` on ``spec.task`` once per seed; returns the summary."""
-    with transfer.quiet():
+    with verbosity.quiet_libraries():
         return _run(spec, console)
 
 

@@ -405,6 +405,16 @@ def bake_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -
         p.weight.mul_(masks[p.name].to(device=p.weight.device, dtype=p.weight.dtype))
 
 
+def pruned_fraction(masks: Mapping[str, torch.Tensor] | None) -> float | None:
+    """The fraction of all the weights under ``masks`` (keep-masks) that are pruned; None when
+    there is no mask."""
+    if not masks:
+        return None
+    total = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m.bool()).sum()) for m in masks.values())
+    return pruned / total if total else None
+
+
 def sparsity_report(
     weights: Iterable[Any],
     masks: Mapping[str, torch.Tensor],

@@ -89,16 +89,18 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
         ) from None
 
 
-def check_positions(ref: ModelRef, max_length: int) -> None:
-    """``--max-length`` must fit the model's position embeddings."""
-    from transformers import AutoConfig
+def check_positions(ref: ModelRef, max_length: int, config: Any = None) -> None:
+    """``--max-length`` must fit the model's position embeddings (``config``: the model's, when
+    it is loaded already)."""
+    if config is None:
+        from transformers import AutoConfig
 
-    config = pretrained(AutoConfig.from_pretrained, ref, "the model config")
+        config = pretrained(AutoConfig.from_pretrained, ref, "the model config")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
         raise UserError(
-            f"--max-length {max_length} is longer than the {positions} positions of "
-            f"'{ref.given}'; pass --max-length {positions} or less"
+            f"--max-length {max_length} is beyond the model's {positions} positions "
+            f"('{ref.given}'); use at most {positions}"
         )
 
 
@@ -183,13 +185,13 @@ def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
     from torch import nn
     from transformers import AutoModelForMaskedLM
 
-    try:
-        with quiet_loading():
-            mlm, info = AutoModelForMaskedLM.from_pretrained(
-                ref.location, dtype=torch.float32, output_loading_info=True
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot build an MLM head for '{ref.given}': {first_line(exc)}") from None
+    def load(location: str, **kw: Any) -> Any:
+        return AutoModelForMaskedLM.from_pretrained(
+            location, dtype=torch.float32, output_loading_info=True, **kw
+        )
+
+    with quiet_loading():
+        mlm, info = pretrained(load, ref, "an MLM head")
     prefix = mlm.base_model_prefix
     names = _HEAD_MODULES.get(mlm.config.model_type)
     if names is not None:
@@ -212,13 +214,26 @@ def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
     return head, not missing
 
 
+def check_weights(
+    model: Any, expected: str | None, given: str, source: str, *, sha: str | None = None
+) -> None:
+    """A one-line error when ``model``'s weights no longer hash to ``expected`` (the hash
+    recorded by ``source``, e.g. a run): a mask found on other weights would not mean the same
+    thing. Nothing is checked when ``expected`` is None; ``sha``: the model's hash, if known."""
+    if expected is not None and (sha or weights_hash(model)) != expected:
+        raise UserError(
+            f"model '{given}' has changed since {source} was made from it (different weights); "
+            "its mask would not mean the same thing"
+        )
+
+
 def save_tokenizer(ref: ModelRef, out: Path) -> bool:
     """Copy the model's tokenizer into ``out``; False when the model has none."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.location)
-    except (OSError, ValueError, KeyError):
+        tokenizer = pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
+    except UserError:
         return False
     tokenizer.save_pretrained(str(out))
     return True

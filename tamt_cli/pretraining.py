@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from tamt_cli import artifacts, objectives
-from tamt_cli.errors import UserError, first_line
+from tamt_cli.errors import UserError
 
 DEFAULT_HEAD_WARMUP = 300
 DEFAULT_HEAD_WARMUP_LR = 1e-3
@@ -63,21 +63,12 @@ def check_inputs(ref: Any, model: Any, spec: Any, engine: Any) -> Any:
     returns the tokenizer. Runs before a run directory is made."""
     from transformers import AutoTokenizer
 
-    from tamt_cli import corpora
+    from tamt_cli import corpora, models
 
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and spec.max_length > positions:
-        raise UserError(
-            f"--max-length {spec.max_length} is beyond the model's {positions} positions; "
-            f"use at most {positions}"
-        )
+    models.check_positions(ref, spec.max_length, model.config)
     corpora.describe_corpus(spec.corpus)
     engine.micro_batch(spec.batch_size, getattr(spec, "grad_accum", 1))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.location)
-    except (OSError, ValueError, KeyError) as exc:
-        why = first_line(exc)
-        raise UserError(f"model '{ref.given}' has no usable tokenizer ({why})") from None
+    tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
     if tokenizer.mask_token_id is None:
         raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
     return tokenizer
@@ -423,6 +414,41 @@ def held_out_loss(
     finally:
         module.train(was)
     return total / count
+
+
+def held_out_eval(
+    module: nn.Module, data: PretrainingData, objective: str, spec: Any, engine: Any
+) -> dict[str, float]:
+    """The held-out figures a training search logs at every evaluation."""
+    return {"eval_loss": held_out_loss(module, data, objective, spec, engine.device)}
+
+
+def optimizer(
+    params: list[Any], lr: float, head_params: list[Any], head_lr: float | None
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay over ``params`` at ``lr`` and, when there are any, the MLM
+    head's trained parameters at ``head_lr``."""
+    groups = [{"params": params, "lr": lr}]
+    if head_params:
+        groups.append({"params": head_params, "lr": head_lr})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+
+
+def run_notes(
+    objective: str, data: PretrainingData, spec: Any, engine: Any, **method: Any
+) -> dict[str, Any]:
+    """What a training search records in its manifest's notes: the objective, the method's own
+    facts (``method``), then the corpus, block length, batch and processes."""
+    return {
+        "objective": objective,
+        **method,
+        "corpus": data.source,
+        "corpus_fingerprint": data.fingerprint,
+        "max_length": spec.max_length,
+        "batch_size": spec.batch_size,
+        "processes": engine.world,
+        **data.notes,
+    }
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

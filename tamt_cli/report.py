@@ -454,14 +454,15 @@ def compare_files(paths: list[Path]) -> dict[str, Any]:
     for path in paths:
         label = str(path)
         masks[label] = artifacts.load_masks(path)
+    from tamt_cli.masking import pruned_fraction
+
     rows = compare(masks)
     if not rows:
         raise UserError("the mask files cover different weights; there is nothing to compare")
     files = []
     for label, m in masks.items():
         total = sum(v.numel() for v in m.values())
-        pruned = sum(int((~v).sum()) for v in m.values())
-        files.append({"file": label, "weights": total, "sparsity": pruned / total if total else 0})
+        files.append({"file": label, "weights": total, "sparsity": pruned_fraction(m) or 0})
     return {"format": FORMAT, "version": VERSION, "masks": files, "overlap": rows}
 
 

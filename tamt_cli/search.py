@@ -139,8 +139,9 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         with console.status(f"loading model {spec.model}"):
             model = models.load_encoder(ref)
             weights_sha = models.weights_hash(model)
-        if previous is not None and previous.get("model", {}).get("weights_sha256") != weights_sha:
-            raise UserError(f"model '{spec.model}' has changed since run '{out}' started")
+        if previous is not None:
+            recorded = previous.get("model", {}).get("weights_sha256")
+            models.check_weights(model, recorded, spec.model, f"run '{out}'", sha=weights_sha)
         weights = masking.prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
         job = SearchJob(
             spec=spec,

@@ -62,7 +62,7 @@ class TaskModel:
 
     @property
     def sparsity(self) -> float | None:
-        return mask_sparsity(self.masks)
+        return masking.pruned_fraction(self.masks)
 
 
 def build(task: Any, what: Subject, seed: int) -> TaskModel:
@@ -82,20 +82,18 @@ def build(task: Any, what: Subject, seed: int) -> TaskModel:
             **kw,
         )
 
-    with quiet():
+    with verbosity.quiet_libraries():
         model, info = models.pretrained(load, what.ref, "model")
     base = model.base_model
     prefix = f"{model.base_model_prefix}." if base is not model else ""
     models.mark_absent(base, info["missing_keys"], prefix)
     notes: list[str] = []
     if what.weights_sha256 is not None and models.weights_hash(base) != what.weights_sha256:
-        with quiet():  # the task model may lack part of the encoder (a QA model: the pooler)
-            encoder = models.load_encoder(what.ref)
-        if models.weights_hash(encoder) != what.weights_sha256:
-            raise UserError(
-                f"model '{what.ref.given}' now has different weights from those the mask of "
-                f"'{what.mask_file}' was found on; the mask would not mean the same thing"
-            )
+        # the task model may lack part of the encoder (a QA model: the pooler)
+        encoder = models.load_encoder(what.ref)
+        models.check_weights(
+            encoder, what.weights_sha256, what.ref.given, f"the mask '{what.mask_file}'"
+        )
         del encoder
     if what.masks is None:
         return TaskModel(model, [], None, notes)
@@ -126,15 +124,6 @@ def fit_masks(
         del kept[name]
     masking.check_fits(kept, masking.shapes(weights), what)
     return weights, kept, dropped
-
-
-def mask_sparsity(masks: Mapping[str, torch.Tensor] | None) -> float | None:
-    """The fraction of the masked weights that are pruned (None: no mask)."""
-    if not masks:
-        return None
-    total = sum(m.numel() for m in masks.values())
-    pruned = sum(int((~m.bool()).sum()) for m in masks.values())
-    return pruned / total if total else None
 
 
 def measured_sparsity(model: Any) -> float | None:

@@ -287,14 +287,12 @@ class IMPSession:
         return self.masks
 
     def new_optimizer(self) -> tuple[Any, Any]:
-        import torch
-
         from tamt_cli import engine as eng
+        from tamt_cli import pretraining
 
-        groups = [{"params": self.encoder_params, "lr": self.lr}]
-        if self.head_params:
-            groups.append({"params": self.head_params, "lr": self.head_lr})
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=0.0)
+        optimizer = pretraining.optimizer(
+            self.encoder_params, self.lr, self.head_params, self.head_lr
+        )
         horizon = self.total_steps if self.options.schedule == "run" else self.per_round
         return optimizer, eng.linear_schedule(optimizer, horizon)
 
@@ -411,9 +409,13 @@ class IMPSession:
             self.job.console.print(text)
 
     def record_notes(self, head: Any) -> None:
-        spec, job = self.spec, self.job
-        job.notes.update(
-            objective=self.objective,
+        from tamt_cli import pretraining
+
+        notes = pretraining.run_notes(
+            self.objective,
+            self.data,
+            self.spec,
+            self.engine,
             rounds=self.rounds,
             round_sparsities=self.levels,
             round_steps=[r * self.per_round for r in range(self.rounds)],
@@ -426,13 +428,8 @@ class IMPSession:
             lr=self.lr,
             head_lr=self.head_lr,
             teacher="frozen pre-trained copy" if "kd" in self.objective else None,
-            corpus=self.data.source,
-            corpus_fingerprint=self.data.fingerprint,
-            max_length=spec.max_length,
-            batch_size=spec.batch_size,
-            processes=self.engine.world,
-            **self.data.notes,
         )
+        self.job.notes.update(notes)
 
 
 class _Hooks:
@@ -454,10 +451,7 @@ class _Hooks:
         from tamt_cli import pretraining
 
         s = self.s
-        loss = pretraining.held_out_loss(
-            s.loss_module, s.data, s.objective, s.spec, s.engine.device
-        )
-        return {"eval_loss": loss}
+        return pretraining.held_out_eval(s.loss_module, s.data, s.objective, s.spec, s.engine)
 
     def save(self, step: int) -> None:
         self.s.checkpoint(step)

@@ -128,8 +128,6 @@ class TrainingSession:
         self.head_lr: float | None = None  # resolved once the head's origin is known
 
     def run(self) -> dict[str, Any]:
-        import torch
-
         from tamt_cli import artifacts, masking, objectives, pretraining
         from tamt_cli import engine as eng
 
@@ -149,10 +147,7 @@ class TrainingSession:
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
         loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
         trained = [m.score for m in scores.values() if m.score.requires_grad]
-        groups = [{"params": trained, "lr": self.lr}]
-        if head_params:
-            groups.append({"params": head_params, "lr": self.head_lr})
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=0.0)
+        optimizer = pretraining.optimizer(trained, self.lr, head_params, self.head_lr)
         scheduler = eng.linear_schedule(optimizer, self.max_steps)
 
         start = 0
@@ -188,20 +183,19 @@ class TrainingSession:
         if head is not None:
             job.run.save_tensors(artifacts.HEAD_FILE, pretraining.head_state(head, job.model))
         job.notes.update(
-            objective=self.objective,
-            steps=self.max_steps,
-            lr=self.lr,
-            head_lr=self.head_lr,
-            reset_every=self.reset_every,
-            init=self.options.init,
-            tau=self.options.tau,
-            scores=self.options.scores,
-            corpus=data.source,
-            corpus_fingerprint=data.fingerprint,
-            max_length=spec.max_length,
-            batch_size=spec.batch_size,
-            processes=engine.world,
-            **data.notes,
+            pretraining.run_notes(
+                self.objective,
+                data,
+                spec,
+                engine,
+                steps=self.max_steps,
+                lr=self.lr,
+                head_lr=self.head_lr,
+                reset_every=self.reset_every,
+                init=self.options.init,
+                tau=self.options.tau,
+                scores=self.options.scores,
+            )
         )
         return final
 
@@ -225,8 +219,6 @@ class _Hooks:
     """Threshold resets, progress figures, held-out loss and checkpoints for mask training."""
 
     def __init__(self, session, scores, loss_module, data, optimizer, scheduler) -> None:
-        from tamt_cli import engine as eng
-
         self.s = session
         self.scores = scores
         self.loss_module = loss_module
@@ -234,7 +226,6 @@ class _Hooks:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self._sparsity: float | None = None
-        self._eng = eng
 
     def after_step(self, step: int) -> None:
         from tamt_cli import masking
@@ -244,19 +235,18 @@ class _Hooks:
             self._sparsity = None
 
     def status(self, step: int) -> dict[str, Any]:
+        from tamt_cli import masking
+
         if self._sparsity is None or step % self.s.spec.log_every == 0:
-            pruned = sum(int((~m.keep()).sum()) for m in self.scores.values())
-            total = sum(m.score.numel() for m in self.scores.values())
-            self._sparsity = pruned / total
+            keep = {name: m.keep() for name, m in self.scores.items()}
+            self._sparsity = masking.pruned_fraction(keep) or 0.0
         return {"sparsity": round(self._sparsity, 6)}
 
     def evaluate(self, step: int) -> dict[str, float]:
         from tamt_cli import pretraining
 
-        loss = pretraining.held_out_loss(
-            self.loss_module, self.data, self.s.objective, self.s.spec, self.s.engine.device
-        )
-        return {"eval_loss": loss}
+        s = self.s
+        return pretraining.held_out_eval(self.loss_module, self.data, s.objective, s.spec, s.engine)
 
     def save(self, step: int) -> None:
         from tamt_cli import masking, pretraining

@@ -47,7 +47,7 @@ class RandomPruning:
         like = artifacts.load_masks(self.options.like)
         masking.check_fits(like, masking.shapes(job.weights), f"--like mask '{self.options.like}'")
         counts = {name: int((~mask).sum()) for name, mask in like.items()}
-        overall = sum(counts.values()) / sum(m.numel() for m in like.values())
+        overall = masking.pruned_fraction(like) or 0.0
         if job.spec.sparsity is not None and abs(job.spec.sparsity - overall) > 1e-3:
             raise UserError(
                 f"--sparsity {job.spec.sparsity} contradicts the --like mask, whose sparsity is "
