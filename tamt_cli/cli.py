@@ -75,6 +75,8 @@ def _default(value: object) -> str:
 
 
 REQUIRED = "\\[required]"
+#: the help panel of the method options `tamt search` also takes as flags (`tamt plugins NAME`)
+METHOD_PANEL = "Method options (= -o name=value; `tamt plugins METHOD` lists them all)"
 TASK_DEFAULT = "the task's"
 RUN_DEFAULT = "the fine-tuning run's, else the task's"
 
@@ -294,6 +296,7 @@ def search(
             help="random: copy this mask file's per-matrix sparsity (= -o like=PATH) "
             f"{_default('none')}",
             autocompletion=_complete_paths,
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     option: Annotated[
@@ -410,7 +413,7 @@ def search(
         typer.Option(
             help="mask training: initial mask, magnitude or random (= -o init=...) "
             f"{_default('magnitude')}",
-            rich_help_panel="Training",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     reset_every: Annotated[
@@ -418,7 +421,7 @@ def search(
         typer.Option(
             help="mask training: exact-sparsity threshold reset interval (= -o reset_every=N) "
             f"{_default(100)}",
-            rich_help_panel="Training",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     objective: Annotated[
@@ -426,21 +429,21 @@ def search(
         typer.Option(
             help=f"imp: the training objective, mlm, kd or mlm-kd (= -o objective=...) "
             f"{_default('mlm')}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     steps_per_round: Annotated[
         int | None,
         typer.Option(
             help=f"imp: training steps between prunings (= -o steps_per_round=N) {_default(100)}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     prune_fraction: Annotated[
         float | None,
         typer.Option(
             help=f"imp: fraction of the original weights pruned per round {_default(0.1)}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     rewind_step: Annotated[
@@ -448,7 +451,7 @@ def search(
         typer.Option(
             help="imp: rewind to the weights after this many steps instead of the pre-trained "
             f"{_default('0, the pre-trained weights')}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     rewind: Annotated[
@@ -456,7 +459,7 @@ def search(
         typer.Option(
             "--rewind/--no-rewind",
             help=f"imp: rewind the unpruned weights after every pruning {_default('rewind')}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     schedule: Annotated[
@@ -464,7 +467,7 @@ def search(
         typer.Option(
             help="imp: lr decay over the whole run (run, as the reference code) or to zero in "
             f"every round (round) {_default('run')}",
-            rich_help_panel="IMP",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     task: Annotated[
@@ -473,14 +476,14 @@ def search(
             help="methods that fine-tune (e.g. movement): the task (= -o task=...) "
             f"{_default('none')}",
             autocompletion=_complete_tasks,
-            rich_help_panel="Task-driven methods",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
             help=f"the task's local data (= -o data_dir=...) {_default('the hub')}",
-            rich_help_panel="Task-driven methods",
+            rich_help_panel=METHOD_PANEL,
             autocompletion=_complete_paths,
         ),
     ] = None,
@@ -488,7 +491,7 @@ def search(
         int | None,
         typer.Option(
             help=f"a seeded subset of the task's training examples {_default('all')}",
-            rich_help_panel="Task-driven methods",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     task_option: Annotated[
@@ -496,7 +499,7 @@ def search(
         typer.Option(
             "--task-option",
             help=f"an option of the task, name=value (repeatable) {_default('none')}",
-            rich_help_panel="Task-driven methods",
+            rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
     report_to: ReportToOpt = None,
@@ -975,16 +978,32 @@ def report(
         _err().print(f"{len(written)} figures written to [bold]{plots}[/bold]")
 
 
+def _complete_plugins(incomplete: str) -> list[str]:
+    return sorted(set(_complete_methods(incomplete)) | set(_complete_tasks(incomplete)))
+
+
 @app.command()
 def plugins(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"one method or task: list its options {_default('list every plugin')}",
+            autocompletion=_complete_plugins,
+        ),
+    ] = None,
     kind: Annotated[
         Kind | None, typer.Option(help=f"only methods or only tasks {_default('both')}")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List installed methods and tasks, where they come from, and which failed to load."""
+    """List installed methods and tasks, where they come from, and which failed to load; with a
+    NAME, that method's or task's options (types, defaults, descriptions)."""
     from tamt_cli import registry
 
+    if name is not None:
+        _present(registry.describe(name, kind.value if kind else None), as_json,
+                 "plugin_options_table")  # fmt: skip
+        return
     kinds = [kind.value] if kind else ["method", "task"]
     rows = [p.as_dict() for k in kinds for p in registry.registry(k).all()]
     _present(rows, as_json, "plugins_table")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 
 def sparsity_table(report: dict[str, Any], title: str = "Sparsity") -> Table:
@@ -63,6 +64,30 @@ def plugins_table(rows: list[dict[str, Any]]) -> Table:
             about or "",
         )
     return table
+
+
+def plugin_options_table(doc: dict[str, Any]) -> Group:
+    """`tamt plugins NAME`: a method's or task's options, with types, defaults and help."""
+    source = f"{doc['distribution'] or '?'} {doc['version'] or ''}".strip()
+    head = Text.assemble((f"{doc['kind']} {doc['name']}", "bold"), f" ({source}): {doc['summary']}")
+    if not doc["options"]:
+        return Group(head, Text("no options"))
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("option", "type", "default", "description"):
+        table.add_column(col, overflow="fold")
+    for option in doc["options"]:
+        name = option["name"] + (f" ({option['flag']})" if option.get("flag") else "")
+        default = "required" if option["required"] else _option_default(option["default"])
+        table.add_row(name, option["type"], default, option["description"])
+    return Group(head, table, Text(f"given as {doc['given_as']}"))
+
+
+def _option_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != {} else "{}"
 
 
 def print_yaml(console: Console, text: str) -> None:

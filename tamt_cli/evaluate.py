@@ -5,8 +5,8 @@ transfer) for a search run, an exported subnetwork, or a dense model."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +14,19 @@ from rich.console import Console
 from tamt_cli import artifacts, masking, models, subjects, transfer, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The corpus and batches ``--objective`` scores on (a
+    :class:`~tamt_cli.pretraining.CorpusSettings`)."""
+
+    corpus: str
+    max_length: int
+    held_out: float
+    batch_size: int
+    eval_blocks: int
+    grad_accum: int = 1
 
 
 def run(spec: EvalSpec, console: Console) -> dict[str, Any]:
@@ -146,7 +159,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         for p in model.parameters():
             p.requires_grad_(False)
         batch = spec.batch_size or 16
-        data_spec = SimpleNamespace(
+        data_spec = HeldOut(
             corpus=spec.corpus,
             max_length=spec.max_length or 128,
             held_out=spec.held_out,

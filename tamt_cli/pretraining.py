@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.console import Console
@@ -36,6 +36,25 @@ HELD_OUT_SEED = 12_345
 HEAD_MARGIN = 0.5
 
 
+class CorpusSettings(Protocol):
+    """What reading a corpus as token blocks and scoring held-out blocks need: a
+    :class:`~tamt_cli.specs.SearchSpec` has it, and so has ``tamt eval --objective``'s
+    :class:`~tamt_cli.evaluate.HeldOut`."""
+
+    @property
+    def corpus(self) -> str: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def held_out(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def grad_accum(self) -> int: ...
+    @property
+    def eval_blocks(self) -> int: ...
+
+
 @dataclass
 class PretrainingData:
     """Token blocks of a corpus and what building MLM batches needs to know."""
@@ -58,7 +77,7 @@ class PretrainingData:
         return make
 
 
-def check_inputs(ref: Any, model: Any, spec: Any, engine: Any) -> Any:
+def check_inputs(ref: Any, model: Any, spec: CorpusSettings, engine: Any) -> Any:
     """What can be checked without computing (length, corpus files, tokenizer, batch split);
     returns the tokenizer. Runs before a run directory is made."""
     from transformers import AutoTokenizer
@@ -67,14 +86,16 @@ def check_inputs(ref: Any, model: Any, spec: Any, engine: Any) -> Any:
 
     models.check_positions(ref, spec.max_length, model.config)
     corpora.describe_corpus(spec.corpus)
-    engine.micro_batch(spec.batch_size, getattr(spec, "grad_accum", 1))
+    engine.micro_batch(spec.batch_size, spec.grad_accum)
     tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
     if tokenizer.mask_token_id is None:
         raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
     return tokenizer
 
 
-def prepare(ref: Any, model: Any, spec: Any, engine: Any, console: Console) -> PretrainingData:
+def prepare(
+    ref: Any, model: Any, spec: CorpusSettings, engine: Any, console: Console
+) -> PretrainingData:
     """Tokenise (or read from the cache) the corpus of ``spec`` for ``model``'s tokenizer.
 
     The main process tokenises first; the others then read its cache."""
@@ -391,7 +412,7 @@ def _tied(head: nn.Module, name: str, encoder: nn.Module) -> bool:
 
 @torch.no_grad()
 def held_out_loss(
-    module: nn.Module, data: PretrainingData, objective: str, spec: Any, device: Any
+    module: nn.Module, data: PretrainingData, objective: str, spec: CorpusSettings, device: Any
 ) -> float:
     """Mean loss over the first ``spec.eval_blocks`` held-out blocks, with MLM corruption drawn
     from a fixed seed so that evaluations are comparable across steps and runs."""
@@ -417,7 +438,7 @@ def held_out_loss(
 
 
 def held_out_eval(
-    module: nn.Module, data: PretrainingData, objective: str, spec: Any, engine: Any
+    module: nn.Module, data: PretrainingData, objective: str, spec: CorpusSettings, engine: Any
 ) -> dict[str, float]:
     """The held-out figures a training search logs at every evaluation."""
     return {"eval_loss": held_out_loss(module, data, objective, spec, engine.device)}

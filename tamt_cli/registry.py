@@ -195,6 +195,33 @@ def registry(kind: str) -> Registry:
     return {"method": methods, "task": tasks}[kind]()
 
 
+def describe(name: str, kind: str | None = None) -> dict[str, Any]:
+    """One method or task for ``tamt plugins NAME``: where it comes from, its summary and its
+    options (name, type, default, description). ``kind`` is needed only when a method and a
+    task share ``name``."""
+    from tamt_cli.specs import METHOD_OPTION_FLAGS, describe_options
+
+    kinds = [kind] if kind else [k for k in GROUPS if name in registry(k).names()]
+    if len(kinds) > 1:
+        raise UserError(f"'{name}' is both a method and a task; give --kind method or --kind task")
+    if not kinds:
+        every = sorted({n for k in GROUPS for n in registry(k).names()})
+        raise unknown("method or task", name, every)
+    found = registry(kinds[0])
+    obj = found.get(name)  # unknown or broken: a one-line error
+    doc = found.plugin(name).as_dict()
+    model = getattr(obj, "Options", None)
+    options = describe_options(model) if model is not None else []
+    if kinds[0] == "method":
+        given = "-o name=value, or under options: in a spec file"
+        for option in options:
+            if option["name"] in METHOD_OPTION_FLAGS:
+                option["flag"] = METHOD_OPTION_FLAGS[option["name"]]
+    else:
+        given = "--task-option name=value, or under task_options: in a spec file"
+    return {**doc, "options": options, "given_as": given}
+
+
 def installed_distributions() -> dict[str, str]:
     """Distribution name → version of everything that provides methods or tasks (no imports)."""
     out: dict[str, str] = {}

@@ -168,6 +168,81 @@ class EvalSpec(Spec):
     head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
 
 
+#: method options that `tamt search` also takes as flags of their own (``--reset-every N`` is
+#: ``-o reset_every=N``): the options the built-in methods and the movement plugin use most
+METHOD_OPTION_FLAGS = {
+    "like": "--like",
+    "init": "--init",
+    "reset_every": "--reset-every",
+    "objective": "--objective",
+    "steps_per_round": "--steps-per-round",
+    "prune_fraction": "--prune-fraction",
+    "rewind_step": "--rewind-step",
+    "rewind": "--rewind",
+    "schedule": "--schedule",
+    "task": "--task",
+    "data_dir": "--data-dir",
+    "train_size": "--train-size",
+    "task_options": "--task-option",
+}
+
+
+def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Every field of an options model: name, type (with its bounds), default or required, and
+    its description, in the model's order (for ``tamt plugins NAME``)."""
+    out = []
+    for name, info in model.model_fields.items():
+        bounds = [_bound(m) for m in info.metadata]
+        kind = _type_name(info.annotation)
+        if info.is_required():
+            default: Any = None
+        elif info.default_factory is not None:
+            default = info.default_factory()  # type: ignore[call-arg]
+        else:
+            default = info.default
+        out.append(
+            {
+                "name": name,
+                "type": ", ".join([kind, *(b for b in bounds if b)]),
+                "required": info.is_required(),
+                "default": default.as_posix() if isinstance(default, Path) else default,
+                "description": info.description or "",
+            }
+        )
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``mlm|kd``, ``path | none``, ``list of str``, ``mapping``: a type as a user reads
+    it."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict or annotation is dict:
+        return "mapping"
+    if annotation is type(None):
+        return "none"
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "path"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _bound(meta: Any) -> str:
+    for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+        value = getattr(meta, attr, None)
+        if value is not None:
+            return f"{sign} {value}"
+    return ""
+
+
 S = TypeVar("S", bound=BaseModel)
 
 #: fields a spec file may not carry: destructive or one-off choices made on the command line

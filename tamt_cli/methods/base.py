@@ -11,10 +11,15 @@ when ``job.resume`` is set; its run directory exists from the start.
 
 It has a one-line ``summary``, an ``Options`` pydantic model for its own settings (unknown
 options are rejected; given on the command line as ``-o name=value`` or in a spec's
-``options:``), is constructed with those validated options, and returns from ``search`` a keep-mask
-(boolean tensor, ``True`` = kept) for every weight in ``job.weights``. An optional
-``check(spec)`` raises ``UserError`` for specs the method cannot run (called before any compute
-and by ``--dry-run``); without it, ``--sparsity`` is required. A training method may also have
+``options:``; ``tamt plugins --kind method NAME`` lists them with their types, defaults and
+descriptions), is constructed with those validated options, and returns from ``search`` a
+keep-mask (boolean tensor, ``True`` = kept) for every weight in ``job.weights``.
+
+``tamt`` requires ``--sparsity`` before it calls the method, unless the method's optional
+``needs_sparsity()`` returns False (``random --like`` copies another mask's); its
+``sparsity_alternative`` names what stands in for it. An optional ``check(spec)`` raises
+``UserError`` for other specs the method cannot run (called after that, before any compute and
+by ``--dry-run``). A training method may also have
 ``preflight(job)``: checks that need the loaded model but no computation, run before its run
 directory is made, so that a bad input leaves nothing behind. ``tamt`` checks that the
 masks fit, measures their sparsity and writes the run; a method does no I/O of its own.
@@ -64,9 +69,7 @@ class SearchJob:
 
     @property
     def sparsity(self) -> float:
-        if self.spec.sparsity is None:
-            raise UserError(f"--sparsity is required for method '{self.spec.method}'")
-        return self.spec.sparsity
+        return sparsity_of(self.spec)
 
 
 @runtime_checkable
@@ -81,13 +84,24 @@ class Method(Protocol):
     def search(self, job: SearchJob) -> dict[str, torch.Tensor]: ...
 
 
+def sparsity_of(spec: SearchSpec, alternative: str | None = None) -> float:
+    """``spec.sparsity``; a one-line error when it was not given (``alternative``: what the
+    method also accepts in its place)."""
+    if spec.sparsity is None:
+        also = f" (or {alternative})" if alternative else ""
+        raise UserError(f"--sparsity is required for method '{spec.method}'{also}")
+    return spec.sparsity
+
+
 def check_spec(method: Any, spec: SearchSpec) -> None:
-    """Reject a spec the method cannot run, before any compute."""
+    """Reject a spec the method cannot run, before any compute: the checks every method shares,
+    then the method's own ``check``."""
+    needs = getattr(method, "needs_sparsity", None)
+    if needs is None or needs():
+        sparsity_of(spec, getattr(method, "sparsity_alternative", None))
     hook = getattr(method, "check", None)
     if hook is not None:
         hook(spec)
-    elif spec.sparsity is None:
-        raise UserError(f"--sparsity is required for method '{spec.method}'")
 
 
 def check_method(obj: Any) -> str:

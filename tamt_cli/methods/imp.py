@@ -38,12 +38,15 @@ continues by round and within a round, ending with the same mask as an uninterru
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
-from tamt_cli.methods.base import SearchJob
+from tamt_cli.methods.base import SearchJob, sparsity_of
+
+if TYPE_CHECKING:
+    from tamt_cli.specs import SearchSpec
 
 DEFAULT_STEPS_PER_ROUND = 100
 DEFAULT_PRUNE_FRACTION = 0.1  # the paper: 10% of the original weights per round
@@ -122,11 +125,9 @@ class IterativeMagnitudePruning:
     def __init__(self, options: IMPOptions) -> None:
         self.options = options
 
-    def check(self, spec: Any) -> None:
+    def check(self, spec: SearchSpec) -> None:
         opts = self.options
-        if spec.sparsity is None:
-            raise UserError(f"--sparsity is required for method '{spec.method}'")
-        levels = round_levels(spec.sparsity, opts.prune_fraction)
+        levels = round_levels(sparsity_of(spec), opts.prune_fraction)
         if opts.rewind_step > 0 and not opts.rewind:
             raise UserError("--rewind-step needs rewinding; leave out --no-rewind or the step")
         if opts.rewind_step >= opts.steps_per_round:
@@ -141,7 +142,7 @@ class IterativeMagnitudePruning:
                 f"= {len(levels) - 1} × {opts.steps_per_round} = {total} steps; leave it out"
             )
 
-    def resolved(self, spec: Any) -> dict[str, Any]:
+    def resolved(self, spec: SearchSpec) -> dict[str, Any]:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
         return settings(spec, self.options)
 
@@ -155,11 +156,11 @@ class IterativeMagnitudePruning:
         return IMPSession(job, self.options).run()
 
 
-def settings(spec: Any, opts: IMPOptions) -> dict[str, Any]:
+def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
     """Rounds, steps, learning rate and intervals of a run: the spec's, else the defaults."""
     from tamt_cli import pretraining
 
-    levels = round_levels(spec.sparsity, opts.prune_fraction)
+    levels = round_levels(sparsity_of(spec), opts.prune_fraction)
     total = (len(levels) - 1) * opts.steps_per_round
     out: dict[str, Any] = {
         "rounds": len(levels),

@@ -18,12 +18,15 @@ budgets of hundreds to a few thousand steps; pass the paper's values to reproduc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob
+
+if TYPE_CHECKING:
+    from tamt_cli.specs import SearchSpec
 
 #: objective → (lr, reset interval); the paper's values in the comment beside them.
 DEFAULTS = {
@@ -63,7 +66,7 @@ class MaskTraining:
     def __init__(self, options: MaskTrainingOptions) -> None:
         self.options = options
 
-    def resolved(self, spec: Any) -> dict[str, Any]:
+    def resolved(self, spec: SearchSpec) -> dict[str, Any]:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
         return settings(self.objective, spec, self.options)
 
@@ -78,7 +81,7 @@ class MaskTraining:
         return session.run()
 
 
-def settings(objective: str, spec: Any, options: MaskTrainingOptions) -> dict[str, Any]:
+def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> dict[str, Any]:
     """Steps, learning rates and intervals of a run: the spec's, else the defaults."""
     from tamt_cli import pretraining
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,13 +27,15 @@ class RandomPruning:
 
     summary = "random pruning at the same sparsity (seeded; --like copies a mask's layout)"
     Options = RandomOptions
+    sparsity_alternative: ClassVar[str] = "--like MASKFILE"
 
     def __init__(self, options: RandomOptions) -> None:
         self.options = options
 
+    def needs_sparsity(self) -> bool:
+        return self.options.like is None
+
     def check(self, spec: SearchSpec) -> None:
-        if self.options.like is None and spec.sparsity is None:
-            raise UserError("--sparsity is required for method 'random' (or --like MASKFILE)")
         if self.options.like is not None and not self.options.like.is_file():
             raise UserError(f"--like mask file '{self.options.like}' does not exist")
 

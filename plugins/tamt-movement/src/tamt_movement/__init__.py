@@ -63,8 +63,6 @@ class MovementPruning:
         self.options = options
 
     def check(self, spec: Any) -> None:
-        if spec.sparsity is None:
-            raise UserError("--sparsity is required for method 'movement'")
         create_task(self.options.task, self.options.task_options)  # unknown task → did you mean
 
     def search(self, job: SearchJob) -> dict[str, Any]:
