@@ -2,7 +2,8 @@
 
 API version 1. A plugin declares the version it was built for on its class (``tamt_api = 1``);
 ``tamt plugins`` lists a plugin built for another major version as ``incompatible`` and using it
-exits with code 2. Everything importable from here is stable within a major version.
+exits with code 2. Everything importable from here is stable within a major version; the rest of
+``tamt_cli`` may change.
 
 Light names (importing them costs nothing):
 
@@ -14,16 +15,23 @@ Light names (importing them costs nothing):
   plumbing), :class:`Defaults` (a task's fine-tuning defaults), :func:`model_inputs`,
   :func:`create_task` (a registered task, constructed with its options)
 
-Heavy modules, imported on first use — reach for them inside ``search``/``load``/``encode``, not
-at module level, so that ``tamt plugins`` stays fast:
+Named functions and classes that load torch on first use — reach for them inside
+``search``/``load``/``encode``, not at module level, so that ``tamt plugins`` stays fast:
 
-* ``masking`` — prunable weights, exact-sparsity masks, attaching/baking masks, reports
-* ``engine`` — the one training loop (``Engine``, ``Loop``, ``Hooks``, ``linear_schedule``)
-* ``objectives`` — MLM and KD losses and ``PretrainingLoss``
-* ``pretraining`` — corpora as token blocks, the MLM head and its warm-up, held-out loss
-* ``artifacts`` — mask files, manifests, atomic writes
-* ``finetune`` — fine-tuning a model on a task with a fixed mask
-* ``transfer`` — task models, task data in batches (``Batcher``, ``subset``), ``TaskLoss``
+* masks: :func:`prunable_weights`, :func:`magnitude_scores`, :func:`random_scores`,
+  :func:`masks_from_scores`, :func:`local_masks`, :func:`prune_count`, :func:`check_fits`,
+  :func:`attach_masks`, :func:`bake_masks`, :func:`sparsity_report`, :func:`pruned_fraction`
+* the training loop: :class:`Loop`, :class:`Hooks`, :func:`linear_schedule`
+* pre-training losses: :class:`PretrainingLoss`
+* task models and data: :func:`load_tokenizer`, :class:`Batcher`, :class:`TaskLoss`,
+  :func:`subset`, :func:`quiet_libraries` (no load reports or progress bars from transformers
+  and datasets)
+* mask files: :func:`load_masks`, :func:`save_masks`
+
+Plugins written for API 1 before these names existed reach whole modules as attributes
+(``api.masking``, ``api.engine``, ``api.objectives``, ``api.pretraining``, ``api.artifacts``,
+``api.finetune``, ``api.transfer``); those keep working within API 1, but new plugins import the
+names above, which do not tie them to tamt's module layout.
 """
 
 from __future__ import annotations
@@ -36,7 +44,34 @@ from tamt_cli.methods.base import Method, NoOptions, SearchJob
 from tamt_cli.registry import API_VERSION
 from tamt_cli.tasks.base import Defaults, Task, TaskBase, create_task, model_inputs
 
-_HEAVY = {"masking", "engine", "objectives", "pretraining", "artifacts", "finetune", "transfer"}
+#: public name → the module that defines it (imported on first use)
+_NAMED = {
+    **dict.fromkeys(
+        (
+            "prunable_weights",
+            "magnitude_scores",
+            "random_scores",
+            "masks_from_scores",
+            "local_masks",
+            "prune_count",
+            "check_fits",
+            "attach_masks",
+            "bake_masks",
+            "sparsity_report",
+            "pruned_fraction",
+        ),
+        "tamt_cli.masking",
+    ),
+    **dict.fromkeys(("Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
+    "PretrainingLoss": "tamt_cli.objectives",
+    **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.transfer"),
+    "quiet_libraries": "tamt_cli.verbosity",
+    **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.artifacts"),
+}
+#: module attributes of API 1 kept for plugins that use them (not in ``__all__``)
+_API1_MODULES = {
+    "masking", "engine", "objectives", "pretraining", "artifacts", "finetune", "transfer"
+}  # fmt: skip
 
 __all__ = [
     "API_VERSION",
@@ -50,11 +85,13 @@ __all__ = [
     "create_task",
     "did_you_mean",
     "model_inputs",
-    *sorted(_HEAVY),
+    *sorted(_NAMED),
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _HEAVY:
+    if name in _NAMED:
+        return getattr(importlib.import_module(_NAMED[name]), name)
+    if name in _API1_MODULES:
         return importlib.import_module(f"tamt_cli.{name}")
     raise AttributeError(f"module 'tamt_cli.api' has no attribute '{name}'")

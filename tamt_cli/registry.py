@@ -177,8 +177,9 @@ def _check_method(obj: Any) -> str:
 
 
 def _check_task(obj: Any) -> str:
-    doc = (getattr(obj, "summary", None) or getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    from tamt_cli.tasks.base import check_task
+
+    return check_task(obj)
 
 
 @cache

@@ -34,8 +34,8 @@ DENSE_BELOW = 1e-3
 
 
 def quiet() -> contextlib.AbstractContextManager[None]:
-    """No load reports, download bars or tokenizing bars from transformers and datasets (see
-    :func:`tamt_cli.verbosity.quiet_libraries`)."""
+    """:func:`tamt_cli.verbosity.quiet_libraries`, under the name plugins of API 1 reach it by
+    (``api.transfer.quiet``); tamt itself and newer plugins use ``quiet_libraries``."""
     return verbosity.quiet_libraries()
 
 

@@ -240,9 +240,32 @@ def test_public_api_is_light_and_complete():
         "assert 'torch' not in sys.modules; "
         "assert api.API_VERSION == 1; "
         "names = set(api.__all__); "
-        "assert {'Method', 'SearchJob', 'Task', 'TaskBase', 'masking', 'engine'} <= names; "
+        "assert {'Method', 'SearchJob', 'Task', 'TaskBase', 'masks_from_scores', 'Loop'} <= names; "
+        "assert not {'masking', 'engine'} & names; "
         "api.masking.prune_count(10, 0.5); "
         "assert 'torch' in sys.modules"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_task_plugin_is_checked_against_the_protocol_like_a_method(tmp_path, monkeypatch, cli):
+    site = tmp_path / "site"
+    install_fake_distribution(
+        site,
+        "tamt-badtask",
+        "[tamt.tasks]\nnoload = toy_task:NoLoad\n",
+        {"toy_task": "class NoLoad:\n    head = 'classification'\n"},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.tasks.cache_clear()
+    try:
+        rows = {r["name"]: r for r in cli("plugins", "--kind", "task", "--json").json()}
+        assert rows["noload"]["status"] == "error"
+        assert rows["noload"]["error"] == "TypeError: NoLoad has no load() method"
+        assert rows["sst2"]["status"] == "ok"
+        res = cli("finetune", "x", "--task", "noload", "--dry-run")
+        assert res.code == 2 and "task 'noload' (from tamt-badtask 1.2.3) cannot be used" in res.err
+    finally:
+        registry.tasks.cache_clear()
+        sys.modules.pop("toy_task", None)

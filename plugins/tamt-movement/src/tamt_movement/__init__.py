@@ -68,37 +68,47 @@ class MovementPruning:
     def search(self, job: SearchJob) -> dict[str, Any]:
         import torch
 
-        from tamt_cli.api import engine as eng
-        from tamt_cli.api import masking, transfer
+        from tamt_cli.api import (
+            Batcher,
+            Loop,
+            TaskLoss,
+            linear_schedule,
+            load_tokenizer,
+            magnitude_scores,
+            masks_from_scores,
+            prunable_weights,
+            quiet_libraries,
+            subset,
+        )
 
         spec, opts = job.spec, self.options
         if job.resume:
             raise UserError("movement runs are short and do not resume; start a new run")
         task = create_task(opts.task, opts.task_options)
-        with transfer.quiet():
+        with quiet_libraries():
             raw = task.load(task.train_split, opts.data_dir)
-            raw = transfer.subset(raw, opts.train_size, spec.seed, opts.task)
-            tokenizer = transfer.load_tokenizer(job.ref)
+            raw = subset(raw, opts.train_size, spec.seed, opts.task)
+            tokenizer = load_tokenizer(job.ref)
             features = task.encode(raw, tokenizer, spec.max_length, None, train=True)
             torch.manual_seed(spec.seed)
             model = task.auto_model_class().from_pretrained(
                 job.ref.location, **task.model_config(), dtype=torch.float32
             )
-        weights = masking.prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
+        weights = prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
         expected = {p.name for p in job.weights}
         weights = [p for p in weights if p.name in expected]
         missing = expected - {p.name for p in weights}
-        batcher = transfer.Batcher(features, tokenizer)
+        batcher = Batcher(features, tokenizer)
         steps = spec.max_steps or max(1, math.ceil(opts.epochs * len(batcher) / spec.batch_size))
         lr = spec.lr or task.defaults.lr
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        scheduler = eng.linear_schedule(optimizer, steps)
+        scheduler = linear_schedule(optimizer, steps)
         tracker = MovementScores(weights)
-        loop = eng.Loop.from_spec(
+        loop = Loop.from_spec(
             spec, steps, f"movement ({opts.task})", eval_every=None, save_every=None
         )
         job.engine.fit(
-            transfer.TaskLoss(model),
+            TaskLoss(model),
             optimizer,
             scheduler,
             len(batcher),
@@ -111,9 +121,9 @@ class MovementPruning:
             for name, s in tracker.close().items()
         }
         if missing:  # weights the task model lacks (a QA model has no pooler): magnitude
-            scores.update(masking.magnitude_scores(p for p in job.weights if p.name in missing))
+            scores.update(magnitude_scores(p for p in job.weights if p.name in missing))
         job.notes.update(
             task=opts.task, steps=steps, lr=lr, train_examples=len(batcher),
             scores="movement: −Σ W·∂L/∂W over fine-tuning",
         )  # fmt: skip
-        return masking.masks_from_scores(scores, job.sparsity, spec.scope)
+        return masks_from_scores(scores, job.sparsity, spec.scope)
