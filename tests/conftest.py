@@ -49,9 +49,16 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Tokenised corpora are cached per test, never in the user's cache."""
+def private_cache(tmp_path, tmp_path_factory, monkeypatch):
+    """Tokenised corpora and the files read through ``datasets`` are cached per test, never in
+    the user's caches (``datasets``' cache outside the working folder, which tests snapshot)."""
+    import sys
+
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache"))
+    hf_datasets = tmp_path_factory.mktemp("hf-datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(hf_datasets))
+    if "datasets" in sys.modules:  # it reads the variable once, when imported
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", hf_datasets)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ files, encoding with a tiny tokenizer, metrics against scikit-learn/scipy, one-l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -397,6 +398,170 @@ def test_generic_jsonl_csv_and_json(tmp_path):
 
     write(tmp_path / "sst2/train.jsonl", '{"sentence": "good", "label": "positive"}\n')
     assert task("sst2").load("train", tmp_path / "sst2")["label"] == [1]
+
+
+# -- local loaders: through datasets, with the line of every problem ------------------------
+
+
+@pytest.fixture
+def line_by_line(monkeypatch):
+    """Records whether a file was read again line by line (after datasets could not, or a row
+    failed a check); the reading itself is unchanged."""
+    from tamt_cli.tasks import glue, squad
+
+    calls: list[str] = []
+    for module, name in ((glue, "read_tsv"), (glue, "read_records"), (squad, "read_records")):
+        real = getattr(module, name)
+
+        def spy(path, _real=real):
+            calls.append(Path(path).name)
+            return _real(path)
+
+        monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def arrow_files() -> set[Path]:
+    import datasets
+
+    return set(Path(datasets.config.HF_DATASETS_CACHE).rglob("*.arrow"))
+
+
+def test_tsv_through_datasets_keeps_quotes_bom_blank_lines_and_long_fields(tmp_path, line_by_line):
+    long = "word " * 40_000  # 200 KB, beyond the csv module's default field limit
+    header = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
+    text = tsv(
+        header,
+        (1, 1, 2, '"Quoted at the start', 'a " stray quote'),
+        ("",),
+        (0, 3, 4, "NA", "null"),
+        ("   ",),
+        (1, 5, 6, long, ""),
+    )
+    write(tmp_path / "train.tsv", text, bom=True)
+    train = task("mrpc").load("train", tmp_path)
+    assert train[:] == {
+        "sentence1": ['"Quoted at the start', "NA", long],
+        "sentence2": ['a " stray quote', "null", ""],
+        "label": [1, 0, 1],
+        "idx": [0, 1, 2],
+    }
+    assert line_by_line == []  # datasets read it
+    assert all(Path(f["filename"]).suffix == ".arrow" for f in train.cache_files)
+    cached = arrow_files()
+    assert cached and all(tmp_path not in f.parents for f in cached)  # not next to the data
+
+    again = task("mrpc").load("train", tmp_path)  # from the cache: no file is written
+    assert again[:] == train[:] and arrow_files() == cached
+
+    (tmp_path / "train.tsv").write_text(tsv(header, (0, 7, 8, "changed", "file")))
+    os.utime(tmp_path / "train.tsv", ns=(1, 1))  # a new time, whatever the clock's resolution
+    assert task("mrpc").load("train", tmp_path)["sentence1"] == ["changed"]
+
+
+def test_headerless_cola_through_datasets(tmp_path, line_by_line):
+    write(
+        tmp_path / "train.tsv", tsv(("gj04", 1, "", 'He said "hi.'), ("gj04", 0, "*", "Him ran."))
+    )
+    train = task("cola").load("train", tmp_path)
+    assert (train["sentence"], train["label"]) == (['He said "hi.', "Him ran."], [1, 0])
+    assert line_by_line == []
+
+
+def test_record_files_through_datasets(tmp_path, line_by_line):
+    write(
+        tmp_path / "train.csv",
+        'premise,hypothesis,label\n"A, b","She said ""no"".",1\n\n"two\nlines",NA,contradiction\n',
+        bom=True,
+    )
+    train = task("mnli").load("train", tmp_path)
+    assert train[:] == {
+        "premise": ["A, b", "two\nlines"],
+        "hypothesis": ['She said "no".', "NA"],
+        "label": [1, 2],
+        "idx": [0, 1],
+    }
+    lines = [{"sentence": 'a "quote', "label": 1}, {"sentence": "", "label": "negative"}]
+    write(tmp_path / "sst2/train.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    write(tmp_path / "sst2/validation.json", json.dumps(lines))
+    for split in ("train", "validation"):
+        data = task("sst2").load(split, tmp_path / "sst2")
+        assert (data["sentence"], data["label"]) == (['a "quote', ""], [1, 0])
+    assert line_by_line == []
+
+
+def test_what_datasets_cannot_read_is_read_line_by_line(tmp_path, line_by_line):
+    # JSON lines with a blank line and a column of numbers and strings stop datasets' reader
+    write(
+        tmp_path / "train.jsonl",
+        '{"premise": "a", "hypothesis": "b", "label": 0}\n\n'
+        '{"premise": "c", "hypothesis": "d", "label": "neutral"}\n',
+    )
+    train = task("mnli").load("train", tmp_path)
+    assert (train["premise"], train["label"]) == (["a", "c"], [0, 1])
+    assert line_by_line == ["train.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "text", "where_", "says"),
+    [
+        # blank lines before the problem count: the line is the file's, not the row's
+        ("sst2", "train.tsv", "sentence\tlabel\nok\t1\n\n\nbad\t7\n", ":5", "label '7'"),
+        # a BOM and a long field do not shift the count
+        ("mrpc", "train.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+         "1\t1\t2\ta\tb\n2\t1\t2\t" + "x" * 200_000 + "\tb\n", ":3", "label '2'"),
+        # a short line: pandas would fill it with an empty '#2 String'
+        ("mrpc", "train.tsv", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+         "1\t1\t2\ta\tb\n0\t1\t2\ta\n", ":3", "expected 5 tab-separated fields"),
+        # a long first line: pandas would take its first field for an index
+        ("cola", "train.tsv", "s\t1\t\tok\textra\ns\t0\t*\tfine\n", ":1",
+         "expected 4 tab-separated fields"),
+        ("cola", "train.tsv", "s\t1\t\tok\n\ns\t0\t*\n", ":3", "found 3"),
+        # CSV: a record over two lines counts both; a trailing field is not dropped
+        ("qnli", "train.csv", 'question,sentence,label\n"two\nlines",s,0\nq,s,2\n', ":4",
+         "label '2'"),
+        ("qnli", "train.csv", "question,sentence,label\nq,s,0\n\nq,s,1,x\n", ":4",
+         "expected 3 comma-separated fields"),
+        ("qnli", "train.csv", "question,sentence,label\nq,s,0\nq,s\n", ":3", "found 2"),
+        ("qnli", "train.csv", "question,sentence,label\nq,s,0\nq,,1\n", None, None),
+        # JSON lines: blank lines count; null and absent columns are told apart
+        ("rte", "train.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 0}\n\n'
+         '{"sentence1": "a", "sentence2": null, "label": 0}\n', ":3",
+         "column 'sentence2' must be text, found NoneType"),
+        ("rte", "train.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 0}\n\n\n'
+         '{"sentence1": "a", "label": 0}\n', ":4", "missing column(s) sentence2"),
+        ("rte", "train.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 0}\n'
+         '{"sentence1": "a", "sentence2": "b", "label": 0\n', ":2", "not valid JSON"),
+        ("rte", "train.jsonl", '{"sentence1": "a", "sentence2": 5, "label": 0}\n', ":1",
+         "must be text, found int"),
+        ("rte", "train.json", json.dumps([{"sentence1": "a", "sentence2": "b", "label": 0},
+                                          {"sentence1": "a", "sentence2": "b", "label": 9}]),
+         " (record 2)", "label 9"),
+    ],
+)  # fmt: skip
+def test_problems_name_their_line(tmp_path, name, file, text, where_, says, line_by_line):
+    write(tmp_path / file, text)
+    if where_ is None:  # an empty field is text, not a missing one
+        assert task(name).load("train", tmp_path)["sentence"] == ["s", ""]
+        assert line_by_line == []
+        return
+    with pytest.raises(UserError) as err:
+        task(name).load("train", tmp_path)
+    one_line_error(err, f"{tmp_path / file}{where_}: ", says)
+
+
+def test_a_file_that_failed_loads_once_fixed_and_a_cached_one_fails_once_broken(tmp_path):
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\nok\t1\nbad\t7\n")
+    with pytest.raises(UserError):
+        task("sst2").load("train", tmp_path)
+    path.write_text("sentence\tlabel\nok\t1\nbad\t0\n")
+    os.utime(path, ns=(1, 1))
+    assert task("sst2").load("train", tmp_path)["label"] == [1, 0]
+    path.write_text("sentence\tlabel\nok\t1\nbad\t0\textra\n")
+    os.utime(path, ns=(2, 2))
+    with pytest.raises(UserError) as err:
+        task("sst2").load("train", tmp_path)
+    one_line_error(err, f"{path}:3: expected 2 tab-separated fields")
 
 
 # -- encoding ------------------------------------------------------------------------------

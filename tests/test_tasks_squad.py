@@ -173,6 +173,43 @@ def test_squad_bad_files(tmp_path):
     assert "validation.jsonl:1" in str(err.value) and "'question'" in str(err.value)
 
 
+def test_flat_jsonl_through_datasets_and_its_errors(tmp_path, monkeypatch):
+    from tamt_cli.tasks import squad as module
+
+    line_by_line: list[str] = []
+    real = module.read_records
+    monkeypatch.setattr(module, "read_records", lambda p: line_by_line.append(p.name) or real(p))
+    context = 'he said "no" twice'
+    rows = [
+        {"id": "a", "title": "T", "context": context, "question": "what?",
+         "answers": {"text": ['"no"'], "answer_start": [8]}},
+        {"id": "b", "context": context, "question": "who?",
+         "answers": {"text": [], "answer_start": []}},
+    ]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text("\ufeff" + "\n\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    train = squad("squad_v2").load("train", tmp_path)
+    assert train[:] == {
+        "id": ["a", "b"],
+        "title": ["T", ""],
+        "context": [context, context],
+        "question": ["what?", "who?"],
+        "answers": [{"text": ['"no"'], "answer_start": [8]}, {"text": [], "answer_start": []}],
+    }
+    assert line_by_line == []
+
+    rows[1]["answers"] = {"text": ["twice"], "answer_start": [99]}
+    path.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError) as err:
+        squad("squad_v2").load("train", tmp_path)
+    assert str(err.value).startswith(f"{path}:3: answer 'twice' starts at 99")
+    rows[1] = {**rows[0]}
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError) as err:
+        squad("squad_v2").load("train", tmp_path)
+    assert str(err.value) == f"{path}: question id 'a' occurs twice"
+
+
 # -- features -------------------------------------------------------------------------------
 
 

@@ -13,13 +13,24 @@ the hub's label order; STS-B: a float similarity score in [0, 5]) and ``idx``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tamt_cli.errors import UserError
 from tamt_cli.tasks.base import GLUE_DEFAULTS, LARGE_GLUE_DEFAULTS, Head, TaskBase, load_hub
-from tamt_cli.tasks.files import RECORD_SUFFIXES, read_records, read_tsv, where
+from tamt_cli.tasks.files import (
+    RECORD_SUFFIXES,
+    Unreadable,
+    convert,
+    load_records,
+    load_tsv,
+    read_records,
+    read_tsv,
+    unreadable,
+    where,
+)
 from tamt_cli.tasks.metrics import class_predictions, glue_scores, regression_predictions
 
 if TYPE_CHECKING:
@@ -62,7 +73,13 @@ class GlueTask(TaskBase):
             return load_hub(HUB_PATH, self.hub_name, split, self.name)
         candidates = (self.tsv_files[split], *(f"{split}{suffix}" for suffix in RECORD_SUFFIXES))
         path = self.find_file(data_dir, split, candidates)
-        rows = self._from_tsv(path) if path.suffix.lower() == ".tsv" else self._from_records(path)
+        tsv = path.suffix.lower() == ".tsv"
+        try:
+            return self._read_tsv(path) if tsv else self._read_records(path)
+        except Unreadable as exc:
+            unreadable(path, exc)
+        # read again line by line: the first problem is a one-line error naming its line
+        rows = self._from_tsv(path) if tsv else self._from_records(path)
         if not rows:
             raise UserError(f"{path}: no examples")
         from datasets import Dataset
@@ -79,6 +96,61 @@ class GlueTask(TaskBase):
         )
         columns["idx"] = Value("int32")
         return Features(columns)
+
+    def _read_tsv(self, path: Path) -> Dataset:
+        """A GLUE TSV through ``datasets``; :class:`Unreadable` at the first problem."""
+        layout = self.tsv
+        table = load_tsv(path, layout.width if layout.columns is None else None)
+        if layout.columns is None:
+            column: dict[str | int, str] = {i: str(i) for i in range(layout.width or 0)}
+        else:
+            column = {name.strip(): name for name in table.names}
+            if any(c not in column for c in (*layout.fields.values(), layout.label)):
+                raise Unreadable("the header lacks a column")
+        fields = {name: column[c] for name, c in layout.fields.items()}
+        label = column[layout.label]
+        return self._convert(table, fields, label, path, ("tsv", repr(layout)))
+
+    def _read_records(self, path: Path) -> Dataset:
+        """A record file through ``datasets``; :class:`Unreadable` at the first problem."""
+        table = load_records(path)
+        if any(c not in table.names for c in (*self.text_columns, "label")):
+            raise Unreadable("a column is missing")
+        fields = {name: name for name in self.text_columns}
+        return self._convert(table, fields, "label", path, ("records",))
+
+    def _convert(
+        self, table: Any, fields: dict[str, str], label: str, path: Path, key: tuple[Any, ...]
+    ) -> Dataset:
+        """Raw examples from the rows of ``table``: text from the columns ``fields`` (hub
+        column -> file column), the label from ``label``. A blank line (its label is empty)
+        raises :class:`Unreadable` like any other problem: the line by line reading skips it."""
+        seen = 0
+        labels: dict[tuple[type, Any], int | float] = {}
+
+        def label_of(value: Any) -> int | float:
+            try:
+                return labels[type(value), value]
+            except (KeyError, TypeError):  # not seen yet, or a JSON list or object
+                result = self._label(value, path, 0)
+                with contextlib.suppress(TypeError):
+                    labels[type(value), value] = result
+                return result
+
+        def examples(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            nonlocal seen
+            out = {name: batch[column] for name, column in fields.items()}
+            for column in fields.values():
+                if not all(isinstance(value, str) for value in batch[column]):
+                    raise Unreadable(f"column '{column}' holds a value that is not text")
+            out["label"] = [label_of(value) for value in batch[label]]
+            out["idx"] = list(range(seen, seen + len(out["label"])))
+            seen += len(out["label"])
+            return out
+
+        what = (type(self).__module__, type(self).__qualname__, self.labels, self.score_range)
+        columns = [*fields.values(), label]
+        return convert(table, examples, self.features(), (*what, *key, fields, label), columns)
 
     def _from_tsv(self, path: Path) -> list[dict[str, Any]]:
         layout = self.tsv

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.tasks.base import SQUAD_DEFAULTS, Head, TaskBase, load_hub
-from tamt_cli.tasks.files import read_json, read_records, where
+from tamt_cli.tasks.files import (
+    Unreadable,
+    convert,
+    load_records,
+    per_row,
+    read_json,
+    read_records,
+    unreadable,
+    where,
+)
 from tamt_cli.tasks.metrics import squad_scores
 
 if TYPE_CHECKING:
@@ -60,17 +69,44 @@ class Squad(TaskBase):
             return load_hub(self.hub_path, None, split, self.name)
         candidates = (self.files[split], f"{split}.jsonl", f"{split}.json")
         path = self.find_file(data_dir, split, candidates)
+        from datasets import Dataset
+
+        if path.suffix.lower() == ".jsonl":
+            try:
+                examples = self._read_jsonl(path)
+            except Unreadable as exc:
+                unreadable(path, exc)
+            else:
+                self._unique_ids(path, examples["id"])
+                return examples
+        # the official files nest questions in paragraphs in articles, one JSON document that
+        # datasets' json builder reads as a single row: they are read with the json module
         rows = self._read(path)
         if not rows:
             raise UserError(f"{path}: no examples")
-        seen: dict[str, int] = {}
-        for n, row in enumerate(rows):
-            if row["id"] in seen:
-                raise UserError(f"{path}: question id '{row['id']}' occurs twice")
-            seen[row["id"]] = n
-        from datasets import Dataset
-
+        self._unique_ids(path, [row["id"] for row in rows])
         return Dataset.from_list(rows, features=self.features())
+
+    def _unique_ids(self, path: Path, ids: Sequence[str]) -> None:
+        seen: set[str] = set()
+        for id_ in ids:
+            if id_ in seen:
+                raise UserError(f"{path}: question id '{id_}' occurs twice")
+            seen.add(id_)
+
+    def _read_jsonl(self, path: Path) -> Dataset:
+        """Flat JSON-lines records through ``datasets``; :class:`Unreadable` at the first
+        problem (:meth:`_read` then names its line)."""
+        table = load_records(path)
+
+        def example(record: dict[str, Any]) -> dict[str, Any]:
+            if record.get("answers", []) is None:  # absent from this line, or null
+                raise Unreadable("a record without answers")
+            return self._flat(path, "record", record)
+
+        what = (type(self).__module__, type(self).__qualname__, self.version_2)
+        features = self.features()
+        return convert(table, per_row(example, list(features)), features, what)
 
     def features(self) -> Features:
         from datasets import Features, List, Value
