@@ -70,6 +70,14 @@ def main() -> None:
     parser.add_argument("--eval-blocks", default="64")
     parser.add_argument("--head-warmup-steps", default="300")
     parser.add_argument("--head-warmup-lr", default=None)
+    parser.add_argument("--mask-lr", default=None, help="mask-training lr [method default]")
+    parser.add_argument(
+        "--mask-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a mask-training option (-o), e.g. scores=binary; repeatable",
+    )
     parser.add_argument("--out", default="fidelity-runs", help="where the runs are kept")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument(
@@ -105,6 +113,9 @@ def main() -> None:
                        "--seed", seed, "--out", where, *data, *head, *extra]  # fmt: skip
                 if method in {"kd", "mlm"}:
                     cmd += ["--max-steps", budget]
+                    cmd += ["--lr", args.mask_lr] if args.mask_lr else []
+                    for option in args.mask_option:
+                        cmd += ["-o", option]
                 if method == "imp":
                     cmd += ["--steps-per-round", str(args.steps_per_round)]
                 if not (run / artifacts.MASK_FILE).is_file():  # a finished run is reused
