@@ -98,8 +98,10 @@ def test_graded_scores_move_the_mask_where_binary_scores_cannot(cli, tiny_bert, 
     2τ / 0 flip nothing, while graded scores flip the weights next to the magnitude boundary
     (and only a few of them); both end at exactly the target sparsity."""
     slow = ("--lr", "1e-4", "--seed", "1")
-    assert cli(*train_args(tiny_bert, corpus, "kd", "binary", *slow)).code == 0
-    res = cli(*train_args(tiny_bert, corpus, "kd", "graded", *slow, "-o", "scores=graded"))
+    assert (
+        cli(*train_args(tiny_bert, corpus, "kd", "binary", *slow, "-o", "scores=binary")).code == 0
+    )
+    res = cli(*train_args(tiny_bert, corpus, "kd", "graded", *slow))  # graded is the default
     assert res.code == 0, res.err
     notes = json.loads(Path("graded/manifest.json").read_text())["notes"]
     assert notes["scores"] == "graded" and notes["lr"] == 1e-4

@@ -118,7 +118,7 @@ def test_dry_run_resolves_mask_training_values(cli):
     out = res.json()
     assert out["lr"] is None and out["head_warmup_steps"] is None  # the spec stays as given
     resolved = out["resolved"]
-    assert resolved["max_steps"] == 300 and resolved["lr"] == 1e-3
+    assert resolved["max_steps"] == 300 and resolved["lr"] == 2e-4
     intervals = (resolved["reset_every"], resolved["eval_every"], resolved["save_every"])
     assert intervals == (100, 30, 30)
     assert resolved["head_warmup_steps"] == 300 and resolved["head_warmup_lr"] == 1e-3
