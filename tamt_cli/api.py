@@ -64,14 +64,20 @@ _NAMED = {
     ),
     **dict.fromkeys(("Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
     "PretrainingLoss": "tamt_cli.objectives",
-    **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.transfer"),
+    **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
     "quiet_libraries": "tamt_cli.verbosity",
     **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.artifacts"),
 }
-#: module attributes of API 1 kept for plugins that use them (not in ``__all__``)
+#: module attributes of API 1 kept for plugins that use them (not in ``__all__``): name → module
 _API1_MODULES = {
-    "masking", "engine", "objectives", "pretraining", "artifacts", "finetune", "transfer"
-}  # fmt: skip
+    "masking": "tamt_cli.masking",
+    "engine": "tamt_cli.engine",
+    "objectives": "tamt_cli.objectives",
+    "pretraining": "tamt_cli.pretraining",
+    "artifacts": "tamt_cli.artifacts",
+    "finetune": "tamt_cli.finetune",
+    "transfer": "tamt_cli.task_model",  # the task model's module, under its earlier name
+}
 
 __all__ = [
     "API_VERSION",
@@ -93,5 +99,5 @@ def __getattr__(name: str) -> Any:
     if name in _NAMED:
         return getattr(importlib.import_module(_NAMED[name]), name)
     if name in _API1_MODULES:
-        return importlib.import_module(f"tamt_cli.{name}")
+        return importlib.import_module(_API1_MODULES[name])
     raise AttributeError(f"module 'tamt_cli.api' has no attribute '{name}'")

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, masking, models, subjects, transfer, verbosity
+from tamt_cli import artifacts, masking, models, subjects, task_model, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -57,13 +57,13 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     doc_stride = spec.doc_stride or hp.get("doc_stride") or task.defaults.doc_stride
     batch_size = spec.batch_size or hp.get("eval_batch_size") or task.defaults.batch_size
     splits = task.splits(spec.split)
-    tokenizer = transfer.load_tokenizer(ref)
+    tokenizer = task_model.load_tokenizer(ref)
     models.check_positions(ref, max_length)
     with console.status(f"loading {task.name} data"):
-        sets = transfer.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
+        sets = task_model.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
     model = load_trained(task, ref)
     with eval_progress(console, sets) as advance:
-        scores = transfer.score(task, model, sets, batch_size, advance)
+        scores = task_model.score(task, model, sets, batch_size, advance)
     if manifest is not None:
         sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
     elif (Path(location) / artifacts.MASK_FILE).is_file():
@@ -71,13 +71,13 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
             artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
         )
     else:
-        sparsity = transfer.measured_sparsity(model)
+        sparsity = task_model.measured_sparsity(model)
     return {
         "task": task.name,
         "checkpoint": spec.checkpoint,
         "split": ",".join(splits),
         "examples": sum(s.examples for s in sets),
-        "metrics": transfer.flat(scores, prefix_always=False),
+        "metrics": task_model.flat(scores, prefix_always=False),
         "splits": {s.split: {"examples": s.examples, "metrics": scores[s.split]} for s in sets},
         "main_metric": task.main_metric,
         "mask_sparsity": sparsity,
@@ -115,7 +115,7 @@ def load_trained(task: Any, ref: Any) -> Any:
 
 
 @contextlib.contextmanager
-def eval_progress(console: Console, sets: list[transfer.EvalSet]) -> Any:
+def eval_progress(console: Console, sets: list[task_model.EvalSet]) -> Any:
     """A progress bar over the features of every split; yields ``advance(split, n)``."""
     if not verbosity.live(console):
         yield None

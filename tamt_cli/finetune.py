@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, registry, transfer, verbosity
+from tamt_cli import artifacts, models, registry, task_model, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
@@ -104,8 +104,8 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     models.check_positions(what.ref, hp["max_length"])
     with console.status(f"loading {task.name} data"):
         train_raw = task.load(task.train_split, spec.data_dir)
-        transfer.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
-        sets = transfer.eval_sets(
+        task_model.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
+        sets = task_model.eval_sets(
             task, task.eval_splits, spec.data_dir, tokenizer, hp["max_length"], hp["doc_stride"]
         )
     link = subnetwork_link(spec, what)
@@ -164,12 +164,12 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
 def tokenizer_for(what: Any) -> Any:
     """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
     try:
-        return transfer.load_tokenizer(what.ref)
+        return task_model.load_tokenizer(what.ref)
     except UserError:
         record = (what.manifest or {}).get("model")
         if what.kind != "subnetwork" or not record:
             raise
-        return transfer.load_tokenizer(models.resolve(record["id"]))
+        return task_model.load_tokenizer(models.resolve(record["id"]))
 
 
 class Tracker(Hooks):
@@ -187,7 +187,7 @@ class Tracker(Hooks):
         scores = self.scorer()
         self.seconds += time.perf_counter() - t0
         self.history.append({"step": step, "metrics": scores})
-        return transfer.flat(scores)
+        return task_model.flat(scores)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def train_seed(
     what: Any,
     tokenizer: Any,
     train_raw: Any,
-    sets: list[transfer.EvalSet],
+    sets: list[task_model.EvalSet],
     hp: dict[str, Any],
     spec: FinetuneSpec,
     engine: Any,
@@ -222,21 +222,21 @@ def train_seed(
     from tamt_cli.engine import Loop, linear_schedule
     from tamt_cli.tasks import base as tasks_base
 
-    raw = transfer.subset(train_raw, spec.train_size, seed, task.name)
+    raw = task_model.subset(train_raw, spec.train_size, seed, task.name)
     features = task.encode(raw, tokenizer, hp["max_length"], hp["doc_stride"], train=True)
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
-    built = transfer.build(task, what, seed)
+    built = task_model.build(task, what, seed)
     multiple = 8 if hp["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
-    batcher = transfer.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
+    batcher = task_model.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hp["batch_size"]
     steps = max(1, math.ceil(hp["epochs"] * n / batch_size))
-    module = transfer.TaskLoss(built.model)
+    module = task_model.TaskLoss(built.model)
     optimizer = torch.optim.AdamW(module.parameters(), lr=hp["lr"], weight_decay=0.0)
     scheduler = linear_schedule(optimizer, steps)
     main_split = task.eval_splits[0]
     tracker = Tracker(
-        lambda: transfer.score(task, built.model, sets, hp["eval_batch_size"]),
+        lambda: task_model.score(task, built.model, sets, hp["eval_batch_size"]),
         main_split,
         task.main_metric,
     )
@@ -349,7 +349,7 @@ def subnetwork_link(spec: FinetuneSpec, what: Any) -> dict[str, Any]:
     }
 
 
-def data_record(spec: FinetuneSpec, train_raw: Any, sets: list[transfer.EvalSet]) -> dict:
+def data_record(spec: FinetuneSpec, train_raw: Any, sets: list[task_model.EvalSet]) -> dict:
     return {
         "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
         "source": "local files" if spec.data_dir else "Hugging Face hub",

@@ -409,7 +409,7 @@ def test_batches_are_padded_per_batch_as_before(tiny_bert):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tamt_cli import transfer
+    from tamt_cli import task_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
     pad = tokenizer.pad_token_id
@@ -422,16 +422,16 @@ def test_batches_are_padded_per_batch_as_before(tiny_bert):
             "sentence": ["a", "b", "c"],  # not a model input: left out
         }
     )
-    batch = transfer.Batcher(features, tokenizer)([1, 0])
+    batch = task_model.Batcher(features, tokenizer)([1, 0])
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert batch["input_ids"].tolist() == [[2, 9, 3, pad], [2, 7, 8, 3]]
     assert batch["token_type_ids"].tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.long
-    eights = transfer.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
+    eights = task_model.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
     assert eights["input_ids"].shape == (2, 8)
     assert eights["input_ids"][0].tolist() == [2, 7, 8, 3] + [pad] * 4
     tokenizer.padding_side = "left"
-    left = transfer.Batcher(features, tokenizer)([1, 2])
+    left = task_model.Batcher(features, tokenizer)([1, 2])
     assert left["input_ids"].tolist() == [[pad, pad, pad, 2, 9, 3], [2, 5, 6, 7, 8, 3]]
     assert left["attention_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]

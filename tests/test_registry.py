@@ -249,6 +249,27 @@ def test_public_api_is_light_and_complete():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_api_1_module_attributes_keep_resolving():
+    """Plugins of API 1 reach whole modules as ``api.<name>``, ``api.transfer`` among them (the
+    task model's module under its earlier name)."""
+    import tamt_cli.api as api
+    from tamt_cli import artifacts, engine, finetune, masking, objectives, pretraining, task_model
+
+    assert api.transfer is task_model
+    assert api.transfer.quiet is task_model.quiet
+    assert api.transfer.load_tokenizer is api.load_tokenizer
+    assert api.transfer.Batcher is api.Batcher
+    from tamt_cli.api import transfer  # as a plugin of API 1 may import it
+
+    assert transfer is task_model
+    modules = (masking, engine, objectives, pretraining, artifacts, finetune)
+    for module in modules:
+        assert getattr(api, module.__name__.rsplit(".", 1)[1]) is module
+    assert "transfer" not in api.__all__
+    with pytest.raises(AttributeError):
+        api.task_model  # noqa: B018  (not part of the plugin API)
+
+
 def test_a_task_plugin_is_checked_against_the_protocol_like_a_method(tmp_path, monkeypatch, cli):
     site = tmp_path / "site"
     install_fake_distribution(

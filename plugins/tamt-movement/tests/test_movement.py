@@ -77,19 +77,19 @@ def test_one_step_picks_the_weights_its_definition_picks(setting, tmp_path):
     masks = artifacts.load_masks(tmp_path / "run/masks.safetensors")
 
     # By hand: S = −W ⊙ ∂L/∂W at the pre-trained weights, for the engine's first batch.
-    from tamt_cli.api import create_task, transfer
+    from tamt_cli.api import Batcher, create_task, load_tokenizer
     from tamt_cli.engine import step_indices
 
     task = create_task("sst2")
     raw = task.load("train", data)
     from tamt_cli.models import resolve
 
-    tokenizer = transfer.load_tokenizer(resolve(str(model_dir)))
+    tokenizer = load_tokenizer(resolve(str(model_dir)))
     features = task.encode(raw, tokenizer, 16, None, train=True)
     torch.manual_seed(4)
     model = task.auto_model_class().from_pretrained(str(model_dir), **task.model_config())
     model.train()
-    batch = transfer.Batcher(features, tokenizer)(step_indices(6, 0, 6, 4).tolist())
+    batch = Batcher(features, tokenizer)(step_indices(6, 0, 6, 4).tolist())
     model(**batch).loss.backward()
     weights = masking.prunable_weights(model)
     scores = {p.name: -(p.weight.detach() * p.weight.grad) for p in weights}

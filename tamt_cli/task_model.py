@@ -1,5 +1,5 @@
-"""Models and data for transfer: the task model with a subnetwork's mask held fixed, task
-features in batches, and scores of a model on a task's eval splits.
+"""The task model with a subnetwork's mask held fixed, task features in batches, and scores
+of a model on a task's eval splits.
 
 Used by `tamt finetune` and `tamt eval --task` (:mod:`tamt_cli.finetune`). The mask is held
 fixed by writing its zeros into the weights and attaching it as a fixed parametrization

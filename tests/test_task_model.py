@@ -1,12 +1,12 @@
-"""The task model with a subnetwork's mask held fixed, task data, and scores (tamt_cli.transfer)
-on a tiny BERT."""
+"""The task model with a subnetwork's mask held fixed, task data, and scores
+(tamt_cli.task_model) on a tiny BERT."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tamt_cli import artifacts, masking, models, subjects, transfer
+from tamt_cli import artifacts, masking, models, subjects, task_model
 from tamt_cli.errors import UserError
 from tamt_cli.tasks.base import create_task
 
@@ -26,7 +26,7 @@ def test_the_task_model_holds_the_mask_fixed(tiny_bert, mask_file):
     path, masks = mask_file
     subject = subjects.resolve(str(path), model=str(tiny_bert))
     assert subject.kind == "mask" and subject.embeddings and subject.pooler
-    built = transfer.build(create_task("sst2"), subject, seed=1)
+    built = task_model.build(create_task("sst2"), subject, seed=1)
     assert built.sparsity == pytest.approx(0.5, abs=1e-2)
     assert built.sparsity == masking.pruned_fraction(masks)
     assert built.notes == []
@@ -40,31 +40,31 @@ def test_the_task_model_holds_the_mask_fixed(tiny_bert, mask_file):
         "attention_mask": torch.ones(1, 4, dtype=torch.long),
         "labels": torch.tensor([1]),
     }
-    loss = transfer.TaskLoss(built.model)(**batch)
+    loss = task_model.TaskLoss(built.model)(**batch)
     loss.backward()
     grads = {p.name: p.weight.grad for p in built.weights}
     assert torch.count_nonzero(grads[query][~kept]) == 0  # no update reaches a pruned weight
     assert torch.count_nonzero(grads[query][kept]) > 0
     # the same seed gives the same head
-    again = transfer.build(create_task("sst2"), subject, seed=1)
+    again = task_model.build(create_task("sst2"), subject, seed=1)
     assert torch.equal(again.model.classifier.weight, built.model.classifier.weight)
-    other = transfer.build(create_task("sst2"), subject, seed=2)
+    other = task_model.build(create_task("sst2"), subject, seed=2)
     assert not torch.equal(other.model.classifier.weight, built.model.classifier.weight)
 
 
 def test_a_dense_subject_and_a_qa_model_without_a_pooler(tiny_bert, mask_file):
-    dense = transfer.build(create_task("sst2"), subjects.resolve(str(tiny_bert)), seed=0)
+    dense = task_model.build(create_task("sst2"), subjects.resolve(str(tiny_bert)), seed=0)
     assert dense.masks is None and dense.sparsity is None and dense.weights == []
     _, masks = mask_file
     from transformers import AutoModelForQuestionAnswering
 
     qa = AutoModelForQuestionAnswering.from_pretrained(str(tiny_bert))
-    weights, kept, dropped = transfer.fit_masks(qa, masks, "the mask")
+    weights, kept, dropped = task_model.fit_masks(qa, masks, "the mask")
     assert dropped == ["pooler.dense.weight"]
     assert set(kept) == {p.name for p in weights} == set(masks) - {"pooler.dense.weight"}
     wrong = {**masks, "encoder.layer.0.output.dense.weight": torch.ones(3, 3, dtype=torch.bool)}
     with pytest.raises(UserError, match="the mask"):
-        transfer.fit_masks(qa, wrong, "the mask")
+        task_model.fit_masks(qa, wrong, "the mask")
 
 
 def test_measured_sparsity_counts_exact_zeros(tiny_bert, mask_file):
@@ -73,36 +73,36 @@ def test_measured_sparsity_counts_exact_zeros(tiny_bert, mask_file):
     weights = masking.prunable_weights(model)
     total = sum(p.numel for p in weights)
     # the tiny model's padding embedding row (32 zeros) is above the 0.1% "dense" line
-    assert transfer.measured_sparsity(model) == 32 / total
+    assert task_model.measured_sparsity(model) == 32 / total
     without_padding = models.load_encoder(models.resolve(str(tiny_bert)))
     with torch.no_grad():
         without_padding.embeddings.word_embeddings.weight[0] = 1.0
-    assert transfer.measured_sparsity(without_padding) is None  # dense
+    assert task_model.measured_sparsity(without_padding) is None  # dense
     masking.bake_masks(weights, masks)
     pruned = masking.pruned_fraction(masks)
     assert pruned is not None
-    assert pruned <= transfer.measured_sparsity(model) <= pruned + 32 / total
+    assert pruned <= task_model.measured_sparsity(model) <= pruned + 32 / total
 
 
 def test_subset_is_seeded_and_keeps_file_order():
     from datasets import Dataset
 
     raw = Dataset.from_dict({"x": list(range(20))})
-    assert transfer.subset(raw, None, 0, "t") is raw
-    five = transfer.subset(raw, 5, 1, "t")["x"]
+    assert task_model.subset(raw, None, 0, "t") is raw
+    five = task_model.subset(raw, 5, 1, "t")["x"]
     assert len(five) == 5 and five == sorted(five)
-    assert five == transfer.subset(raw, 5, 1, "t")["x"]
-    assert five != transfer.subset(raw, 5, 2, "t")["x"]
+    assert five == task_model.subset(raw, 5, 1, "t")["x"]
+    assert five != task_model.subset(raw, 5, 2, "t")["x"]
     with pytest.raises(UserError, match="--train-size 21 is larger than the 20 training"):
-        transfer.subset(raw, 21, 0, "t")
+        task_model.subset(raw, 21, 0, "t")
 
 
 def test_flat_names_split_and_metric():
     scores = {"validation": {"accuracy": 80.0, "f1": 75.5}}
-    assert transfer.flat(scores) == {"validation/accuracy": 80.0, "validation/f1": 75.5}
-    assert transfer.flat(scores, prefix_always=False) == {"accuracy": 80.0, "f1": 75.5}
+    assert task_model.flat(scores) == {"validation/accuracy": 80.0, "validation/f1": 75.5}
+    assert task_model.flat(scores, prefix_always=False) == {"accuracy": 80.0, "f1": 75.5}
     two = {"validation_matched": {"accuracy": 1.0}, "validation_mismatched": {"accuracy": 2.0}}
-    assert transfer.flat(two, prefix_always=False) == {
+    assert task_model.flat(two, prefix_always=False) == {
         "validation_matched/accuracy": 1.0,
         "validation_mismatched/accuracy": 2.0,
     }
@@ -114,15 +114,15 @@ def test_scores_of_a_model_on_an_eval_set(tiny_bert, tmp_path):
 
     task = create_task("sst2")
     data = write_sst2(tmp_path / "SST-2", train=8, dev=12)
-    tokenizer = transfer.load_tokenizer(models.resolve(str(tiny_bert)))
-    sets = transfer.eval_sets(task, ["validation"], data, tokenizer, 32, None)
+    tokenizer = task_model.load_tokenizer(models.resolve(str(tiny_bert)))
+    sets = task_model.eval_sets(task, ["validation"], data, tokenizer, 32, None)
     assert [s.examples for s in sets] == [12]
-    built = transfer.build(task, subjects.resolve(str(tiny_bert)), seed=0)
+    built = task_model.build(task, subjects.resolve(str(tiny_bert)), seed=0)
     with torch.no_grad():
         built.model.classifier.weight.zero_()
         built.model.classifier.bias.copy_(torch.tensor([0.0, 5.0]))
     positive = 100.0 * sum(sets[0].raw["label"]) / 12
     advanced: list[tuple[str, int]] = []
-    scores = transfer.score(task, built.model, sets, 5, lambda s, n: advanced.append((s, n)))
+    scores = task_model.score(task, built.model, sets, 5, lambda s, n: advanced.append((s, n)))
     assert scores == {"validation": {"accuracy": pytest.approx(positive)}}
     assert advanced == [("validation", 5), ("validation", 5), ("validation", 2)]
