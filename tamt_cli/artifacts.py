@@ -182,7 +182,7 @@ def _is_stage(path: Path) -> bool:
 def busy(path: Path) -> bool:
     """Whether another live tamt process is writing the folder ``path``."""
     final = _absolute(path)
-    return _held(final / LOCK_FILE) or any(_held(s / LOCK_FILE) for s in _stages(final))
+    return _held(final / LOCK_FILE) or any(_held(stage / LOCK_FILE) for stage in _stages(final))
 
 
 def clean_stale(parent: Path) -> list[Path]:
@@ -260,9 +260,9 @@ def check_output(
             hint += f", or continue it with: tamt search --resume {path}"
         raise UserError(f"{flag} '{path}' already exists; choose another path{hint}")
     if target.is_symlink() or not target.is_dir():
-        what = "a symbolic link" if target.is_symlink() else "not a folder"
+        problem = "a symbolic link" if target.is_symlink() else "not a folder"
         raise UserError(
-            f"{flag} '{path}' is {what}; --overwrite replaces only a tamt run or export folder"
+            f"{flag} '{path}' is {problem}; --overwrite replaces only a tamt run or export folder"
         )
     try:
         kind = read_manifest(target).get("kind")
@@ -410,8 +410,8 @@ def load_masks(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        what = "is a directory, not" if path.is_dir() else "does not exist"
-        raise UserError(f"mask file '{path}' {what}" + (" a file" if path.is_dir() else ""))
+        problem = "is a directory, not" if path.is_dir() else "does not exist"
+        raise UserError(f"mask file '{path}' {problem}" + (" a file" if path.is_dir() else ""))
     try:
         with safe_open(str(path), framework="np") as fh:
             meta = fh.metadata() or {}

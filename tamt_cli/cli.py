@@ -724,7 +724,7 @@ def finetune(
     seed_list: list[int] | None = None
     if seeds is not None:
         try:
-            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
         except ValueError:
             raise UserError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
     elif seed is not None:

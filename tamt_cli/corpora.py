@@ -332,14 +332,14 @@ def _blocks(
     need: int = 1,
 ) -> np.ndarray:
     """``[n, max_length]`` int32 blocks ``[CLS] ids… [SEP]``; the incomplete last one dropped."""
-    what = f"corpus '{corpus}'" + (f" ({split})" if split else "")
+    source = f"corpus '{corpus}'" + (f" ({split})" if split else "")
     if ids.size == 0:
-        raise UserError(f"{what} is empty: it has no text to tokenise; use {_VALID}")
+        raise UserError(f"{source} is empty: it has no text to tokenise; use {_VALID}")
     body = max_length - 2
     n = ids.size // body
     if n < need:
         raise UserError(
-            f"{what} is too small: its {ids.size} tokens make {n} block(s) of max_length "
+            f"{source} is too small: its {ids.size} tokens make {n} block(s) of max_length "
             f"{max_length} ({body} tokens each) and at least {need} are needed; give more text "
             f"or a smaller max_length"
         )

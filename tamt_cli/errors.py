@@ -72,9 +72,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def unknown(what: str, word: str, choices: Iterable[str]) -> UserError:
+def unknown(kind: str, word: str, choices: Iterable[str]) -> UserError:
     """`unknown method 'ompp'; did you mean 'omp'? available: omp, random`."""
     choices = sorted(choices)
     available = ", ".join(choices) if choices else "none installed"
     hint = did_you_mean(word, choices) or ";"
-    return UserError(f"unknown {what} '{word}'{hint} available: {available}")
+    return UserError(f"unknown {kind} '{word}'{hint} available: {available}")

@@ -52,10 +52,10 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     record = manifest if same and manifest is not None else {}
     options = spec.task_options or record.get("task_options") or {}
     task = create_task(spec.task, options)
-    hp = record.get("hyperparameters", {})
-    max_length = spec.max_length or hp.get("max_length") or task.defaults.max_length
-    doc_stride = spec.doc_stride or hp.get("doc_stride") or task.defaults.doc_stride
-    batch_size = spec.batch_size or hp.get("eval_batch_size") or task.defaults.batch_size
+    tuned_with = record.get("hyperparameters", {})
+    max_length = spec.max_length or tuned_with.get("max_length") or task.defaults.max_length
+    doc_stride = spec.doc_stride or tuned_with.get("doc_stride") or task.defaults.doc_stride
+    batch_size = spec.batch_size or tuned_with.get("eval_batch_size") or task.defaults.batch_size
     splits = task.splits(spec.split)
     tokenizer = task_model.load_tokenizer(ref)
     models.check_positions(ref, max_length)
@@ -76,9 +76,12 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "task": task.name,
         "checkpoint": spec.checkpoint,
         "split": ",".join(splits),
-        "examples": sum(s.examples for s in sets),
+        "examples": sum(eval_set.examples for eval_set in sets),
         "metrics": task_model.flat(scores, prefix_always=False),
-        "splits": {s.split: {"examples": s.examples, "metrics": scores[s.split]} for s in sets},
+        "splits": {
+            eval_set.split: {"examples": eval_set.examples, "metrics": scores[eval_set.split]}
+            for eval_set in sets
+        },
         "main_metric": task.main_metric,
         "mask_sparsity": sparsity,
         "model": ref.location,
@@ -130,7 +133,10 @@ def eval_progress(console: Console, sets: list[task_model.EvalSet]) -> Any:
         console=console,
         transient=True,
     ) as bar:
-        ids = {s.split: bar.add_task(f"scoring {s.split}", total=len(s.features)) for s in sets}
+        ids = {
+            eval_set.split: bar.add_task(f"scoring {eval_set.split}", total=len(eval_set.features))
+            for eval_set in sets
+        }
         yield lambda split, n: bar.advance(ids[split], n)
 
 
@@ -143,19 +149,21 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
-    what = subjects.resolve(spec.checkpoint, spec.step)
-    if spec.head == "own" and "mlm" in spec.objective and what.head_file is None:
+    subject = subjects.resolve(spec.checkpoint, spec.step)
+    if spec.head == "own" and "mlm" in spec.objective and subject.head_file is None:
         raise UserError(
             f"--head own needs a search run that trained an MLM head; '{spec.checkpoint}' has "
             f"no {artifacts.HEAD_FILE} (use --head shared)"
         )
     engine = Engine("no", console)
     try:
-        with console.status(f"loading model {what.ref.given}"):
-            model = models.load_encoder(what.ref)
-        recorded = (what.manifest or {}).get("model", {}).get("weights_sha256")
-        models.check_weights(model, recorded, what.ref.given, f"'{spec.checkpoint}'")
-        weights = masking.prunable_weights(model, embeddings=what.embeddings, pooler=what.pooler)
+        with console.status(f"loading model {subject.ref.given}"):
+            model = models.load_encoder(subject.ref)
+        recorded = (subject.manifest or {}).get("model", {}).get("weights_sha256")
+        models.check_weights(model, recorded, subject.ref.given, f"'{spec.checkpoint}'")
+        weights = masking.prunable_weights(
+            model, embeddings=subject.embeddings, pooler=subject.pooler
+        )
         for p in model.parameters():
             p.requires_grad_(False)
         batch = spec.batch_size or 16
@@ -166,11 +174,11 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
             batch_size=batch,
             eval_blocks=spec.eval_blocks,
         )
-        data = pretraining.prepare(what.ref, model, data_spec, engine, console)
+        data = pretraining.prepare(subject.ref, model, data_spec, engine, console)
         head, head_record = None, None
         if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
             head, head_record = pretraining.shared_head(
-                what.ref,
+                subject.ref,
                 model,
                 weights,
                 data,
@@ -181,16 +189,16 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
                 batch_size=batch,
             )
             if spec.head == "own":
-                assert what.head_file is not None
-                _load_head(head, what.head_file)
+                assert subject.head_file is not None
+                _load_head(head, subject.head_file)
                 head_record = {"kind": "own", "about": "trained with the mask by the search"}
         sparsity = None
-        if what.masks is not None:
+        if subject.masks is not None:
             masking.check_fits(
-                what.masks, masking.shapes(weights), f"the mask of '{spec.checkpoint}'"
+                subject.masks, masking.shapes(weights), f"the mask of '{spec.checkpoint}'"
             )
-            masking.attach_masks(weights, what.masks)
-            sparsity = masking.pruned_fraction(what.masks)
+            masking.attach_masks(weights, subject.masks)
+            sparsity = masking.pruned_fraction(subject.masks)
         module = objectives.PretrainingLoss(model, weights, spec.objective, head)
         module.to(engine.device)
         loss = pretraining.held_out_loss(module, data, spec.objective, data_spec, engine.device)
@@ -198,7 +206,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         engine.end()
     return {
         "checkpoint": spec.checkpoint,
-        "subject": what.description,
+        "subject": subject.description,
         "objective": spec.objective,
         "loss": loss,
         "split": "held-out",

@@ -70,8 +70,8 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
     from tamt_cli.tasks.base import MAX_EVALUATIONS, create_task, eval_interval
 
     task = create_task(spec.task, spec.task_options)
-    hp = settings(spec, task)
-    default = hp.pop("eval_every_default")
+    hyperparameters = settings(spec, task)
+    default = hyperparameters.pop("eval_every_default")
     examples = None
     if task.head != "span" and spec.eval_every is None:
         examples = spec.train_size
@@ -79,15 +79,17 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
             with verbosity.quiet_libraries():
                 examples = len(task.load(task.train_split, spec.data_dir))
     if examples is not None:
-        steps = max(1, math.ceil(hp["epochs"] * examples / hp["batch_size"]))
-        hp["steps"] = steps
-        hp["eval_every"] = eval_interval(spec.eval_every, default, steps)
+        steps = max(
+            1, math.ceil(hyperparameters["epochs"] * examples / hyperparameters["batch_size"])
+        )
+        hyperparameters["steps"] = steps
+        hyperparameters["eval_every"] = eval_interval(spec.eval_every, default, steps)
     elif spec.eval_every is None:
-        hp["eval_every"] = (
+        hyperparameters["eval_every"] = (
             f"{default}, or ⌈steps / {MAX_EVALUATIONS}⌉ when a run has more than "
             f"{default * MAX_EVALUATIONS} steps"
         )
-    return hp
+    return hyperparameters
 
 
 def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
@@ -96,19 +98,24 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     from tamt_cli.tasks.base import create_task
 
     task = create_task(spec.task, spec.task_options)
-    what = subjects.resolve(spec.subnetwork, model=spec.model, own_weights=True)
+    subject = subjects.resolve(spec.subnetwork, model=spec.model, own_weights=True)
     out = Path(spec.out) if spec.out else artifacts.default_run_dir("finetune", task.name)
     artifacts.check_output(out, flag="--out")
-    hp = settings(spec, task)
-    tokenizer = tokenizer_for(what)
-    models.check_positions(what.ref, hp["max_length"])
+    hyperparameters = settings(spec, task)
+    tokenizer = tokenizer_for(subject)
+    models.check_positions(subject.ref, hyperparameters["max_length"])
     with console.status(f"loading {task.name} data"):
         train_raw = task.load(task.train_split, spec.data_dir)
         task_model.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
         sets = task_model.eval_sets(
-            task, task.eval_splits, spec.data_dir, tokenizer, hp["max_length"], hp["doc_stride"]
+            task,
+            task.eval_splits,
+            spec.data_dir,
+            tokenizer,
+            hyperparameters["max_length"],
+            hyperparameters["doc_stride"],
         )
-    link = subnetwork_link(spec, what)
+    link = subnetwork_link(spec, subject)
     engine = Engine(spec.mixed_precision, console, spec.report_to)
     notes: list[str] = []
     try:
@@ -121,11 +128,11 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 record = train_seed(
                     seed,
                     task,
-                    what,
+                    subject,
                     tokenizer,
                     train_raw,
                     sets,
-                    hp,
+                    hyperparameters,
                     spec,
                     engine,
                     stage,
@@ -136,9 +143,9 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                     if note not in notes:
                         notes.append(note)
                         console.print(f"[yellow]note:[/yellow] {note}")
-                hp["eval_every"] = record["eval_every"]  # the same for every seed
+                hyperparameters["eval_every"] = record["eval_every"]  # the same for every seed
                 runs.append(record)
-            result = summarise(task, spec, out, what, link, runs, notes)
+            result = summarise(task, spec, out, subject, link, runs, notes)
             if stage is not None:
                 artifacts.write_json(stage / artifacts.SUMMARY, result)
                 artifacts.write_json(
@@ -149,9 +156,9 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                         task=task.name,
                         task_options=spec.task_options,
                         seeds=spec.seeds,
-                        members=[artifacts.seed_folder(s) for s in spec.seeds],
+                        members=[artifacts.seed_folder(seed) for seed in spec.seeds],
                         subnetwork={**link, "mask_sparsity": result["mask_sparsity"]},
-                        hyperparameters=hp,
+                        hyperparameters=hyperparameters,
                         data=data_record(spec, train_raw, sets),
                         summary=artifacts.SUMMARY,
                     ),
@@ -161,13 +168,13 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     return result
 
 
-def tokenizer_for(what: Any) -> Any:
+def tokenizer_for(subject: Any) -> Any:
     """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
     try:
-        return task_model.load_tokenizer(what.ref)
+        return task_model.load_tokenizer(subject.ref)
     except UserError:
-        record = (what.manifest or {}).get("model")
-        if what.kind != "subnetwork" or not record:
+        record = (subject.manifest or {}).get("model")
+        if subject.kind != "subnetwork" or not record:
             raise
         return task_model.load_tokenizer(models.resolve(record["id"]))
 
@@ -203,11 +210,11 @@ class Tracker(Hooks):
 def train_seed(
     seed: int,
     task: Any,
-    what: Any,
+    subject: Any,
     tokenizer: Any,
     train_raw: Any,
     sets: list[task_model.EvalSet],
-    hp: dict[str, Any],
+    hyperparameters: dict[str, Any],
     spec: FinetuneSpec,
     engine: Any,
     stage: Path | None,
@@ -223,29 +230,35 @@ def train_seed(
     from tamt_cli.tasks import base as tasks_base
 
     raw = task_model.subset(train_raw, spec.train_size, seed, task.name)
-    features = task.encode(raw, tokenizer, hp["max_length"], hp["doc_stride"], train=True)
+    features = task.encode(
+        raw, tokenizer, hyperparameters["max_length"], hyperparameters["doc_stride"], train=True
+    )
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
-    built = task_model.build(task, what, seed)
-    multiple = 8 if hp["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
+    model_and_masks = task_model.build(task, subject, seed)
+    multiple = 8 if hyperparameters["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
     batcher = task_model.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
-    n, batch_size = len(batcher), hp["batch_size"]
-    steps = max(1, math.ceil(hp["epochs"] * n / batch_size))
-    module = task_model.TaskLoss(built.model)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=hp["lr"], weight_decay=0.0)
+    n, batch_size = len(batcher), hyperparameters["batch_size"]
+    steps = max(1, math.ceil(hyperparameters["epochs"] * n / batch_size))
+    module = task_model.TaskLoss(model_and_masks.model)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=hyperparameters["lr"], weight_decay=0.0)
     scheduler = linear_schedule(optimizer, steps)
     main_split = task.eval_splits[0]
     tracker = Tracker(
-        lambda: task_model.score(task, built.model, sets, hp["eval_batch_size"]),
+        lambda: task_model.score(
+            task, model_and_masks.model, sets, hyperparameters["eval_batch_size"]
+        ),
         main_split,
         task.main_metric,
     )
     loop = Loop(
         max_steps=steps,
         batch_size=batch_size,
-        clip=hp["clip"],
+        clip=hyperparameters["clip"],
         seed=seed,
-        eval_every=tasks_base.eval_interval(spec.eval_every, hp["eval_every_default"], steps),
+        eval_every=tasks_base.eval_interval(
+            spec.eval_every, hyperparameters["eval_every_default"], steps
+        ),
         description=f"{task.name} seed {seed}",
     )
     folder = stage / artifacts.seed_folder(seed) if stage is not None else None
@@ -267,17 +280,17 @@ def train_seed(
     seconds = time.perf_counter() - t0
     engine.stop_tracking()  # each seed is a run of its own
     engine.accelerator.free_memory()
-    model = built.model
-    masking.detach_masks(built.weights)
-    if built.masks is not None:
-        masking.bake_masks(built.weights, built.masks)
+    model = model_and_masks.model
+    masking.detach_masks(model_and_masks.weights)
+    if model_and_masks.masks is not None:
+        masking.bake_masks(model_and_masks.weights, model_and_masks.masks)
     best, final = tracker.best, tracker.final
     record = {
         "seed": seed,
         "folder": artifacts.seed_folder(seed),
         "steps": steps,
         "eval_every": loop.eval_every,
-        "epochs": hp["epochs"],
+        "epochs": hyperparameters["epochs"],
         "train_examples": len(raw),
         "train_features": n,
         "seconds": round(seconds, 2),
@@ -288,8 +301,8 @@ def train_seed(
     if folder is not None:
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
-        if built.masks is not None:
-            artifacts.save_masks(folder / artifacts.MASK_FILE, built.masks)
+        if model_and_masks.masks is not None:
+            artifacts.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
         artifacts.write_json(
             folder / artifacts.SEED_METRICS,
             {
@@ -312,40 +325,41 @@ def train_seed(
                 task=task.name,
                 task_options=spec.task_options,
                 seed=seed,
-                subnetwork={**link, "mask_sparsity": built.sparsity},
+                subnetwork={**link, "mask_sparsity": model_and_masks.sparsity},
                 model={
                     "class": type(model).__name__,
                     "model_type": model.config.model_type,
                     "num_labels": model.config.num_labels,
                 },
-                hyperparameters={**hp, "steps": steps, "eval_every": loop.eval_every},
+                hyperparameters={**hyperparameters, "steps": steps, "eval_every": loop.eval_every},
                 data={**data_record(spec, train_raw, sets), "train_examples": len(raw)},
                 best=record["best"],
                 final=record["final"],
                 seconds=record["seconds"],
-                notes=built.notes,
+                notes=model_and_masks.notes,
             ),
         )
-    record["mask_sparsity"] = built.sparsity
-    record["notes"] = built.notes
+    record["mask_sparsity"] = model_and_masks.sparsity
+    record["notes"] = model_and_masks.notes
     return record
 
 
-def subnetwork_link(spec: FinetuneSpec, what: Any) -> dict[str, Any]:
+def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
     """What the fine-tuned model came from, for its manifest."""
-    manifest = what.manifest or {}
+    manifest = subject.manifest or {}
     path = Path(spec.subnetwork)
     return {
         "given": spec.subnetwork,
         "path": str(path.resolve()) if path.exists() else None,
-        "kind": what.kind,
+        "kind": subject.kind,
         "method": manifest.get("method"),
         "sparsity": manifest.get("sparsity"),
         "scope": manifest.get("scope"),
-        "mask_file": str(Path(what.mask_file).resolve()) if what.mask_file else None,
+        "mask_file": str(Path(subject.mask_file).resolve()) if subject.mask_file else None,
         "source_run": manifest.get("source_run"),
-        "model": manifest.get("model") or {"id": what.ref.given, "location": what.ref.location},
-        "loaded_from": what.ref.location,
+        "model": manifest.get("model")
+        or {"id": subject.ref.given, "location": subject.ref.location},
+        "loaded_from": subject.ref.location,
     }
 
 
@@ -355,7 +369,7 @@ def data_record(spec: FinetuneSpec, train_raw: Any, sets: list[task_model.EvalSe
         "source": "local files" if spec.data_dir else "Hugging Face hub",
         "train_available": len(train_raw),
         "train_size": spec.train_size,
-        "eval": {s.split: s.examples for s in sets},
+        "eval": {eval_set.split: eval_set.examples for eval_set in sets},
     }
 
 
@@ -378,7 +392,7 @@ def summarise(
     task: Any,
     spec: FinetuneSpec,
     out: Path,
-    what: Any,
+    subject: Any,
     link: dict[str, Any],
     runs: list[dict[str, Any]],
     notes: list[str],
@@ -389,7 +403,7 @@ def summarise(
         "out": str(out),
         "task": task.name,
         "subnetwork": spec.subnetwork,
-        "kind": what.kind,
+        "kind": subject.kind,
         "method": link["method"],
         "mask_sparsity": runs[0].get("mask_sparsity"),
         "selected_by": f"{task.eval_splits[0]}/{task.main_metric}",

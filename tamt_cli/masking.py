@@ -158,7 +158,8 @@ def keep_all_but_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 def local_masks(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> Masks:
     """Per-matrix masks pruning ``counts[name]`` lowest scores of every matrix."""
     return {
-        name: keep_all_but_lowest(s, counts[name]).reshape(s.shape) for name, s in scores.items()
+        name: keep_all_but_lowest(score, counts[name]).reshape(score.shape)
+        for name, score in scores.items()
     }
 
 
@@ -182,7 +183,7 @@ def masks_from_scores(
     """Exact-sparsity keep-masks that prune the lowest scores, per matrix or globally."""
     if scope == "global":
         return global_masks(scores, sparsity)
-    counts = {name: prune_count(s.numel(), sparsity) for name, s in scores.items()}
+    counts = {name: prune_count(score.numel(), sparsity) for name, score in scores.items()}
     return local_masks(scores, counts)
 
 

@@ -54,7 +54,7 @@ def resolve(given: str) -> ModelRef:
     return ModelRef(given, given, False)
 
 
-def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> Any:
+def pretrained(load: Callable[..., Any], ref: ModelRef, kind: str = "model") -> Any:
     """``load(location, **kw)`` with one-line errors: a local folder directly; a hub id from the
     local cache first, and from the hub only when it answers at all, so an offline machine
     fails at once instead of after minutes of retries."""
@@ -66,26 +66,26 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, what: str = "model") -> 
         *(OSError, ValueError, KeyError, RuntimeError),
         *(SafetensorError, pickle.UnpicklingError),
     )
-    ways = "; use --model demo or a local model folder" if what == "model" else ""
+    ways = "; use --model demo or a local model folder" if kind == "model" else ""
     if ref.local:
         try:
             return load(ref.location)
         except failures as exc:
-            raise UserError(f"cannot load {what} from '{ref.given}': {_fault(ref, exc)}") from None
+            raise UserError(f"cannot load {kind} from '{ref.given}': {_fault(ref, exc)}") from None
     try:
         return load(ref.location, local_files_only=True)
     except failures:
         pass
     if not hub.usable():
         raise UserError(
-            f"cannot load {what} '{ref.given}': not in the local cache and the Hugging Face hub "
+            f"cannot load {kind} '{ref.given}': not in the local cache and the Hugging Face hub "
             f"is unreachable{ways}"
         )
     try:
         return load(ref.location)
     except failures as exc:
         raise UserError(
-            f"cannot load {what} '{ref.given}' from the Hugging Face hub ({first_line(exc)}){ways}"
+            f"cannot load {kind} '{ref.given}' from the Hugging Face hub ({first_line(exc)}){ways}"
         ) from None
 
 

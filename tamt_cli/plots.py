@@ -40,7 +40,7 @@ def write(doc: dict[str, Any], folder: Path) -> list[Path]:
     for c in doc["correlations"]:
         path = folder / f"heldout-{c['objective']}-{c['task']}.png"
         written.append(_heldout(plt, doc, c, path))
-    subnetworks = [s for s in doc["subnetworks"] if s["layers"]]
+    subnetworks = [subnetwork for subnetwork in doc["subnetworks"] if subnetwork["layers"]]
     if subnetworks:
         written.append(_layers(plt, subnetworks, folder / "layer-sparsity.png"))
     if doc["overlap"]:
@@ -68,8 +68,8 @@ def _score(plt: Any, doc: dict[str, Any], task: str, path: Path) -> Path:
         )
         xs, means, stds = zip(*points, strict=True)
         (line,) = ax.plot(xs, means, marker=MARKERS[i % len(MARKERS)], label=method)
-        low = [m - s for m, s in zip(means, stds, strict=True)]
-        high = [m + s for m, s in zip(means, stds, strict=True)]
+        low = [mean - std for mean, std in zip(means, stds, strict=True)]
+        high = [mean + std for mean, std in zip(means, stds, strict=True)]
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     dense = next((r for r in rows if r["method"] == "dense"), None)
     if dense is not None:
@@ -123,15 +123,19 @@ def _layer_order(name: str) -> tuple[int, int]:
 
 
 def _layers(plt: Any, subnetworks: list[dict[str, Any]], path: Path) -> Path:
-    columns = sorted({k for s in subnetworks for k in s["layers"]}, key=_layer_order)
-    values = [[s["layers"].get(c, float("nan")) for c in columns] for s in subnetworks]
+    columns = sorted(
+        {k for subnetwork in subnetworks for k in subnetwork["layers"]}, key=_layer_order
+    )
+    values = [
+        [subnetwork["layers"].get(c, float("nan")) for c in columns] for subnetwork in subnetworks
+    ]
     height = 1.2 + 0.38 * len(subnetworks)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.75 * len(columns) + 2.5), height))
     image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels([f"layer {c}" if c.isdigit() else c for c in columns], rotation=30)
     ax.set_yticks(range(len(subnetworks)))
-    ax.set_yticklabels([s["name"] for s in subnetworks])
+    ax.set_yticklabels([subnetwork["name"] for subnetwork in subnetworks])
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             if value == value:  # not NaN
@@ -143,7 +147,9 @@ def _layers(plt: Any, subnetworks: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _overlap(plt: Any, overlap: list[dict[str, Any]], path: Path) -> Path:
-    levels = sorted({o["sparsity"] for o in overlap}, key=lambda s: -1 if s is None else s)
+    levels = sorted(
+        {o["sparsity"] for o in overlap}, key=lambda level: -1 if level is None else level
+    )
     fig, axes = plt.subplots(
         1, len(levels), figsize=(4.2 * len(levels) + 1.5, 4.4), squeeze=False, layout="constrained"
     )

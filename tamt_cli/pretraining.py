@@ -333,7 +333,7 @@ def fit_head(
     run_dir: Path | None,
 ) -> None:
     """Train the head's own parameters on the MLM loss of the frozen dense ``model``."""
-    from tamt_cli import engine as eng
+    from tamt_cli.engine import Loop, linear_schedule
 
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -342,10 +342,8 @@ def fit_head(
         p.requires_grad_(True)
     module = objectives.PretrainingLoss(model, weights, "mlm", head)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
-    scheduler = eng.linear_schedule(optimizer, steps)
-    loop = eng.Loop(
-        max_steps=steps, batch_size=batch_size, seed=HEAD_SEED, description="MLM head fit"
-    )
+    scheduler = linear_schedule(optimizer, steps)
+    loop = Loop(max_steps=steps, batch_size=batch_size, seed=HEAD_SEED, description="MLM head fit")
     try:
         engine.fit(
             module,

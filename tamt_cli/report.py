@@ -216,12 +216,12 @@ def aggregate(values: list[float]) -> dict[str, Any]:
 
 def _all_metrics(seeds: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
     names = sorted(
-        {f"{split}/{name}" for s in seeds for split, ms in s[which].items() for name in ms}
+        {f"{split}/{name}" for seed in seeds for split, ms in seed[which].items() for name in ms}
     )
     out = {}
     for full in names:
         split, _, name = full.partition("/")
-        values = [s[which][split][name] for s in seeds if name in s[which].get(split, {})]
+        values = [seed[which][split][name] for seed in seeds if name in seed[which].get(split, {})]
         values = [float(v) for v in values if isinstance(v, (int, float))]
         if values:
             out[full] = aggregate(values)
@@ -243,18 +243,23 @@ def build(inputs: Inputs) -> dict[str, Any]:
             key = (str(manifest.get("method")), _number(manifest.get("sparsity")))
             seconds.setdefault(key, []).append(value)
     groups: dict[tuple[str, str, str, Key], list[dict[str, Any]]] = {}
-    for s in inputs.seeds:
-        if s["task"] and s["split"] and s["metric"]:
-            group = (s["task"], s["split"], s["metric"], (s["method"], s["sparsity"]))
-            groups.setdefault(group, []).append(s)
+    for seed in inputs.seeds:
+        if seed["task"] and seed["split"] and seed["metric"]:
+            group = (
+                seed["task"],
+                seed["split"],
+                seed["metric"],
+                (seed["method"], seed["sparsity"]),
+            )
+            groups.setdefault(group, []).append(seed)
     rows = []
     for (task, split, metric, key), seeds in sorted(
         groups.items(), key=lambda kv: (kv[0][0], _order(kv[0][3]))
     ):
         values = [
-            float(s["best"][split][metric])
-            for s in seeds
-            if isinstance(s["best"].get(split, {}).get(metric), (int, float))
+            float(seed["best"][split][metric])
+            for seed in seeds
+            if isinstance(seed["best"].get(split, {}).get(metric), (int, float))
         ]
         if not values:
             continue
@@ -265,7 +270,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
                 "method": key[0],
                 "sparsity": key[1],
                 "metric": f"{split}/{metric}",
-                "seeds": sorted(s["seed"] for s in seeds if s["seed"] is not None),
+                "seeds": sorted(seed["seed"] for seed in seeds if seed["seed"] is not None),
                 "mean": main["mean"],
                 "std": main["std"],
                 "values": main["values"],
@@ -274,7 +279,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
                 "search_seconds": statistics.fmean(seconds[key]) if key in seconds else None,
                 "best": _all_metrics(seeds, "best"),
                 "final": _all_metrics(seeds, "final"),
-                "runs": sorted({s["run"] for s in seeds}),
+                "runs": sorted({seed["run"] for seed in seeds}),
             }
         )
     _matching(rows)

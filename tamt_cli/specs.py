@@ -52,7 +52,7 @@ def check_sparsity(value: float) -> float:
 def check_seeds(value: list[int]) -> list[int]:
     if not value:
         raise ValueError("give at least one seed")
-    if any(s < 0 for s in value):
+    if any(seed < 0 for seed in value):
         raise ValueError(f"seeds must not be negative, got {value}")
     if len(set(value)) != len(value):
         raise ValueError(f"seeds repeat, got {value}")

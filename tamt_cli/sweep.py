@@ -77,8 +77,8 @@ class GridSpec(Spec):
     @field_validator("sparsities")
     @classmethod
     def _sparsities(cls, value: list[float]) -> list[float]:
-        for s in value:
-            check_sparsity(s)
+        for sparsity in value:
+            check_sparsity(sparsity)
         return _unique(value, "sparsities")
 
     @field_validator("methods", "tasks")
@@ -89,9 +89,9 @@ class GridSpec(Spec):
     _seeds = field_validator("seeds")(lambda v: check_seeds(v))
 
 
-def _unique(value: list[Any], what: str) -> list[Any]:
+def _unique(value: list[Any], name: str) -> list[Any]:
     if len(set(value)) != len(value):
-        raise ValueError(f"{what} repeat, got {value}")
+        raise ValueError(f"{name} repeat, got {value}")
     return value
 
 
@@ -115,12 +115,12 @@ class Cell:
 
     @property
     def label(self) -> str:
-        what = self.method if self.sparsity is None else f"{self.method} s{self.sparsity:g}"
+        subnetwork = self.method if self.sparsity is None else f"{self.method} s{self.sparsity:g}"
         if self.kind == "search":
-            return f"search {what}"
+            return f"search {subnetwork}"
         if self.kind == "heldout":
-            return f"held-out {self.objective} loss of {what}"
-        return f"finetune {self.task} {what} seed {self.seed}"
+            return f"held-out {self.objective} loss of {subnetwork}"
+        return f"finetune {self.task} {subnetwork} seed {self.seed}"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -495,7 +495,7 @@ def _line(
 def _eta(todo: list[Cell], timings: dict[str, list[float]]) -> float | None:
     """Seconds left: each remaining cell at the mean time of finished cells of its kind (of all
     finished cells when none of its kind has finished)."""
-    every = [s for v in timings.values() for s in v]
+    every = [seconds for v in timings.values() for seconds in v]
     if not every:
         return None
     left = [c for c in todo if c.status in {"pending", "partial"}]
@@ -586,7 +586,7 @@ def _flag(name: str, value: Any) -> list[str]:
         repeat = "-o" if name == "options" else "--task-option"
         return [w for k, v in value.items() for w in (repeat, f"{k}={_scalar(v)}")]
     if name == "seeds":
-        return ["--seeds", ",".join(str(s) for s in value)]
+        return ["--seeds", ",".join(str(seed) for seed in value)]
     if isinstance(value, bool):
         return [flag if value else "--no-" + name.replace("_", "-")]
     if isinstance(value, (dict, list)):

@@ -65,7 +65,7 @@ class TaskModel:
         return masking.pruned_fraction(self.masks)
 
 
-def build(task: Any, what: Subject, seed: int) -> TaskModel:
+def build(task: Any, subject: Subject, seed: int) -> TaskModel:
     """The task's model (``task.auto_model_class()``) from the subject's weights, a new head
     initialised from ``seed``, its mask held fixed."""
     cls = task.auto_model_class()
@@ -83,21 +83,21 @@ def build(task: Any, what: Subject, seed: int) -> TaskModel:
         )
 
     with verbosity.quiet_libraries():
-        model, info = models.pretrained(load, what.ref, "model")
+        model, info = models.pretrained(load, subject.ref, "model")
     base = model.base_model
     prefix = f"{model.base_model_prefix}." if base is not model else ""
     models.mark_absent(base, info["missing_keys"], prefix)
     notes: list[str] = []
-    if what.weights_sha256 is not None and models.weights_hash(base) != what.weights_sha256:
+    if subject.weights_sha256 is not None and models.weights_hash(base) != subject.weights_sha256:
         # the task model may lack part of the encoder (a QA model: the pooler)
-        encoder = models.load_encoder(what.ref)
+        encoder = models.load_encoder(subject.ref)
         models.check_weights(
-            encoder, what.weights_sha256, what.ref.given, f"the mask '{what.mask_file}'"
+            encoder, subject.weights_sha256, subject.ref.given, f"the mask '{subject.mask_file}'"
         )
         del encoder
-    if what.masks is None:
+    if subject.masks is None:
         return TaskModel(model, [], None, notes)
-    weights, masks, dropped = fit_masks(model, what.masks, f"the mask of '{what.mask_file}'")
+    weights, masks, dropped = fit_masks(model, subject.masks, f"the mask of '{subject.mask_file}'")
     if dropped:
         notes.append(
             f"{type(model).__name__} has no {', '.join(dropped)}; "
@@ -109,7 +109,7 @@ def build(task: Any, what: Subject, seed: int) -> TaskModel:
 
 
 def fit_masks(
-    model: Any, masks: Mapping[str, torch.Tensor], what: str
+    model: Any, masks: Mapping[str, torch.Tensor], description: str
 ) -> tuple[list[masking.Prunable], dict[str, torch.Tensor], list[str]]:
     """The model's prunable weights the masks cover, the masks for them, and the names of masked
     weights the model lacks because its head does not use them (the pooler of a QA model).
@@ -122,7 +122,7 @@ def fit_masks(
     kept = {name: mask.to("cpu", dtype=torch.bool) for name, mask in masks.items()}
     for name in dropped:
         del kept[name]
-    masking.check_fits(kept, masking.shapes(weights), what)
+    masking.check_fits(kept, masking.shapes(weights), description)
     return weights, kept, dropped
 
 
@@ -275,7 +275,7 @@ def score(
     """``{split: {metric: value}}`` (percent) of ``model`` on every eval set."""
     out: dict[str, dict[str, float]] = {}
     for data in sets:
-        step = None if advance is None else (lambda n, s=data.split: advance(s, n))
+        step = None if advance is None else (lambda n, split=data.split: advance(split, n))
         predictions = predict(model, data, batch_size, task.head == "span", step)
         scores = task.metrics(data.raw, data.features, predictions)
         out[data.split] = {k: _finite(v) for k, v in scores.items()}

@@ -165,12 +165,12 @@ def test_a_run_rewinds_and_prunes_by_trained_magnitude(cli, tiny_bert, corpus, m
 
     def watch_step(self, step):  # pruned weights keep their stored values within a round,
         original_after_step(self, step)  # even the embeddings the MLM decoder reads unmasked
-        for p in self.s.job.weights:
+        for p in self.session.job.weights:
             key = "encoder." + p.name.removesuffix("weight") + "parametrizations.weight.original"
-            if key in self.s.snapshot:  # the pooler is not trained at all
-                keep = self.s.masks[p.name]
+            if key in self.session.snapshot:  # the pooler is not trained at all
+                keep = self.session.masks[p.name]
                 stored = p.weight.detach()[~keep]
-                checks.append(torch.equal(stored, self.s.snapshot[key][~keep]))
+                checks.append(torch.equal(stored, self.session.snapshot[key][~keep]))
 
     monkeypatch.setattr(imp, "prune_round", watch_prune)
     monkeypatch.setattr(imp.IMPSession, "prune", watch_session)

@@ -288,14 +288,14 @@ class IMPSession:
         return self.masks
 
     def new_optimizer(self) -> tuple[Any, Any]:
-        from tamt_cli import engine as eng
         from tamt_cli import pretraining
+        from tamt_cli.engine import linear_schedule
 
         optimizer = pretraining.optimizer(
             self.encoder_params, self.lr, self.head_params, self.head_lr
         )
         horizon = self.total_steps if self.options.schedule == "run" else self.per_round
-        return optimizer, eng.linear_schedule(optimizer, horizon)
+        return optimizer, linear_schedule(optimizer, horizon)
 
     # -- rounds ---------------------------------------------------------------------------------
     def prune(self, r: int, *, step: int) -> None:
@@ -322,11 +322,11 @@ class IMPSession:
 
     def train_interval(self, start: int) -> None:
         """Train the unpruned weights for the rest of round ``self.round``'s interval."""
-        from tamt_cli import engine as eng
+        from tamt_cli.engine import Loop
 
         spec, r = self.spec, self.round
         end = r * self.per_round
-        loop = eng.Loop.from_spec(
+        loop = Loop.from_spec(
             spec,
             end,
             f"IMP round {r}/{self.rounds} (sparsity {self.levels[r - 1]:g})",
@@ -437,22 +437,25 @@ class _Hooks:
     """The rewind snapshot, progress figures, held-out loss and checkpoints within a round."""
 
     def __init__(self, session: IMPSession) -> None:
-        self.s = session
+        self.session = session
 
     def after_step(self, step: int) -> None:
-        s = self.s
-        if s.round == 1 and step == s.options.rewind_step and not s.rewound_taken:
-            s.snapshot = {n: p.detach().clone() for n, p in s.params.items()}
-            s.rewound_taken = True
+        session = self.session
+        if session.round == 1 and step == session.options.rewind_step and not session.rewound_taken:
+            session.snapshot = {n: p.detach().clone() for n, p in session.params.items()}
+            session.rewound_taken = True
 
     def status(self, step: int) -> dict[str, Any]:
-        return {"round": self.s.round, "sparsity": self.s.levels[self.s.round - 1]}
+        session = self.session
+        return {"round": session.round, "sparsity": session.levels[session.round - 1]}
 
     def evaluate(self, step: int) -> dict[str, float]:
         from tamt_cli import pretraining
 
-        s = self.s
-        return pretraining.held_out_eval(s.loss_module, s.data, s.objective, s.spec, s.engine)
+        session = self.session
+        return pretraining.held_out_eval(
+            session.loss_module, session.data, session.objective, session.spec, session.engine
+        )
 
     def save(self, step: int) -> None:
-        self.s.checkpoint(step)
+        self.session.checkpoint(step)

@@ -138,7 +138,7 @@ class TrainingSession:
 
     def run(self) -> dict[str, Any]:
         from tamt_cli import artifacts, masking, objectives, pretraining
-        from tamt_cli import engine as eng
+        from tamt_cli.engine import Loop, linear_schedule
 
         spec, job, engine = self.spec, self.job, self.engine
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
@@ -157,7 +157,7 @@ class TrainingSession:
         loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
         trained = [m.score for m in scores.values() if m.score.requires_grad]
         optimizer = pretraining.optimizer(trained, self.lr, head_params, self.head_lr)
-        scheduler = eng.linear_schedule(optimizer, self.max_steps)
+        scheduler = linear_schedule(optimizer, self.max_steps)
 
         start = 0
         last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
@@ -169,7 +169,7 @@ class TrainingSession:
             raise UserError(f"run '{job.run.root}' already reached step {start}; nothing to do")
 
         hooks = _Hooks(self, scores, loss_module, data, optimizer, scheduler)
-        loop = eng.Loop.from_spec(
+        loop = Loop.from_spec(
             spec,
             self.max_steps,
             f"{self.objective} mask training",
@@ -228,7 +228,7 @@ class _Hooks:
     """Threshold resets, progress figures, held-out loss and checkpoints for mask training."""
 
     def __init__(self, session, scores, loss_module, data, optimizer, scheduler) -> None:
-        self.s = session
+        self.session = session
         self.scores = scores
         self.loss_module = loss_module
         self.data = data
@@ -239,14 +239,14 @@ class _Hooks:
     def after_step(self, step: int) -> None:
         from tamt_cli import masking
 
-        if step % self.s.reset_every == 0:
-            masking.reset_thresholds(self.scores, self.s.sparsity, self.s.spec.scope)
+        if step % self.session.reset_every == 0:
+            masking.reset_thresholds(self.scores, self.session.sparsity, self.session.spec.scope)
             self._sparsity = None
 
     def status(self, step: int) -> dict[str, Any]:
         from tamt_cli import masking
 
-        if self._sparsity is None or step % self.s.spec.log_every == 0:
+        if self._sparsity is None or step % self.session.spec.log_every == 0:
             keep = {name: m.keep() for name, m in self.scores.items()}
             self._sparsity = masking.pruned_fraction(keep) or 0.0
         return {"sparsity": round(self._sparsity, 6)}
@@ -254,22 +254,26 @@ class _Hooks:
     def evaluate(self, step: int) -> dict[str, float]:
         from tamt_cli import pretraining
 
-        s = self.s
-        return pretraining.held_out_eval(self.loss_module, self.data, s.objective, s.spec, s.engine)
+        session = self.session
+        return pretraining.held_out_eval(
+            self.loss_module, self.data, session.objective, session.spec, session.engine
+        )
 
     def save(self, step: int) -> None:
         from tamt_cli import masking, pretraining
 
-        job = self.s.job
+        job = self.session.job
         # The exact top-k of the scores is the mask a threshold reset would give; τ itself is
         # left alone, so where checkpoints fall does not change the training.
-        masks = masking.exact_masks_from(self.scores, self.s.sparsity, self.s.spec.scope)
+        masks = masking.exact_masks_from(
+            self.scores, self.session.sparsity, self.session.spec.scope
+        )
         job.run.save_masks(masks, step=step)
-        self.s.engine.save_checkpoint(
+        self.session.engine.save_checkpoint(
             job.run.root,
             step,
             pretraining.trainable_state(self.loss_module),
             self.optimizer,
             self.scheduler,
-            keep=self.s.spec.keep_checkpoints,
+            keep=self.session.spec.keep_checkpoints,
         )

@@ -312,7 +312,7 @@ def load_hub(path: str, name: str | None, split: str, task: str) -> Dataset:
     import datasets
 
     offline = not hub.usable()
-    what = f"{path}" + (f" ({name})" if name else "")
+    source = f"{path}" + (f" ({name})" if name else "")
     context = hub.cache_only() if offline else contextlib.nullcontext()
     try:
         with context:
@@ -324,7 +324,7 @@ def load_hub(path: str, name: str | None, split: str, task: str) -> Dataset:
             else first_line(exc)
         )
         raise UserError(
-            f"cannot load {split} data of task '{task}' from {what}: {reason}; "
+            f"cannot load {split} data of task '{task}' from {source}: {reason}; "
             "pass --data-dir with local files"
         ) from None
     return data

@@ -148,9 +148,9 @@ class GlueTask(TaskBase):
             seen += len(out["label"])
             return out
 
-        what = (type(self).__module__, type(self).__qualname__, self.labels, self.score_range)
+        task_key = (type(self).__module__, type(self).__qualname__, self.labels, self.score_range)
         columns = [*fields.values(), label]
-        return convert(table, examples, self.features(), (*what, *key, fields, label), columns)
+        return convert(table, examples, self.features(), (*task_key, *key, fields, label), columns)
 
     def _from_tsv(self, path: Path) -> list[dict[str, Any]]:
         layout = self.tsv

@@ -104,9 +104,9 @@ class Squad(TaskBase):
                 raise Unreadable("a record without answers")
             return self._flat(path, "record", record)
 
-        what = (type(self).__module__, type(self).__qualname__, self.version_2)
+        task_key = (type(self).__module__, type(self).__qualname__, self.version_2)
         features = self.features()
-        return convert(table, per_row(example, list(features)), features, what)
+        return convert(table, per_row(example, list(features)), features, task_key)
 
     def features(self) -> Features:
         from datasets import Features, List, Value
@@ -307,7 +307,9 @@ class Squad(TaskBase):
                 if train:
                     input_ids = encoding["input_ids"][i]
                     cls = input_ids.index(cls_id) if cls_id in input_ids else 0
-                    context_tokens = [t for t, s in enumerate(sequence_ids) if s == context_seq]
+                    context_tokens = [
+                        t for t, seq_id in enumerate(sequence_ids) if seq_id == context_seq
+                    ]
                     start, end = answer_tokens(batch["answers"][sample], offsets, context_tokens)
                     starts.append(cls if start is None else start)
                     ends.append(cls if end is None else end)
@@ -461,16 +463,16 @@ def best_answers(
                 null_score = min(null_score, float(starts[0] + ends[0]))
             top_starts = np.argsort(-starts, kind="stable")[:n_best]
             top_ends = np.argsort(-ends, kind="stable")[:n_best]
-            for s in top_starts:
-                if offsets[s] is None:
+            for start in top_starts:
+                if offsets[start] is None:
                     continue
-                for e in top_ends:
-                    if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                for end in top_ends:
+                    if offsets[end] is None or end < start or end - start + 1 > max_answer_length:
                         continue
-                    score = float(starts[s] + ends[e])
+                    score = float(starts[start] + ends[end])
                     if score > best_score:
                         best_score = score
-                        best_text = context[offsets[s][0] : offsets[e][1]]
+                        best_text = context[offsets[start][0] : offsets[end][1]]
         if allow_null and (best_score == -np.inf or null_score - best_score > null_threshold):
             best_text = ""
         out[qid] = best_text
