@@ -20,8 +20,9 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -29,6 +30,9 @@ from tamt_cli import artifacts, models, registry, task_model, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
+
+if TYPE_CHECKING:
+    from tamt_cli.subjects import Subject
 
 OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "warmup": 0}
 
@@ -123,22 +127,22 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
         with staged as stage:
             if stage is not None:
                 artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
+            job = FinetuneJob(
+                spec=spec,
+                task=task,
+                subject=subject,
+                tokenizer=tokenizer,
+                train_raw=train_raw,
+                sets=sets,
+                hyperparameters=hyperparameters,
+                engine=engine,
+                stage=stage,
+                link=link,
+                run_name=out.name,
+            )
             runs = []
             for seed in spec.seeds:
-                record = train_seed(
-                    seed,
-                    task,
-                    subject,
-                    tokenizer,
-                    train_raw,
-                    sets,
-                    hyperparameters,
-                    spec,
-                    engine,
-                    stage,
-                    link,
-                    run_name=out.name,
-                )
+                record = train_seed(job, seed)
                 for note in record.pop("notes"):
                     if note not in notes:
                         notes.append(note)
@@ -207,21 +211,25 @@ class Tracker(Hooks):
         return self.history[-1]
 
 
-def train_seed(
-    seed: int,
-    task: Any,
-    subject: Any,
-    tokenizer: Any,
-    train_raw: Any,
-    sets: list[task_model.EvalSet],
-    hyperparameters: dict[str, Any],
-    spec: FinetuneSpec,
-    engine: Any,
-    stage: Path | None,
-    link: dict[str, Any],
-    run_name: str = "",
-) -> dict[str, Any]:
-    """Fine-tune one seed through the engine; save its folder under ``stage`` (a run of the
+@dataclass(frozen=True)
+class FinetuneJob:
+    """What every seed of a fine-tuning run shares: what :func:`train_seed` receives."""
+
+    spec: FinetuneSpec
+    task: Any
+    subject: Subject  # the subnetwork (or dense model) fine-tuned
+    tokenizer: Any
+    train_raw: Any  # every training example; each seed draws ``--train-size`` of them
+    sets: list[task_model.EvalSet]
+    hyperparameters: dict[str, Any]  # :func:`settings`
+    engine: Any
+    stage: Path | None  # the run's folder while it is written (None off the main process)
+    link: dict[str, Any]  # :func:`subnetwork_link`
+    run_name: str = ""
+
+
+def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
+    """Fine-tune one seed through the engine; save its folder under ``job.stage`` (a run of the
     ``--report-to`` trackers named ``<run_name>/seed-<N>``)."""
     import torch
 
@@ -229,15 +237,16 @@ def train_seed(
     from tamt_cli.engine import Loop, linear_schedule
     from tamt_cli.tasks import base as tasks_base
 
-    raw = task_model.subset(train_raw, spec.train_size, seed, task.name)
+    spec, task, hyperparameters = job.spec, job.task, job.hyperparameters
+    raw = task_model.subset(job.train_raw, spec.train_size, seed, task.name)
     features = task.encode(
-        raw, tokenizer, hyperparameters["max_length"], hyperparameters["doc_stride"], train=True
+        raw, job.tokenizer, hyperparameters["max_length"], hyperparameters["doc_stride"], train=True
     )
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
-    model_and_masks = task_model.build(task, subject, seed)
+    model_and_masks = task_model.build(task, job.subject, seed)
     multiple = 8 if hyperparameters["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
-    batcher = task_model.Batcher(features, tokenizer, pad_to_multiple_of=multiple)
+    batcher = task_model.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hyperparameters["batch_size"]
     steps = max(1, math.ceil(hyperparameters["epochs"] * n / batch_size))
     module = task_model.TaskLoss(model_and_masks.model)
@@ -246,7 +255,7 @@ def train_seed(
     main_split = task.eval_splits[0]
     tracker = Tracker(
         lambda: task_model.score(
-            task, model_and_masks.model, sets, hyperparameters["eval_batch_size"]
+            task, model_and_masks.model, job.sets, hyperparameters["eval_batch_size"]
         ),
         main_split,
         task.main_metric,
@@ -261,13 +270,13 @@ def train_seed(
         ),
         description=f"{task.name} seed {seed}",
     )
-    folder = stage / artifacts.seed_folder(seed) if stage is not None else None
+    folder = job.stage / artifacts.seed_folder(seed) if job.stage is not None else None
     if folder is not None:
         folder.mkdir()
-    name = f"{run_name or task.name}/{artifacts.seed_folder(seed)}"
-    engine.track(folder or Path("."), name, {**spec.model_dump(mode="json"), "seed": seed})
+    name = f"{job.run_name or task.name}/{artifacts.seed_folder(seed)}"
+    job.engine.track(folder or Path("."), name, {**spec.model_dump(mode="json"), "seed": seed})
     t0 = time.perf_counter()
-    engine.fit(
+    job.engine.fit(
         module,
         optimizer,
         scheduler,
@@ -278,8 +287,8 @@ def train_seed(
         hooks=tracker,
     )
     seconds = time.perf_counter() - t0
-    engine.stop_tracking()  # each seed is a run of its own
-    engine.accelerator.free_memory()
+    job.engine.stop_tracking()  # each seed is a run of its own
+    job.engine.accelerator.free_memory()
     model = model_and_masks.model
     masking.detach_masks(model_and_masks.weights)
     if model_and_masks.masks is not None:
@@ -300,7 +309,7 @@ def train_seed(
     }
     if folder is not None:
         model.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
+        job.tokenizer.save_pretrained(str(folder))
         if model_and_masks.masks is not None:
             artifacts.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
         artifacts.write_json(
@@ -325,14 +334,14 @@ def train_seed(
                 task=task.name,
                 task_options=spec.task_options,
                 seed=seed,
-                subnetwork={**link, "mask_sparsity": model_and_masks.sparsity},
+                subnetwork={**job.link, "mask_sparsity": model_and_masks.sparsity},
                 model={
                     "class": type(model).__name__,
                     "model_type": model.config.model_type,
                     "num_labels": model.config.num_labels,
                 },
                 hyperparameters={**hyperparameters, "steps": steps, "eval_every": loop.eval_every},
-                data={**data_record(spec, train_raw, sets), "train_examples": len(raw)},
+                data={**data_record(spec, job.train_raw, job.sets), "train_examples": len(raw)},
                 best=record["best"],
                 final=record["final"],
                 seconds=record["seconds"],
