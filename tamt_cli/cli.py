@@ -58,6 +58,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class ExportFormat(str, Enum):
+    dense = "dense"
+    compressed = "compressed"
+
+
 class HeadChoice(str, Enum):
     shared = "shared"
     own = "own"
@@ -609,6 +614,14 @@ def extract(
             autocompletion=_complete_paths,
         ),
     ] = None,
+    export_format: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="--export weights: dense (zeros in float32; plain transformers loads it) or "
+            "compressed (sparse-bitmask: a bitmask and the kept values) " + _default("dense"),
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -625,7 +638,13 @@ def extract(
     from tamt_cli import extract as extracting
     from tamt_cli import specs
 
-    flags = {"run": run, "sparsity": sparsity, "step": step, "export": export}
+    flags = {
+        "run": run,
+        "sparsity": sparsity,
+        "step": step,
+        "export": export,
+        "format": export_format.value if export_format else None,
+    }
     resolved = specs.build(specs.ExtractSpec, spec, flags)
     if dry_run:
         _show_spec(resolved, as_json)

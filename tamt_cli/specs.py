@@ -108,6 +108,11 @@ class ExtractSpec(Spec):
     sparsity: float | None = None
     step: int | None = Field(None, ge=0)
     export: Path | None = None
+    format: Literal["dense", "compressed"] = Field(
+        "dense",
+        description="--export weights: dense (zeros in float32, plain transformers loads it) or "
+        "compressed (compressed-tensors' sparse-bitmask layout: a bitmask and the kept values)",
+    )
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
 
