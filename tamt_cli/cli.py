@@ -266,6 +266,14 @@ def search(
             "optional)",
         ),
     ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="N:M: keep exactly N of every M consecutive weights along each matrix's input "
+            f"dimension; implies --sparsity 1 − N/M (omp, random, mlm, kd, mlm-kd, imp) "
+            f"{_default('none')}",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -545,6 +553,7 @@ def search(
     flags = {
         "method": method,
         "sparsity": sparsity,
+        "pattern": pattern,
         "model": model,
         "scope": scope.value if scope else None,
         "embeddings": embeddings,
