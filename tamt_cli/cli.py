@@ -911,6 +911,58 @@ def evaluate(
 
 
 @app.command()
+def bench(
+    subnetwork: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"search run, exported subnetwork, or mask file (with --model) {REQUIRED}",
+            autocompletion=_complete_paths,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help=f"model of a bare mask file {_default('none')}"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"sequences per forward pass {_default(8)}")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help=f"tokens per sequence {_default(128)}")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help=f"timed forward passes per variant {_default(10)}")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help=f"untimed forward passes first {_default(2)}")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=f"seed of the token ids {_default(0)}")] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sizes on disk (dense, compressed) and inference latency of a subnetwork against its dense
+    model, on the sparse kernels this machine has."""
+    from tamt_cli import specs
+
+    flags = {
+        "subnetwork": subnetwork,
+        "model": model,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "repeats": repeats,
+        "warmup": warmup,
+        "seed": seed,
+    }
+    resolved = specs.build(specs.BenchSpec, spec, flags)
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    from tamt_cli import bench as benching
+
+    _present(benching.run(resolved, _err()), as_json, "bench_table")
+
+
+@app.command()
 def sweep(
     grid: Annotated[Path, typer.Argument(help=f"grid file (YAML, JSON or TOML) {REQUIRED}")],
     out: Annotated[

@@ -156,6 +156,18 @@ class ExtractSpec(Spec):
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
 
 
+class BenchSpec(Spec):
+    """`tamt bench`: file sizes and inference latency of a subnetwork against its dense model."""
+
+    subnetwork: str
+    model: str | None = Field(None, description="the model of a bare mask file")
+    batch_size: int = Field(8, gt=0, description="sequences per forward pass")
+    max_length: int = Field(128, ge=2, description="tokens per sequence")
+    repeats: int = Field(10, gt=0, description="timed forward passes of each variant")
+    warmup: int = Field(2, ge=0, description="untimed forward passes first")
+    seed: int = Field(0, ge=0, description="seed of the random token ids")
+
+
 class FinetuneSpec(Spec):
     """`tamt finetune`: fine-tune a subnetwork on a downstream task with its mask held fixed."""
 
