@@ -58,6 +58,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class ExportFormat(str, Enum):
+    dense = "dense"
+    compressed = "compressed"
+
+
 class HeadChoice(str, Enum):
     shared = "shared"
     own = "own"
@@ -259,6 +264,14 @@ def search(
             "-s",
             help=f"fraction of masked weights pruned, in (0, 1) {REQUIRED} (random --like: "
             "optional)",
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="N:M: keep exactly N of every M consecutive weights along each matrix's input "
+            f"dimension; implies --sparsity 1 − N/M (omp, random, mlm, kd, mlm-kd, imp) "
+            f"{_default('none')}",
         ),
     ] = None,
     model: Annotated[
@@ -540,6 +553,7 @@ def search(
     flags = {
         "method": method,
         "sparsity": sparsity,
+        "pattern": pattern,
         "model": model,
         "scope": scope.value if scope else None,
         "embeddings": embeddings,
@@ -609,6 +623,14 @@ def extract(
             autocompletion=_complete_paths,
         ),
     ] = None,
+    export_format: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="--export weights: dense (zeros in float32; plain transformers loads it) or "
+            "compressed (sparse-bitmask: a bitmask and the kept values) " + _default("dense"),
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -625,7 +647,13 @@ def extract(
     from tamt_cli import extract as extracting
     from tamt_cli import specs
 
-    flags = {"run": run, "sparsity": sparsity, "step": step, "export": export}
+    flags = {
+        "run": run,
+        "sparsity": sparsity,
+        "step": step,
+        "export": export,
+        "format": export_format.value if export_format else None,
+    }
     resolved = specs.build(specs.ExtractSpec, spec, flags)
     if dry_run:
         _show_spec(resolved, as_json)
@@ -880,6 +908,58 @@ def evaluate(
         from tamt_cli.display import render_eval
 
         render_eval(result, _out())
+
+
+@app.command()
+def bench(
+    subnetwork: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"search run, exported subnetwork, or mask file (with --model) {REQUIRED}",
+            autocompletion=_complete_paths,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help=f"model of a bare mask file {_default('none')}"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"sequences per forward pass {_default(8)}")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help=f"tokens per sequence {_default(128)}")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help=f"timed forward passes per variant {_default(10)}")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help=f"untimed forward passes first {_default(2)}")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=f"seed of the token ids {_default(0)}")] = None,
+    spec: SpecOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sizes on disk (dense, compressed) and inference latency of a subnetwork against its dense
+    model, on the sparse kernels this machine has."""
+    from tamt_cli import specs
+
+    flags = {
+        "subnetwork": subnetwork,
+        "model": model,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "repeats": repeats,
+        "warmup": warmup,
+        "seed": seed,
+    }
+    resolved = specs.build(specs.BenchSpec, spec, flags)
+    if dry_run:
+        _show_spec(resolved, as_json)
+        return
+    from tamt_cli import bench as benching
+
+    _present(benching.run(resolved, _err()), as_json, "bench_table")
 
 
 @app.command()

@@ -239,3 +239,39 @@ def cache_table(summary: dict[str, Any]) -> Table:
     files = sum(r["files"] for r in summary["corpora"])
     table.add_row("total", str(files), human_bytes(summary["bytes"]), style="bold")
     return table
+
+
+def bench_table(result: dict[str, Any]) -> Group:
+    """Sizes, then latency of every way of running the subnetwork, then the kernels."""
+    sizes = result["sizes"]
+    head = Text(
+        f"{result['subnetwork']} over {result['model']}: sparsity {result['sparsity']:.3f}"
+        + (f", pattern {result['pattern']}" if result["pattern"] else "")
+        + f"; batch {result['batch_size']} × {result['max_length']} tokens, "
+        f"{result['repeats']} runs, {result['threads']} threads, {result['device']}\n"
+        f"model.safetensors: dense {sizes['dense_bytes'] / 1e6:.1f} MB, compressed "
+        f"{sizes['compressed_bytes'] / 1e6:.1f} MB ({sizes['ratio']:.3f})"
+    )
+    table = Table(title="Latency", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("variant", "device", "median ms", "q1–q3 ms", "min–max ms", "speed-up", "max |Δ|"):
+        left = col in {"variant", "device"}
+        table.add_column(col, justify="left" if left else "right", no_wrap=True)
+    for row in result["latency"]:
+        diff = row["max_abs_diff"]
+        table.add_row(
+            row["name"],
+            row["device"],
+            f"{row['median_ms']:.2f}",
+            f"{row['q1_ms']:.2f}–{row['q3_ms']:.2f}",
+            f"{row['min_ms']:.2f}–{row['max_ms']:.2f}",
+            f"{row['speedup']:.2f}×",
+            "-" if diff is None else f"{diff:.2e}",
+        )
+    kernels = Table(title="Sparse kernels", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("kernel", "what", "here", "note"):
+        kernels.add_column(col)
+    for k in result["kernels"]:
+        kernels.add_row(k["name"], k["what"], "yes" if k["available"] else "no", k["note"])
+    parts: list[Any] = [head, table, kernels]
+    parts += [Text(note) for note in result["notes"]]
+    return Group(*parts)

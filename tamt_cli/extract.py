@@ -20,6 +20,8 @@ def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict
     manifest = artifacts.read_manifest(spec.run)
     if manifest.get("kind") not in {"search", "subnetwork"}:
         raise UserError(f"'{spec.run}' is a {manifest.get('kind')} run, not a search run")
+    if spec.format != "dense" and spec.export is None:
+        raise UserError(f"--format {spec.format} applies to --export DIR, which was not given")
     if spec.export is not None:
         artifacts.check_output(
             spec.export,
@@ -46,6 +48,7 @@ def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict
     if spec.export is not None:
         export(spec, manifest, entry, masks, report, console, replace=overwrite)
         result["export"] = str(spec.export)
+        result["format"] = spec.format
     return result
 
 
@@ -63,9 +66,10 @@ def export(
     *,
     replace: bool = False,
 ) -> None:
-    """Write a plain Hugging Face folder with the zeros baked in, plus mask file and manifest;
+    """Write a plain Hugging Face folder with the zeros baked in (``--format dense``) or the
+    masked weights in the sparse-bitmask layout (``compressed``), plus mask file and manifest;
     ``replace``: an existing folder (checked by ``artifacts.check_output``) is replaced."""
-    from tamt_cli import masking, models
+    from tamt_cli import compressed, masking, models
 
     record = manifest["model"]
     ref = models.resolve(record["id"])
@@ -92,6 +96,8 @@ def export(
         pooler=manifest.get("pooler", True),
         masks=[{**entry, "file": artifacts.MASK_FILE, "final": True}],
         sparsity_report=report,
+        pattern=manifest.get("pattern"),
+        format=spec.format,
     )
     with (
         console.status(f"writing {spec.export}"),
@@ -100,7 +106,12 @@ def export(
         # weights the checkpoint lacked (an MLM checkpoint's pooler) stay out of the export too
         absent = models.absent_keys(model)
         state = {k: v for k, v in model.state_dict().items() if k not in absent}
-        model.save_pretrained(str(stage), state_dict=state)
+        if spec.format == "compressed":
+            model.config.save_pretrained(str(stage))
+            structure = manifest.get("pattern") or "unstructured"
+            compressed.write(stage, state, list(masks), report["overall"]["sparsity"], structure)
+        else:
+            model.save_pretrained(str(stage), state_dict=state)
         models.save_tokenizer(ref, stage)
         artifacts.save_masks(stage / artifacts.MASK_FILE, masks)
         artifacts.write_json(stage / artifacts.MANIFEST, sub_manifest)

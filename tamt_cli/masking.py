@@ -133,6 +133,67 @@ def prune_count(numel: int, sparsity: float) -> int:
     return int(Fraction(str(sparsity)) * numel)  # str: the shortest decimal of its own type
 
 
+Pattern = tuple[int, int]
+
+
+def parse_pattern(text: str) -> Pattern:
+    """``"2:4"`` as ``(2, 4)``: keep N of every M consecutive weights (0 < N < M)."""
+    n_text, sep, m_text = str(text).partition(":")
+    try:
+        n, m = int(n_text), int(m_text)
+    except ValueError:
+        n = m = 0
+    if not sep or not 0 < n < m:
+        raise ValueError(
+            f"must be N:M with whole numbers 0 < N < M, such as 2:4 or 4:8, got {text!r}"
+        )
+    return n, m
+
+
+def pattern_sparsity(pattern: Pattern) -> float:
+    """The sparsity an N:M pattern implies, 1 − N/M."""
+    n, m = pattern
+    return float(Fraction(m - n, m))
+
+
+def check_pattern(weights: Iterable[Prunable], pattern: Pattern) -> None:
+    """Refuse a pattern that some matrix cannot take: N:M groups run along each matrix's last
+    (input) dimension, which must be a multiple of M."""
+    n, m = pattern
+    for p in weights:
+        if p.shape[-1] % m:
+            raise UserError(
+                f"--pattern {n}:{m} needs every masked matrix's input dimension to be a multiple "
+                f"of {m}; '{p.name}' has shape {list(p.shape)} (leave it out with "
+                "--no-embeddings / --no-pooler, or choose another M)"
+            )
+
+
+def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """A keep-mask holding exactly the ``n`` highest scores of every group of ``m`` consecutive
+    entries along the last dimension (a multiple of ``m``). Ties are broken by position as in
+    :func:`keep_all_but_lowest`: the earlier entry of a group is pruned first."""
+    if scores.shape[-1] % m:
+        raise ValueError(f"last dimension {scores.shape[-1]} is not a multiple of {m}")
+    groups = scores.detach().float().reshape(-1, m)
+    if torch.isnan(groups).any():
+        raise ValueError("scores contain NaN; no mask can be ranked from them")
+    order = torch.argsort(groups, dim=-1, stable=True)
+    keep = torch.ones_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, order[:, : m - n], False)
+    return keep.reshape(scores.shape)
+
+
+def pattern_breaks(masks: Mapping[str, torch.Tensor], pattern: Pattern) -> list[str]:
+    """Names of the masks in which some group of M does not keep exactly N."""
+    n, m = pattern
+    bad = []
+    for name, mask in masks.items():
+        if mask.shape[-1] % m or not bool((mask.reshape(-1, m).sum(-1) == n).all()):
+            bad.append(name)
+    return bad
+
+
 def keep_all_but_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A flat keep-mask that prunes exactly the ``k`` lowest scores.
 
@@ -178,9 +239,15 @@ def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
 
 
 def masks_from_scores(
-    scores: Mapping[str, torch.Tensor], sparsity: float, scope: Scope = "local"
+    scores: Mapping[str, torch.Tensor],
+    sparsity: float,
+    scope: Scope = "local",
+    pattern: Pattern | None = None,
 ) -> Masks:
-    """Exact-sparsity keep-masks that prune the lowest scores, per matrix or globally."""
+    """Exact-sparsity keep-masks that prune the lowest scores, per matrix or globally; with an
+    N:M ``pattern``, the N highest of every M consecutive scores along the last dimension."""
+    if pattern is not None:
+        return {name: nm_keep(s, *pattern) for name, s in scores.items()}
     if scope == "global":
         return global_masks(scores, sparsity)
     counts = {name: prune_count(score.numel(), sparsity) for name, score in scores.items()}
@@ -272,11 +339,11 @@ class KeepMask(nn.Module):
 
 
 class _StraightThrough(torch.autograd.Function):
-    """``W ⊙ 1[S > τ]`` whose gradient reaches ``S`` as if the step were the identity."""
+    """``W ⊙ keep`` (``keep = 1[S > τ]``, or the top N of every M scores) whose gradient reaches
+    ``S`` as if the step were the identity."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, score: torch.Tensor, tau: torch.Tensor):
-        keep = score > tau
+    def forward(ctx: Any, weight: torch.Tensor, score: torch.Tensor, keep: torch.Tensor):
         # one pass, no float copy of the mask; the mask is kept only if W itself trains
         ctx.save_for_backward(weight, keep if ctx.needs_input_grad[0] else None)
         return torch.where(keep, weight, weight.new_zeros(()))
@@ -294,12 +361,14 @@ class _StraightThrough(torch.autograd.Function):
 class ScoreMask(nn.Module):
     """Parametrization ``W ↦ W ⊙ 1[S > τ]`` with a learned real score ``S`` per weight and a
     straight-through gradient. Initialised from a keep-mask (``S = 2τ`` kept, ``0`` pruned) or
-    from given float scores."""
+    from given float scores. With an N:M ``pattern`` the mask is the top N of every M scores at
+    every forward pass, and τ is not used."""
 
     tau: torch.Tensor
 
-    def __init__(self, init: torch.Tensor, tau: float = 0.01) -> None:
+    def __init__(self, init: torch.Tensor, tau: float = 0.01, pattern: Pattern | None = None):
         super().__init__()
+        self.pattern = pattern  # N:M: the keep-mask is the top N of every M scores, not S > τ
         if init.dtype == torch.bool:
             score = init.to(torch.float32) * (2 * tau)
         else:
@@ -311,10 +380,16 @@ class ScoreMask(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
-        return _StraightThrough.apply(weight, self.score.to(weight.dtype), self.tau)
+        score = self.score.to(weight.dtype)
+        return _StraightThrough.apply(weight, score, self._keep(score))
+
+    def _keep(self, score: torch.Tensor) -> torch.Tensor:
+        if self.pattern is not None:
+            return nm_keep(score, *self.pattern)
+        return score.detach() > self.tau
 
     def keep(self) -> torch.Tensor:
-        return self.score.detach() > self.tau
+        return self._keep(self.score)
 
 
 def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
@@ -325,13 +400,16 @@ def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor])
 
 
 def attach_scores(
-    weights: Iterable[Prunable], init: Mapping[str, torch.Tensor], tau: float = 0.01
+    weights: Iterable[Prunable],
+    init: Mapping[str, torch.Tensor],
+    tau: float = 0.01,
+    pattern: Pattern | None = None,
 ) -> dict[str, ScoreMask]:
     """Attach learnable score masks initialised from keep-masks (``2τ`` / ``0``) or from float
     scores (see :func:`graded_scores`); returns them by weight name."""
     out = {}
     for p in weights:
-        mod = ScoreMask(init[p.name].to(p.weight.device), tau)
+        mod = ScoreMask(init[p.name].to(p.weight.device), tau, pattern)
         parametrize.register_parametrization(p.module, "weight", mod)
         out[p.name] = mod
     return out
@@ -382,11 +460,15 @@ def reset_thresholds(
 
 
 def exact_masks_from(
-    scores: Mapping[str, ScoreMask], sparsity: float, scope: Scope = "local"
+    scores: Mapping[str, ScoreMask],
+    sparsity: float,
+    scope: Scope = "local",
+    pattern: Pattern | None = None,
 ) -> Masks:
-    """Exact-sparsity keep-masks from learned scores (the lowest ⌊n·s⌋ scores pruned)."""
+    """Exact-sparsity keep-masks from learned scores (the lowest ⌊n·s⌋ scores pruned, or the
+    top N of every M with a ``pattern``)."""
     raw = {name: m.score.detach().float().cpu() for name, m in scores.items()}
-    return masks_from_scores(raw, sparsity, scope)
+    return masks_from_scores(raw, sparsity, scope, pattern)
 
 
 def detach_masks(weights: Iterable[Prunable]) -> None:

@@ -26,6 +26,8 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     models.resolve(spec.model)
     if spec.out is None:
         level = f"s{spec.sparsity:g}" if spec.sparsity is not None else "like"
+        if spec.pattern is not None:
+            level = spec.pattern.replace(":", "of")
         spec = spec.model_copy(update={"out": artifacts.default_run_dir(spec.method, level)})
     return method, spec
 
@@ -102,6 +104,8 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
         weights_sha = models.weights_hash(model)
     weights = masking.prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
     job = SearchJob(spec=spec, model=model, weights=weights, console=console, ref=ref)
+    if job.pattern is not None:
+        masking.check_pattern(weights, job.pattern)
     with console.status(f"searching with {spec.method}"):
         masks = method.search(job)
     masks, report = _checked(spec, job, masks)
@@ -152,6 +156,8 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             engine=engine,
             resume=resume,
         )
+        if job.pattern is not None:
+            masking.check_pattern(weights, job.pattern)
         preflight = getattr(method, "preflight", None)
         if preflight is not None:
             preflight(job)
@@ -217,6 +223,12 @@ def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, d
 
     masking.check_fits(masks, masking.shapes(job.weights), f"the mask from method '{spec.method}'")
     masks = {p.name: masks[p.name].detach().to("cpu", dtype=bool) for p in job.weights}
+    broken = masking.pattern_breaks(masks, job.pattern) if job.pattern is not None else []
+    if broken:
+        raise UserError(
+            f"method '{spec.method}' returned a mask that breaks --pattern {spec.pattern} in "
+            f"'{broken[0]}' ({len(broken)} matrices)"
+        )
     targets = job.targets
     if targets is None and spec.scope == "local" and spec.sparsity is not None:
         targets = {p.name: spec.sparsity for p in job.weights}
@@ -238,6 +250,7 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
         model=artifacts.model_record(ref, model, weights_sha),
         seed=spec.seed,
         sparsity=spec.sparsity,
+        pattern=spec.pattern,
         scope=spec.scope,
         embeddings=spec.embeddings,
         pooler=spec.pooler,

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tamt_cli.errors import UserError, did_you_mean
 
@@ -97,8 +104,40 @@ class SearchSpec(Spec):
         default_factory=list, description="experiment trackers of a training method's run"
     )
 
+    pattern: str | None = Field(
+        None,
+        description="N:M: keep exactly N of every M consecutive weights along each masked "
+        "matrix's input dimension (sparsity 1 − N/M)",
+    )
+
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
     _report_to = field_validator("report_to", mode="before")(split_commas)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_sparsity(cls, data: Any) -> Any:
+        """An N:M pattern implies sparsity 1 − N/M: filled in, or checked against --sparsity."""
+        if not isinstance(data, dict) or data.get("pattern") is None:
+            return data
+        from tamt_cli.masking import parse_pattern, pattern_sparsity
+
+        try:
+            pattern = parse_pattern(str(data["pattern"]))
+        except ValueError as exc:
+            raise ValueError(f"pattern {exc}") from None
+        implied = pattern_sparsity(pattern)
+        given = data.get("sparsity")
+        if given is not None and abs(float(given) - implied) > 1e-9:
+            raise ValueError(
+                f"--sparsity {given} contradicts --pattern {data['pattern']}, which prunes "
+                f"{implied:g} of every matrix; leave --sparsity out"
+            )
+        if data.get("scope") == "global":
+            raise ValueError(
+                "--pattern fixes how many weights every group of M keeps, so --scope global "
+                "does not apply; leave it out"
+            )
+        return {**data, "pattern": f"{pattern[0]}:{pattern[1]}", "sparsity": implied}
 
 
 class ExtractSpec(Spec):
@@ -108,8 +147,25 @@ class ExtractSpec(Spec):
     sparsity: float | None = None
     step: int | None = Field(None, ge=0)
     export: Path | None = None
+    format: Literal["dense", "compressed"] = Field(
+        "dense",
+        description="--export weights: dense (zeros in float32, plain transformers loads it) or "
+        "compressed (compressed-tensors' sparse-bitmask layout: a bitmask and the kept values)",
+    )
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
+
+
+class BenchSpec(Spec):
+    """`tamt bench`: file sizes and inference latency of a subnetwork against its dense model."""
+
+    subnetwork: str
+    model: str | None = Field(None, description="the model of a bare mask file")
+    batch_size: int = Field(8, gt=0, description="sequences per forward pass")
+    max_length: int = Field(128, ge=2, description="tokens per sequence")
+    repeats: int = Field(10, gt=0, description="timed forward passes of each variant")
+    warmup: int = Field(2, ge=0, description="untimed forward passes first")
+    seed: int = Field(0, ge=0, description="seed of the random token ids")
 
 
 class FinetuneSpec(Spec):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts, models
+from tamt_cli import artifacts, compressed, models
 from tamt_cli.errors import UserError
 
 
@@ -78,7 +78,9 @@ def resolve(
         masks = artifacts.load_masks(path / entry["file"])
         head = path / artifacts.HEAD_FILE
         record = manifest["model"]
-        if kind == "subnetwork" and own_weights:
+        # a compressed export's weights are its model's with the mask's zeros: that model
+        # and the mask stand for it (transformers cannot read the sparse-bitmask layout)
+        if kind == "subnetwork" and own_weights and not compressed.is_compressed(path):
             if model is not None:
                 raise UserError(
                     f"'{checkpoint}' is an exported subnetwork, which is its own model; "

@@ -146,8 +146,8 @@ def test_a_run_rewinds_and_prunes_by_trained_magnitude(cli, tiny_bert, corpus, m
     seen: list[dict] = []
     original_prune, original_session_prune = imp.prune_round, imp.IMPSession.prune
 
-    def watch_prune(weights, masks, level, scope):
-        out = original_prune(weights, masks, level, scope)
+    def watch_prune(weights, masks, level, scope, pattern=None):
+        out = original_prune(weights, masks, level, scope, pattern)
         current = {p.name: p.weight.detach().clone() for p in weights}
         seen.append({"level": level, "before": masks, "weights": current, "after": out})
         return out

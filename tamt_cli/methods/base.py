@@ -17,11 +17,13 @@ keep-mask (boolean tensor, ``True`` = kept) for every weight in ``job.weights``.
 
 ``tamt`` requires ``--sparsity`` before it calls the method, unless the method's optional
 ``needs_sparsity()`` returns False (``random --like`` copies another mask's); its
-``sparsity_alternative`` names what stands in for it. An optional ``check(spec)`` raises
-``UserError`` for other specs the method cannot run (called after that, before any compute and
-by ``--dry-run``). A training method may also have
-``preflight(job)``: checks that need the loaded model but no computation, run before its run
-directory is made, so that a bad input leaves nothing behind. ``tamt`` checks that the
+``sparsity_alternative`` names what stands in for it. A method whose class sets
+``patterns = True`` takes ``--pattern N:M`` (``job.pattern``): every group of M consecutive
+weights along a matrix's last dimension keeps exactly N; the others refuse it. An optional
+``check(spec)`` raises ``UserError`` for other specs the method cannot run (called after that,
+before any compute and by ``--dry-run``). A training method may also have ``preflight(job)``:
+checks that need the loaded model but no computation, run before its run directory is made,
+so that a bad input leaves nothing behind. ``tamt`` checks that the
 masks fit, measures their sparsity and writes the run; a method does no I/O of its own.
 
 Method modules are imported by ``tamt plugins`` to report their status, so they should import
@@ -71,6 +73,13 @@ class SearchJob:
     def sparsity(self) -> float:
         return sparsity_of(self.spec)
 
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """``--pattern N:M`` as ``(N, M)``, or None."""
+        from tamt_cli.masking import parse_pattern
+
+        return None if self.spec.pattern is None else parse_pattern(self.spec.pattern)
+
 
 @runtime_checkable
 class Method(Protocol):
@@ -96,6 +105,11 @@ def sparsity_of(spec: SearchSpec, alternative: str | None = None) -> float:
 def check_spec(method: Any, spec: SearchSpec) -> None:
     """Reject a spec the method cannot run, before any compute: the checks every method shares,
     then the method's own ``check``."""
+    if spec.pattern is not None and not getattr(method, "patterns", False):
+        raise UserError(
+            f"method '{spec.method}' does not take --pattern; the built-in omp, random, mlm, "
+            "kd, mlm-kd and imp do"
+        )
     needs = getattr(method, "needs_sparsity", None)
     if needs is None or needs():
         sparsity_of(spec, getattr(method, "sparsity_alternative", None))

@@ -120,6 +120,7 @@ class IterativeMagnitudePruning:
 
     summary: ClassVar[str] = "iterative magnitude pruning (IMP) with rewinding, trained on MLM/KD"
     trains: ClassVar[bool] = True
+    patterns: ClassVar[bool] = True
     Options = IMPOptions
 
     def __init__(self, options: IMPOptions) -> None:
@@ -127,7 +128,12 @@ class IterativeMagnitudePruning:
 
     def check(self, spec: SearchSpec) -> None:
         opts = self.options
-        levels = round_levels(sparsity_of(spec), opts.prune_fraction)
+        if spec.pattern is not None and "prune_fraction" in opts.model_fields_set:
+            raise UserError(
+                "--prune-fraction does not go with --pattern N:M: each round prunes one weight "
+                "of every group of M (a fraction 1/M)"
+            )
+        levels = round_levels(sparsity_of(spec), fraction_of(spec, opts))
         if opts.rewind_step > 0 and not opts.rewind:
             raise UserError("--rewind-step needs rewinding; leave out --no-rewind or the step")
         if opts.rewind_step >= opts.steps_per_round:
@@ -156,11 +162,24 @@ class IterativeMagnitudePruning:
         return IMPSession(job, self.options).run()
 
 
+def fraction_of(spec: SearchSpec, opts: IMPOptions) -> float:
+    """The fraction of the original weights a round prunes: ``--prune-fraction``, or with
+    ``--pattern N:M`` one weight of every group of M."""
+    if spec.pattern is None:
+        return opts.prune_fraction
+    return 1 / int(spec.pattern.split(":")[1])
+
+
+def round_pattern(pattern: tuple[int, int] | None, r: int) -> tuple[int, int] | None:
+    """With ``--pattern N:M``, round ``r`` keeps M − r of every group of M (the last: N)."""
+    return None if pattern is None else (pattern[1] - r, pattern[1])
+
+
 def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
     """Rounds, steps, learning rate and intervals of a run: the spec's, else the defaults."""
     from tamt_cli import pretraining
 
-    levels = round_levels(sparsity_of(spec), opts.prune_fraction)
+    levels = round_levels(sparsity_of(spec), fraction_of(spec, opts))
     total = (len(levels) - 1) * opts.steps_per_round
     out: dict[str, Any] = {
         "rounds": len(levels),
@@ -181,9 +200,16 @@ def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
 # -- the pieces of a round (module level, so tests can call and watch them) -----------------------
 
 
-def prune_round(weights: list[Any], masks: dict[str, Any], level: float, scope: str) -> dict:
+def prune_round(
+    weights: list[Any],
+    masks: dict[str, Any],
+    level: float,
+    scope: str,
+    pattern: tuple[int, int] | None = None,
+) -> dict:
     """Keep-masks at sparsity ``level`` pruning the smallest-magnitude *current* weights among
-    the unpruned ones (pruned weights score −∞, so they stay pruned); computed on the CPU."""
+    the unpruned ones (pruned weights score −∞, so they stay pruned); computed on the CPU.
+    With an N:M ``pattern``, the N largest of every group of M instead."""
     import torch
 
     from tamt_cli import masking
@@ -193,7 +219,7 @@ def prune_round(weights: list[Any], masks: dict[str, Any], level: float, scope: 
         magnitude = p.weight.detach().abs().float().cpu()
         keep = masks[p.name].to("cpu", dtype=torch.bool)
         scores[p.name] = torch.where(keep, magnitude, torch.full_like(magnitude, -torch.inf))
-    return masking.masks_from_scores(scores, level, scope)  # type: ignore[arg-type]
+    return masking.masks_from_scores(scores, level, scope, pattern)  # type: ignore[arg-type]
 
 
 def apply_masks(weights: list[Any], masks: dict[str, Any]) -> None:
@@ -304,7 +330,8 @@ class IMPSession:
         from tamt_cli import masking
 
         job, level = self.job, self.levels[r - 1]
-        masks = prune_round(job.weights, self.masks, level, self.spec.scope)
+        pattern = round_pattern(job.pattern, r)
+        masks = prune_round(job.weights, self.masks, level, self.spec.scope, pattern)
         self.masks = masks
         self.round = r
         apply_masks(job.weights, masks)
@@ -421,7 +448,7 @@ class IMPSession:
             round_sparsities=self.levels,
             round_steps=[r * self.per_round for r in range(self.rounds)],
             steps_per_round=self.per_round,
-            prune_fraction=self.options.prune_fraction,
+            prune_fraction=fraction_of(self.spec, self.options),
             rewind_step=self.options.rewind_step,
             rewind=self.options.rewind,
             schedule=self.options.schedule,

@@ -12,6 +12,7 @@ class OneShotMagnitude:
 
     summary = "one-shot magnitude pruning (OMP) of the pre-trained weights"
     Options = NoOptions
+    patterns = True
 
     def __init__(self, options: NoOptions) -> None:
         self.options = options
@@ -20,4 +21,4 @@ class OneShotMagnitude:
         from tamt_cli import masking
 
         scores = masking.magnitude_scores(job.weights)
-        return masking.masks_from_scores(scores, job.sparsity, job.spec.scope)
+        return masking.masks_from_scores(scores, job.sparsity, job.spec.scope, job.pattern)

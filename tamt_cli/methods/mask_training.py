@@ -67,6 +67,7 @@ class MaskTraining:
     objective: ClassVar[str] = "mlm"
     summary: ClassVar[str] = "mask training"
     trains: ClassVar[bool] = True
+    patterns: ClassVar[bool] = True
     Options = MaskTrainingOptions
 
     def __init__(self, options: MaskTrainingOptions) -> None:
@@ -134,6 +135,7 @@ class TrainingSession:
         self.max_steps = self.settings["max_steps"]
         self.lr = self.settings["lr"]
         self.reset_every = self.settings["reset_every"]
+        self.pattern = job.pattern  # N:M: the top N of every M scores at every forward pass
         self.head_lr: float | None = None  # resolved once the head's origin is known
 
     def run(self) -> dict[str, Any]:
@@ -150,7 +152,7 @@ class TrainingSession:
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
             head, head_params, self.head_lr = pretraining.search_head(job, data, engine)
         init = self.initial_scores()
-        scores = masking.attach_scores(job.weights, init, self.options.tau)
+        scores = masking.attach_scores(job.weights, init, self.options.tau, self.pattern)
         kinds = {p.name: p.kind for p in job.weights}
         for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
@@ -187,8 +189,9 @@ class TrainingSession:
             hooks=hooks,
             start_step=start,
         )
-        masking.reset_thresholds(scores, self.sparsity, spec.scope)
-        final = masking.exact_masks_from(scores, self.sparsity, spec.scope)
+        if self.pattern is None:
+            masking.reset_thresholds(scores, self.sparsity, spec.scope)
+        final = masking.exact_masks_from(scores, self.sparsity, spec.scope, self.pattern)
         if head is not None:
             job.run.save_tensors(artifacts.HEAD_FILE, pretraining.head_state(head, job.model))
         job.notes.update(
@@ -218,7 +221,7 @@ class TrainingSession:
             ranking = masking.random_scores(weights, self.spec.seed)
         else:
             ranking = masking.magnitude_scores(weights)
-        keep = masking.masks_from_scores(ranking, self.sparsity, scope)
+        keep = masking.masks_from_scores(ranking, self.sparsity, scope, self.pattern)
         if self.options.scores == "binary":
             return keep
         return masking.graded_scores(ranking, keep, self.options.tau)
@@ -239,8 +242,9 @@ class _Hooks:
     def after_step(self, step: int) -> None:
         from tamt_cli import masking
 
-        if step % self.session.reset_every == 0:
-            masking.reset_thresholds(self.scores, self.session.sparsity, self.session.spec.scope)
+        session = self.session
+        if session.pattern is None and step % session.reset_every == 0:
+            masking.reset_thresholds(self.scores, session.sparsity, session.spec.scope)
             self._sparsity = None
 
     def status(self, step: int) -> dict[str, Any]:
@@ -266,7 +270,7 @@ class _Hooks:
         # The exact top-k of the scores is the mask a threshold reset would give; τ itself is
         # left alone, so where checkpoints fall does not change the training.
         masks = masking.exact_masks_from(
-            self.scores, self.session.sparsity, self.session.spec.scope
+            self.scores, self.session.sparsity, self.session.spec.scope, self.session.pattern
         )
         job.run.save_masks(masks, step=step)
         self.session.engine.save_checkpoint(

@@ -28,6 +28,7 @@ class RandomPruning:
     summary = "random pruning at the same sparsity (seeded; --like copies a mask's layout)"
     Options = RandomOptions
     sparsity_alternative: ClassVar[str] = "--like MASKFILE"
+    patterns: ClassVar[bool] = True
 
     def __init__(self, options: RandomOptions) -> None:
         self.options = options
@@ -36,6 +37,8 @@ class RandomPruning:
         return self.options.like is None
 
     def check(self, spec: SearchSpec) -> None:
+        if self.options.like is not None and spec.pattern is not None:
+            raise UserError("--like copies another mask's counts; it does not go with --pattern")
         if self.options.like is not None and not self.options.like.is_file():
             raise UserError(f"--like mask file '{self.options.like}' does not exist")
 
@@ -44,7 +47,7 @@ class RandomPruning:
 
         scores = masking.random_scores(job.weights, job.spec.seed)
         if self.options.like is None:
-            return masking.masks_from_scores(scores, job.sparsity, job.spec.scope)
+            return masking.masks_from_scores(scores, job.sparsity, job.spec.scope, job.pattern)
 
         like = artifacts.load_masks(self.options.like)
         masking.check_fits(like, masking.shapes(job.weights), f"--like mask '{self.options.like}'")
