@@ -118,15 +118,16 @@ def test_dry_run_resolves_mask_training_values(cli):
     out = res.json()
     assert out["lr"] is None and out["head_warmup_steps"] is None  # the spec stays as given
     resolved = out["resolved"]
-    assert resolved["max_steps"] == 300 and resolved["lr"] == 2e-4
+    assert resolved["max_steps"] == 300 and resolved["lr"] == 5e-5
     intervals = (resolved["reset_every"], resolved["eval_every"], resolved["save_every"])
     assert intervals == (100, 30, 30)
     assert resolved["head_warmup_steps"] == 300 and resolved["head_warmup_lr"] == 1e-3
     assert "5e-05 for a pre-trained head" in resolved["head_lr"]
-    res = cli("search", "-m", "kd", "-s", "0.7", "--lr", "2e-4", "--head-lr", "0", "--dry-run",
-              "--json")  # fmt: skip
+    res = cli("search", "-m", "kd", "-s", "0.7", "--head-lr", "0", "--dry-run", "--json")
     resolved = res.json()["resolved"]
     assert resolved["lr"] == 2e-4 and resolved["max_steps"] == 1000 and "head_lr" not in resolved
+    res = cli("search", "-m", "kd", "-s", "0.7", "--lr", "3e-4", "--dry-run", "--json")
+    assert res.json()["resolved"]["lr"] == 3e-4
     res = cli("search", "-m", "mlm", "-s", "0.7", "--dry-run")
     assert "resolved:" in res.out and "reset_every: 100" in res.out
 
