@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +31,8 @@ HEAD_CACHE_VERSION = 1
 HEAD_CHECK_BLOCKS = 64
 #: the seed of the MLM corruption of held-out blocks: every evaluation masks the same tokens
 HELD_OUT_SEED = 12_345
+#: the batch size of that comparison (the held-out MLM positions depend on it)
+HEAD_CHECK_BATCH = 16
 #: a fitted head whose held-out MLM loss is not this many nats below the frequency baseline's
 #: reads too little from the encoder for MLM mask training to learn from: a warning says so
 HEAD_MARGIN = 0.5
@@ -176,8 +178,9 @@ def shared_head(
         "cache": str(path),
     }
     trainable = {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}
-    if engine.broadcast(path.is_file()) and _load_cached_head(trainable, path):
-        quality = head_quality(model, weights, head, data, engine, _cached_quality(path))
+    cached = _load_cached_head(trainable, path) if engine.broadcast(path.is_file()) else None
+    if cached is not None:
+        quality = head_quality(model, weights, head, data, engine, _stored_quality(cached))
         _warn_if_weak(ref, quality, console)
         return head, {**record, **quality, "reused": True}
     console.print(
@@ -212,51 +215,42 @@ def head_quality(
     (``frequency_heldout_mlm``, the same positions). ``cached``: figures stored with the head."""
     if cached is not None:
         return cached
-    from types import SimpleNamespace
-
     blocks = min(HEAD_CHECK_BLOCKS, int(data.held_out.shape[0]))
     if blocks == 0:
         return {}
-    spec = SimpleNamespace(eval_blocks=blocks, batch_size=16)
     module = objectives.PretrainingLoss(model, weights, "mlm", head)
-    loss = held_out_loss(module, data, "mlm", spec, engine.device)
+    loss = mean_held_out_loss(module, data, "mlm", blocks, HEAD_CHECK_BATCH, engine.device)
     return {
         "head_heldout_mlm": round(loss, 4),
-        "frequency_heldout_mlm": round(frequency_loss(data, blocks), 4),
+        "frequency_heldout_mlm": round(frequency_loss(data, blocks, HEAD_CHECK_BATCH), 4),
     }
 
 
-def frequency_loss(data: PretrainingData, blocks: int) -> float:
-    """Cross-entropy of the masked tokens of the first ``blocks`` held-out blocks (drawn as
-    :func:`held_out_loss` draws them) under the training blocks' token frequencies (add-one
-    smoothed): what a head that ignores the encoder can reach."""
-    info = data.tokenizer_info
-    vocab = int(info["vocab_size"])
+def frequency_loss(data: PretrainingData, blocks: int, batch_size: int) -> float:
+    """Cross-entropy of the masked tokens of the first ``blocks`` held-out blocks (the positions
+    :func:`held_out_loss` scores at ``batch_size``) under the training blocks' token frequencies
+    (add-one smoothed): what a head that ignores the encoder can reach."""
+    vocab = int(data.tokenizer_info["vocab_size"])
     counts = torch.zeros(vocab, dtype=torch.float64)
     for start in range(0, data.train.shape[0], 65_536):
         ids = data.train[start : start + 65_536].reshape(-1).long()
         counts += torch.bincount(ids[ids < vocab], minlength=vocab).double()
     log_p = torch.log((counts + 1) / (counts.sum() + vocab))
-    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
     total, count = 0.0, 0
-    for start in range(0, blocks, 16):
-        chunk = data.held_out[start : min(start + 16, blocks)]
-        labels = objectives.batch_for(chunk, "mlm", info, generator)["labels"]
+    for _, inputs in held_out_batches(data, "mlm", blocks, batch_size):
+        labels = inputs["labels"]
         chosen = labels[labels != objectives.IGNORE]
         total += float(-log_p[chosen].sum())
         count += int(chosen.numel())
     return total / max(count, 1)
 
 
-def _cached_quality(path: Path) -> dict[str, float] | None:
-    from safetensors import safe_open
-
+def _stored_quality(meta: dict[str, str]) -> dict[str, float] | None:
+    """The head-quality figures stored in a cached head's metadata (None: an older cache)."""
+    keys = ("head_heldout_mlm", "frequency_heldout_mlm")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        keys = ("head_heldout_mlm", "frequency_heldout_mlm")
-        return {k: float(meta[k]) for k in keys} if all(k in meta for k in keys) else None
-    except Exception:
+        return {k: float(meta[k]) for k in keys}
+    except (KeyError, ValueError):
         return None
 
 
@@ -304,20 +298,23 @@ def heads_cache() -> Path:
     return corpora.cache_root() / "heads"
 
 
-def _load_cached_head(params: dict[str, nn.Parameter], path: Path) -> bool:
-    """Copy a cached head into ``params``; False (refit) when the file is unreadable or stale."""
-    from safetensors.torch import load_file
+def _load_cached_head(params: dict[str, nn.Parameter], path: Path) -> dict[str, str] | None:
+    """Copy a cached head into ``params`` and return its metadata; None (refit) when the file
+    is unreadable or stale."""
+    from safetensors import safe_open
 
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not iterable)
+            meta = fh.metadata() or {}
     except Exception:
-        return False
+        return None
     if set(state) != set(params) or any(state[n].shape != p.shape for n, p in params.items()):
-        return False
+        return None
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state[name])
-    return True
+    return meta
 
 
 def fit_head(
@@ -414,22 +411,43 @@ def held_out_loss(
 ) -> float:
     """Mean loss over the first ``spec.eval_blocks`` held-out blocks, with MLM corruption drawn
     from a fixed seed so that evaluations are comparable across steps and runs."""
-    module = getattr(module, "module", module)
-    blocks = data.held_out[: spec.eval_blocks]
-    if blocks.shape[0] == 0:
-        raise UserError("the corpus has no held-out blocks to evaluate on")
-    info = data.tokenizer_info
+    return mean_held_out_loss(module, data, objective, spec.eval_blocks, spec.batch_size, device)
+
+
+def held_out_batches(
+    data: PretrainingData, objective: str, blocks: int, batch_size: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``(rows, inputs)`` of the first ``blocks`` held-out blocks in batches, with the MLM
+    corruption drawn from :data:`HELD_OUT_SEED`: the same positions at every evaluation."""
+    held_out = data.held_out[:blocks]
     generator = torch.Generator().manual_seed(HELD_OUT_SEED)
+    for start in range(0, held_out.shape[0], batch_size):
+        chunk = held_out[start : start + batch_size]
+        yield chunk.shape[0], objectives.batch_for(chunk, objective, data.tokenizer_info, generator)
+
+
+@torch.no_grad()
+def mean_held_out_loss(
+    module: nn.Module,
+    data: PretrainingData,
+    objective: str,
+    blocks: int,
+    batch_size: int,
+    device: Any,
+) -> float:
+    """Mean loss of ``module`` over the first ``blocks`` held-out blocks (see
+    :func:`held_out_batches`), in eval mode."""
+    module = getattr(module, "module", module)
+    if min(blocks, data.held_out.shape[0]) == 0:
+        raise UserError("the corpus has no held-out blocks to evaluate on")
     was = module.training
     module.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, blocks.shape[0], spec.batch_size):
-            chunk = blocks[start : start + spec.batch_size]
-            inputs = objectives.batch_for(chunk, objective, info, generator)
+        for rows, inputs in held_out_batches(data, objective, blocks, batch_size):
             batch = {k: v.to(device) for k, v in inputs.items()}
-            total += float(module(**batch)) * chunk.shape[0]
-            count += chunk.shape[0]
+            total += float(module(**batch)) * rows
+            count += rows
     finally:
         module.train(was)
     return total / count

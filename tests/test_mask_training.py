@@ -160,7 +160,7 @@ def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_
     n = min(8, blocks.held_out.shape[0])
     weights = masking.prunable_weights(model)
     quality = pretraining.head_quality(model, weights, head, data, engine, None)
-    baseline = pretraining.frequency_loss(data, n)
+    baseline = pretraining.frequency_loss(data, n, 16)
     module = objectives.PretrainingLoss(model, weights, "mlm", head)
     spec = SimpleNamespace(eval_blocks=n, batch_size=16)
     assert pretraining.held_out_loss(module, data, "mlm", spec, "cpu") == pytest.approx(baseline)
