@@ -301,7 +301,14 @@ def search(
     seed: Annotated[int | None, typer.Option(help=f"random seed {_default(0)}")] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help=f"run directory {_default('runs/<method>-s<sparsity>-<time>')}"),
+        typer.Option(help=f"run directory {_default('runs/<label or method>-s<sparsity>-<time>')}"),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="the name `tamt report` gives this subnetwork instead of the method's, e.g. "
+            f"kd-long {_default('the method')}"
+        ),
     ] = None,
     like: Annotated[
         Path | None,
@@ -560,6 +567,7 @@ def search(
         "pooler": pooler,
         "seed": seed,
         "out": out,
+        "label": label,
         "options": options or None,
         "corpus": corpus,
         "max_length": max_length,
@@ -983,12 +991,24 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list the cells and what is done, run nothing")
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: run only the K-th of every N searches with the cells that read them, "
+            "so N processes (or array jobs) share one sweep directory "
+            f"{_default('every cell')}"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a grid: methods × sparsities searched once, fine-tuned on tasks × seeds."""
     from tamt_cli import sweep as sweeping
 
+    parts = sweeping.parse_shard(shard) if shard is not None else None
     plan = sweeping.plan(grid, out)
+    if parts is not None and (print_commands or dry_run):
+        mine = sweeping.shard_of(plan, parts)
+        plan.cells = [c for c in plan.cells if c.id in mine]
     if print_commands:
         for line in sweeping.commands(plan):
             typer.echo(line)
@@ -999,11 +1019,13 @@ def sweep(
         else:
             sweeping.render_listing(plan, _out())
         return
-    index = sweeping.run(plan, _err(), fail_fast=fail_fast)
+    index = sweeping.run(plan, _err(), fail_fast=fail_fast, shard=parts)
     if as_json:
         _emit_json(index)
     else:
-        _out().print(f"sweep complete: {len(plan.cells)} cells in [bold]{plan.out}[/bold]")
+        done = len(sweeping.shard_of(plan, parts))
+        which = f" (shard {shard})" if shard else ""
+        _out().print(f"sweep complete{which}: {done} cells in [bold]{plan.out}[/bold]")
 
 
 class ReportFormat(str, Enum):

@@ -88,6 +88,7 @@ def export(
         source_run=str(Path(spec.run).resolve()),
         source_mask=entry,
         method=manifest.get("method"),
+        label=manifest.get("label"),
         model=record,
         seed=manifest.get("seed"),
         sparsity=entry.get("sparsity"),

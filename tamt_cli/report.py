@@ -104,7 +104,7 @@ def _read_sweep(path: Path, inputs: Inputs) -> None:
             inputs.notes.append(f"'{file}' scores no search run of the sweep; left out")
             continue
         manifest = artifacts.read_manifest(search)
-        cell = {"method": manifest.get("method"), "sparsity": manifest.get("sparsity")}
+        cell = {"method": name_of(manifest), "sparsity": manifest.get("sparsity")}
         inputs.heldout.append(_heldout(file, result, cell))
 
 
@@ -155,13 +155,20 @@ def _seed(
         "task": task,
         "split": split or None,
         "metric": metric or None,
-        "method": DENSE if dense else str(link.get("method") or link.get("kind")),
+        "method": DENSE
+        if dense
+        else str(link.get("label") or link.get("method") or link.get("kind")),
         "sparsity": None if dense else _number(link.get("sparsity")),
         "subnetwork": link.get("path"),
         "seed": record.get("seed"),
         "best": (record.get("best") or {}).get("metrics") or {},
         "final": (record.get("final") or {}).get("metrics") or {},
     }
+
+
+def name_of(manifest: dict[str, Any]) -> str:
+    """What a search run or export is called in the tables: its label, else its method."""
+    return str(manifest.get("label") or manifest.get("method"))
 
 
 def _number(value: Any) -> float | None:
@@ -189,7 +196,7 @@ def _subject_of(result: dict[str, Any]) -> Key:
     checkpoint = Path(str(result.get("checkpoint")))
     if (checkpoint / artifacts.MANIFEST).is_file():
         manifest = artifacts.read_manifest(checkpoint)
-        return str(manifest.get("method")), _number(manifest.get("sparsity"))
+        return name_of(manifest), _number(manifest.get("sparsity"))
     if result.get("mask_sparsity") is None:
         return DENSE, None
     return checkpoint.name, _number(result.get("mask_sparsity"))
@@ -240,7 +247,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     for manifest in inputs.searches.values():
         value = _number(manifest.get("seconds"))
         if value is not None:
-            key = (str(manifest.get("method")), _number(manifest.get("sparsity")))
+            key = (name_of(manifest), _number(manifest.get("sparsity")))
             seconds.setdefault(key, []).append(value)
     groups: dict[tuple[str, str, str, Key], list[dict[str, Any]]] = {}
     for seed in inputs.seeds:
@@ -377,9 +384,9 @@ def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dic
     by_sparsity: dict[float | None, list[tuple[str, Path, dict[str, Any]]]] = {}
     names: dict[str, int] = {}
     for path, manifest in sorted(
-        searches.items(), key=lambda kv: _order((str(kv[1].get("method")), _sparsity(kv[1])))
+        searches.items(), key=lambda kv: _order((name_of(kv[1]), _sparsity(kv[1])))
     ):
-        method, sparsity = str(manifest.get("method")), _sparsity(manifest)
+        method, sparsity = name_of(manifest), _sparsity(manifest)
         label = method if sparsity is None else f"{method} s{sparsity:g}"
         names[label] = names.get(label, 0) + 1
         if names[label] > 1:

@@ -28,7 +28,9 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
         level = f"s{spec.sparsity:g}" if spec.sparsity is not None else "like"
         if spec.pattern is not None:
             level = spec.pattern.replace(":", "of")
-        spec = spec.model_copy(update={"out": artifacts.default_run_dir(spec.method, level)})
+        spec = spec.model_copy(
+            update={"out": artifacts.default_run_dir(spec.label or spec.method, level)}
+        )
     return method, spec
 
 
@@ -246,6 +248,7 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
         registry.installed_distributions(),
         status="running",
         method=spec.method,
+        label=spec.label,
         method_plugin={"distribution": plugin.distribution, "version": plugin.version},
         model=artifacts.model_record(ref, model, weights_sha),
         seed=spec.seed,

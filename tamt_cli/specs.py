@@ -66,6 +66,10 @@ def check_seeds(value: list[int]) -> list[int]:
     return value
 
 
+#: labels and sweep variant names: they name folders and table rows
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+
 class SearchSpec(Spec):
     """`tamt search`: find a mask over a pre-trained model's prunable weights."""
 
@@ -79,6 +83,13 @@ class SearchSpec(Spec):
     pooler: bool = Field(True, description="mask the pooler dense layer")
     seed: int = Field(0, ge=0)
     out: Path | None = Field(None, description="run directory (default: runs/<method>-...)")
+    label: str | None = Field(
+        None,
+        max_length=64,
+        pattern=LABEL_PATTERN,
+        description="the name reports give this subnetwork in place of the method's, e.g. "
+        "kd-long (letters, digits, . _ + -)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
     # training methods (mlm, kd, mlm-kd, imp, plugins that train); one-shot methods ignore these
     corpus: str = Field("wikitext-103", description="text: hub alias, files/globs, or `demo`")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +43,7 @@ DENSE = "dense"
 
 #: spec fields the grid itself sets; a section naming one is refused
 SET_BY_GRID = {
-    "search": ("method", "sparsity", "model", "out"),
+    "search": ("method", "sparsity", "model", "out", "label"),
     "finetune": ("subnetwork", "task", "model", "seeds", "out", "data_dir"),
     "heldout": ("checkpoint", "task", "step", "data_dir", "split"),
 }
@@ -66,6 +68,11 @@ class GridSpec(Spec):
     methods_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per method: search fields, or else options of the method",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named settings of a method, usable in methods: {name: {method: M, "
+        "search fields or options of M}}; reports name the subnetwork after the variant",
     )
     finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning fields")
     data: dict[str, Path] = Field(default_factory=dict, description="per task: local data dir")
@@ -192,10 +199,13 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
                     f"grid {grid_file}: '{section}.{name}' is set by the grid itself; remove it"
                 )
     methods = registry.methods()
+    _check_variants(grid, grid_file, methods)
     for name in grid.methods:
-        methods.get(name)  # unknown names: one line with "did you mean"
+        if name not in grid.variants:
+            methods.get(name)  # unknown names: one line with "did you mean"
+    used = {_base(grid, name) for name in grid.methods}
     for name in grid.methods_options:
-        if name not in grid.methods:
+        if name not in used:
             raise UserError(
                 f"grid {grid_file}: methods_options names '{name}', which is not in methods "
                 f"({', '.join(grid.methods)})"
@@ -220,6 +230,31 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
     for cell in cells:
         _status(cell, sweep_dir, recorded.get(cell.id))
     return Plan(grid, sweep_dir, cells)
+
+
+def _base(grid: GridSpec, name: str) -> str:
+    """The registered method behind a name of ``methods`` (a variant's, or the name itself)."""
+    return str(grid.variants[name]["method"]) if name in grid.variants else name
+
+
+def _check_variants(grid: GridSpec, grid_file: Path, methods: Any) -> None:
+    import re
+
+    for name, settings in grid.variants.items():
+        where = f"grid {grid_file}: variant '{name}'"
+        if not re.match(specs.LABEL_PATTERN, name) or len(name) > 64:
+            raise UserError(f"{where}: a name is letters, digits and . _ + - (at most 64)")
+        if name in methods.names():
+            raise UserError(f"{where} has the name of a method; call it something else")
+        if not isinstance(settings, dict) or "method" not in settings:
+            raise UserError(f"{where} names no method: give it method: NAME")
+        if "label" in settings:
+            raise UserError(f"{where}: 'label' is the variant's name; remove it")
+        methods.get(str(settings["method"]))
+        if name not in grid.methods:
+            raise UserError(
+                f"{where} is not in methods ({', '.join(grid.methods)}); add it or remove it"
+            )
 
 
 def _check_tasks(grid: GridSpec, grid_file: Path) -> None:
@@ -258,16 +293,24 @@ def _objectives(grid: GridSpec, grid_file: Path) -> list[str]:
 
 
 def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
+    """The search of ``method`` (a method or a variant's name) at ``sparsity``: the grid's search
+    fields, then the method's ``methods_options``, then the variant's settings."""
     from tamt_cli import search as searching
 
-    per_method = dict(grid.methods_options.get(method, {}))
+    base = _base(grid, method)
+    layers = [grid.methods_options.get(base, {})]
+    if method in grid.variants:
+        layers.append({k: v for k, v in grid.variants[method].items() if k != "method"})
     fields = set(SearchSpec.model_fields)
-    data = {**grid.search, **{k: v for k, v in per_method.items() if k in fields}}
-    options = {
-        **(data.pop("options", None) or {}),
-        **{k: v for k, v in per_method.items() if k not in fields},
-    }
-    data.update(method=method, sparsity=sparsity, model=grid.model, out=Path("."))
+    data = dict(grid.search)
+    options = dict(data.pop("options", None) or {})
+    for layer in layers:
+        data.update({k: v for k, v in layer.items() if k in fields and k != "options"})
+        options.update(layer.get("options") or {})
+        options.update({k: v for k, v in layer.items() if k not in fields})
+    data.update(method=base, sparsity=sparsity, model=grid.model, out=Path("."))
+    if method in grid.variants:
+        data["label"] = method
     if options:
         data["options"] = options
     where = f"grid, search cell {method} s{sparsity:g}"
@@ -401,20 +444,60 @@ def _manifest_or_none(path: Path) -> dict[str, Any] | None:
 # -- running --------------------------------------------------------------------------------
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` → (K, N), 1 ≤ K ≤ N."""
+    k, sep, n = text.partition("/")
+    if sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n):
+        return int(k), int(n)
+    raise UserError(f"--shard takes K/N with 1 ≤ K ≤ N, e.g. 1/2; got '{text}'")
+
+
+def shard_of(plan_: Plan, shard: tuple[int, int] | None) -> set[str]:
+    """The ids of the cells of shard ``K/N``: the K-th of every N groups, a group being a search
+    with every cell that reads it (the dense model's cells are one group), in grid order."""
+    if shard is None:
+        return {c.id for c in plan_.cells}
+    k, n = shard
+    groups: list[str] = []
+    for c in plan_.cells:
+        group = c.needs or (c.id if c.kind == "search" else DENSE)
+        if group not in groups:
+            groups.append(group)
+    mine = {g for i, g in enumerate(groups) if i % n == k - 1}
+    return {
+        c.id for c in plan_.cells if (c.needs or (c.id if c.kind == "search" else DENSE)) in mine
+    }
+
+
 def run(
-    plan_: Plan, console: Console, *, fail_fast: bool = False, threads: int | None = None
+    plan_: Plan,
+    console: Console,
+    *,
+    fail_fast: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Run every cell that is not done, in dependency order; returns the index."""
+    """Run every cell that is not done (of ``shard`` K/N only, when given), in dependency
+    order; returns the index."""
     out = plan_.out
     out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_text(out / GRID, plan_.grid.to_yaml())
+    mine = shard_of(plan_, shard)
 
     def save() -> None:
-        artifacts.write_json(out / INDEX, plan_.index())
+        # shards share the index: each writes its own cells' records into the file on disk
+        with _index_lock(out):
+            index = plan_.index()
+            if shard is not None:
+                recorded = _read_index(out)
+                index["cells"] = [
+                    c if c["id"] in mine else recorded.get(c["id"], c) for c in index["cells"]
+                ]
+            artifacts.write_json(out / INDEX, index)
 
+    with _index_lock(out):
+        artifacts.write_text(out / GRID, plan_.grid.to_yaml())
     save()
-    todo = [c for c in plan_.cells if c.status != "done"]
-    total, finished = len(plan_.cells), len(plan_.cells) - len(todo)
+    todo = [c for c in plan_.cells if c.status != "done" and c.id in mine]
+    total, finished = len(mine), len(mine) - len(todo)
     timings: dict[str, list[float]] = {}
     for cell in todo:
         needed = plan_.cell(cell.needs) if cell.needs else None
@@ -446,13 +529,22 @@ def run(
         if cell.status == "failed" and fail_fast:
             raise CellsFailed(f"{cell.label} failed: {cell.error} (--fail-fast; see {out / INDEX})")
     index = plan_.index()
-    failed = [c for c in plan_.cells if c.status in {"failed", "skipped"}]
+    failed = [c for c in plan_.cells if c.status in {"failed", "skipped"} and c.id in mine]
     if failed:
         raise CellsFailed(
-            f"{len(failed)} of {total} cells did not finish, first {failed[0].label}: "
+            f"{len(failed)} of {len(mine)} cells did not finish, first {failed[0].label}: "
             f"{failed[0].error}; run the sweep again to retry them (see {out / INDEX})"
         )
     return index
+
+
+@contextmanager
+def _index_lock(out: Path) -> Iterator[None]:
+    """Serialises writes of the index by the processes of one sweep (its shards)."""
+    from filelock import FileLock
+
+    with FileLock(str(out / ".sweep.lock")):
+        yield
 
 
 def _run_cell(cell: Cell, out: Path, console: Console) -> None:

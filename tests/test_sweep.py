@@ -181,6 +181,50 @@ def test_killed_sweep_continues_and_ends_with_the_uninterrupted_mask(
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
+def test_shards_split_the_grid_by_search_and_share_the_index(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """Two processes at once, `--shard 1/2` and `--shard 2/2`: each runs its searches with every
+    cell that reads them, the index ends with every cell done, and the sweep is then complete."""
+    import subprocess
+    import sys
+
+    data = grid(tiny_bert, corpus, sst2, methods=["omp", "random"], seeds=[1], methods_options={})
+    path = write_grid(tmp_path / "grid.yaml", data)
+    listed = cli("sweep", path, "--out", "out", "--shard", "2/2", "--dry-run", "--json").json()
+    # groups in grid order: dense, omp 0.5, omp 0.7, random 0.5, random 0.7; shard 2 has the
+    # 2nd and 4th with their held-out losses and fine-tuning
+    assert sorted(c["id"] for c in listed) == sorted(
+        [
+            *(f"search/{n}" for n in ("omp-s0.5", "random-s0.5")),
+            *(f"heldout-{n}-kd.json" for n in ("omp-s0.5", "random-s0.5")),
+            *(f"finetune/sst2-{n}-seed1" for n in ("omp-s0.5", "random-s0.5")),
+        ]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tamt_cli", "sweep", str(path), "--out", "out", "--shard", k],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in ("1/2", "2/2")
+    ]
+    for k, proc in zip(("1/2", "2/2"), procs):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert out.startswith(f"sweep complete (shard {k}): ")
+    cells = index(tmp_path / "out")["cells"]
+    assert len(cells) == 2 + 4 * 3 and {c["status"] for c in cells} == {"done"}
+    res = cli("sweep", path, "--out", "out", "--dry-run", "--json")
+    assert {c["status"] for c in res.json()} == {"done"}
+    bad = cli("sweep", path, "--out", "out", "--shard", "3/2")
+    assert bad.code == 2 and "--shard takes K/N" in bad.err
+
+
 def test_failed_cells_are_recorded_and_do_not_stop_the_others(
     cli, tmp_path, tiny_bert, corpus, sst2
 ):
@@ -243,6 +287,12 @@ def test_printed_commands_are_the_cells_specs(swept, cli, tmp_path, tiny_bert, c
         ({"sparsities": [0.5, 1.5]}, "strictly between 0 and 1"),
         ({"data": {}}, "no data dir for task 'sst2' and the Hugging Face hub is unreachable"),
         ({"data": {"sst2": "/nonexistent/SST-2"}}, "does not exist"),
+        ({"variants": {"kd-x": {"lr": 0.1}}}, "variant 'kd-x' names no method"),
+        ({"variants": {"kd-x": {"method": "kdd"}}}, "did you mean"),
+        ({"variants": {"omp": {"method": "kd"}}}, "has the name of a method"),
+        ({"variants": {"kd x": {"method": "kd"}}}, "a name is letters, digits"),
+        ({"variants": {"kd-x": {"method": "kd"}}}, "variant 'kd-x' is not in methods"),
+        ({"search": {"label": "x"}}, "'search.label' is set by the grid itself"),
     ],
 )
 def test_bad_grid_is_one_line_and_runs_nothing(
@@ -253,6 +303,65 @@ def test_bad_grid_is_one_line_and_runs_nothing(
     assert res.code == 2, res.err
     assert message in res.err and len(res.err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_variants_are_runs_of_their_method_named_in_the_report(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """Two settings of kd side by side: each search runs kd with its variant's settings over the
+    method's, and the report's rows, held-out losses and mask overlaps are named by variant."""
+    data = grid(
+        tiny_bert,
+        corpus,
+        sst2,
+        methods=["kd-short", "kd-long", "omp"],
+        sparsities=[0.5],
+        seeds=[1],
+        dense=False,
+        variants={
+            "kd-short": {"method": "kd", "max_steps": 2},
+            "kd-long": {"method": "kd", "lr": 0.01, "init": "random"},
+        },
+    )
+    out = tmp_path / "out"
+    res = cli("sweep", write_grid(tmp_path / "grid.yaml", data), "--out", out)
+    assert res.code == 0, res.err
+    short = artifacts.read_manifest(out / "search/kd-short-s0.5")
+    long = artifacts.read_manifest(out / "search/kd-long-s0.5")
+    assert (short["method"], short["label"], long["method"], long["label"]) == (
+        "kd",
+        "kd-short",
+        "kd",
+        "kd-long",
+    )
+    saved = {
+        name: yaml.safe_load((out / f"search/{name}-s0.5/spec.yaml").read_text())
+        for name in ("kd-short", "kd-long")
+    }
+    # the variant's fields over methods_options' (kd: max_steps 4, save_every 2, lr 0.05)
+    assert (saved["kd-short"]["max_steps"], saved["kd-short"]["lr"]) == (2, 0.05)
+    assert (saved["kd-long"]["max_steps"], saved["kd-long"]["lr"]) == (4, 0.01)
+    assert saved["kd-long"]["options"] == {"init": "random"}
+    assert [m["step"] for m in short["masks"]][-1] == 2
+    doc = cli("report", out, "--format", "json").json()
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert set(rows) == {"kd-short", "kd-long", "omp"}
+    for name in rows:
+        loss = json.loads((out / f"heldout-{name}-s0.5-kd.json").read_text())["loss"]
+        assert rows[name]["heldout"] == {"kd": loss}
+    pairs = {(o["a"], o["b"]) for o in doc["overlap"]}
+    assert ("kd-short s0.5", "kd-long s0.5") in pairs or ("kd-long s0.5", "kd-short s0.5") in pairs
+    # a label outside a sweep: the report names the run after it
+    run = tmp_path / "labelled"
+    res = cli(
+        "search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--label", "omp-again",
+        "--out", run,
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    rows = cli("report", run, "--format", "json").json()["subnetworks"]
+    assert [r["name"] for r in rows] == ["omp-again s0.5"]
+    bad = cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--label", "a b")
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1 and "label" in bad.err
 
 
 def test_missing_grid_file_is_one_line(cli, tmp_path):
