@@ -105,6 +105,30 @@ def _semi_structured_linear(module: Any) -> None:
     module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()))
 
 
+DEFAULT_LENGTH = 128
+
+
+def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first ``batch_size`` features of the task's first dev split, encoded as fine-tuning
+    encodes them (truncated at ``max_length``, else the task's length) and padded as a batch."""
+    from tamt_cli import task_model
+    from tamt_cli.tasks.base import create_task
+
+    task = create_task(str(spec.task), spec.task_options)
+    split = task.eval_splits[0]
+    tokenizer = task_model.load_tokenizer(subject.ref)
+    (eval_set,) = task_model.eval_sets(
+        task, [split], spec.data_dir, tokenizer, spec.max_length, None
+    )
+    count = min(spec.batch_size, len(eval_set.features))
+    batch = eval_set.batcher(range(count))
+    inputs = {
+        k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    source = {"kind": "task", "task": task.name, "split": split, "features": count}
+    return inputs, source
+
+
 def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
     import copy
 
@@ -143,14 +167,21 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
         "ratio": compressed_bytes / dense_bytes,
     }
 
-    gen = torch.Generator().manual_seed(spec.seed)
-    vocab = int(dense.config.vocab_size)
-    ids = torch.randint(0, vocab, (spec.batch_size, spec.max_length), generator=gen)
-    mask = torch.ones_like(ids)
+    if spec.task is not None:
+        batch, source = task_inputs(spec, subject)
+    else:
+        gen = torch.Generator().manual_seed(spec.seed)
+        vocab = int(dense.config.vocab_size)
+        length = spec.max_length or DEFAULT_LENGTH
+        ids = torch.randint(0, vocab, (spec.batch_size, length), generator=gen)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        source = {"kind": "random token ids", "seed": spec.seed}
+    source["shape"] = list(batch["input_ids"].shape)
+    source["tokens"] = int(batch["attention_mask"].sum())
     threads = torch.get_num_threads()
 
     def forward_of(model: Any, device: str) -> Callable[[], Any]:
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        inputs = {k: v.to(device) for k, v in batch.items()}
 
         def forward() -> Any:
             with torch.inference_mode():
@@ -213,7 +244,8 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
         "pattern": pattern,
         "sparsity": masking.pruned_fraction(subject.masks),
         "batch_size": spec.batch_size,
-        "max_length": spec.max_length,
+        "max_length": source["shape"][1],
+        "inputs": source,
         "repeats": spec.repeats,
         "threads": threads,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -935,7 +935,8 @@ def bench(
         int | None, typer.Option(help=f"sequences per forward pass {_default(8)}")
     ] = None,
     max_length: Annotated[
-        int | None, typer.Option(help=f"tokens per sequence {_default(128)}")
+        int | None,
+        typer.Option(help=f"tokens per sequence {_default('128; with --task, its length')}"),
     ] = None,
     repeats: Annotated[
         int | None, typer.Option(help=f"timed forward passes per variant {_default(10)}")
@@ -944,6 +945,21 @@ def bench(
         int | None, typer.Option(help=f"untimed forward passes first {_default(2)}")
     ] = None,
     seed: Annotated[int | None, typer.Option(help=f"seed of the token ids {_default(0)}")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="time the first --batch-size dev examples of this task, encoded as fine-tuning "
+            f"encodes them, instead of random token ids {_default('none')}",
+            autocompletion=_complete_tasks,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=f"the task's local data {_default('the hub')}")
+    ] = None,
+    task_option: Annotated[
+        list[str] | None,
+        typer.Option("--task-option", help="NAME=VALUE option of the task (repeatable)"),
+    ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
@@ -960,6 +976,9 @@ def bench(
         "repeats": repeats,
         "warmup": warmup,
         "seed": seed,
+        "task": task,
+        "data_dir": data_dir,
+        "task_options": _parse_options(task_option, "--task-option"),
     }
     resolved = specs.build(specs.BenchSpec, spec, flags)
     if dry_run:

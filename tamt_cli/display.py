@@ -241,13 +241,20 @@ def cache_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _inputs(result: dict[str, Any]) -> str:
+    inputs = result.get("inputs") or {}
+    if inputs.get("kind") == "task":
+        return f"{inputs['task']} {inputs['split']}, {inputs['tokens']} real tokens"
+    return "random ids"
+
+
 def bench_table(result: dict[str, Any]) -> Group:
     """Sizes, then latency of every way of running the subnetwork, then the kernels."""
     sizes = result["sizes"]
     head = Text(
         f"{result['subnetwork']} over {result['model']}: sparsity {result['sparsity']:.3f}"
         + (f", pattern {result['pattern']}" if result["pattern"] else "")
-        + f"; batch {result['batch_size']} × {result['max_length']} tokens, "
+        + f"; batch {result['batch_size']} × {result['max_length']} tokens ({_inputs(result)}), "
         f"{result['repeats']} runs, {result['threads']} threads, {result['device']}\n"
         f"model.safetensors: dense {sizes['dense_bytes'] / 1e6:.1f} MB, compressed "
         f"{sizes['compressed_bytes'] / 1e6:.1f} MB ({sizes['ratio']:.3f})"

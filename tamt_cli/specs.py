@@ -173,10 +173,19 @@ class BenchSpec(Spec):
     subnetwork: str
     model: str | None = Field(None, description="the model of a bare mask file")
     batch_size: int = Field(8, gt=0, description="sequences per forward pass")
-    max_length: int = Field(128, ge=2, description="tokens per sequence")
+    max_length: int | None = Field(
+        None, ge=2, description="tokens per sequence [128; with a task, its truncation length]"
+    )
     repeats: int = Field(10, gt=0, description="timed forward passes of each variant")
     warmup: int = Field(2, ge=0, description="untimed forward passes first")
     seed: int = Field(0, ge=0, description="seed of the random token ids")
+    task: str | None = Field(
+        None, description="time the task's first dev examples instead of random token ids"
+    )
+    data_dir: Path | None = Field(None, description="the task's local data [the hub]")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of a task that takes them (e.g. columns)"
+    )
 
 
 class FinetuneSpec(Spec):

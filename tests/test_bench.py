@@ -45,6 +45,43 @@ def test_bench_reports_sizes_latency_and_equal_outputs(cli, tiny_bert):
     assert "Latency" in table.out and "csr" in table.out and "compressed" in table.out
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_bench_on_task_inputs_times_the_dev_examples(cli, tiny_bert, tmp_path):
+    """--task: the first dev sentences, tokenised as fine-tuning does and padded as a batch."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny import write_sst2
+
+    data = write_sst2(tmp_path / "SST-2", dev=5)
+    assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "run").code == 0
+    res = cli(
+        "bench", "run", "--task", "sst2", "--data-dir", data, "--batch-size", "4",
+        "--repeats", "2", "--json",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    doc = res.json()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    sentences = [line.split("\t")[0] for line in (data / "dev.tsv").read_text().splitlines()[1:5]]
+    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences]
+    assert doc["inputs"] == {
+        "kind": "task",
+        "task": "sst2",
+        "split": "validation",
+        "features": 4,
+        "shape": [4, max(lengths)],
+        "tokens": sum(lengths),
+    }
+    assert doc["max_length"] == max(lengths)
+    assert {r["name"] for r in doc["latency"]} == {"dense", "masked", "csr"}
+    short = cli(
+        "bench", "run", "--task", "sst2", "--data-dir", data, "--batch-size", "4",
+        "--max-length", "4", "--repeats", "1", "--json",
+    )  # fmt: skip
+    assert short.json()["inputs"]["shape"] == [4, 4]  # truncated as fine-tuning truncates
+    bad = cli("bench", "run", "--task", "sst3", "--data-dir", data)
+    assert bad.code == 2 and "sst3" in bad.err and len(bad.err.strip().splitlines()) == 1
+
+
 def test_csr_linear_matches_the_dense_product():
     from tamt_cli.bench import _csr_linear
 
