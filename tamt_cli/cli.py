@@ -958,7 +958,10 @@ def bench(
     ] = None,
     task_option: Annotated[
         list[str] | None,
-        typer.Option("--task-option", help="NAME=VALUE option of the task (repeatable)"),
+        typer.Option(
+            "--task-option",
+            help=f"an option of the task, name=value (repeatable) {_default('none')}",
+        ),
     ] = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
