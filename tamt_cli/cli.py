@@ -994,7 +994,9 @@ def bench(
 
 @app.command()
 def sweep(
-    grid: Annotated[Path, typer.Argument(help=f"grid file (YAML, JSON or TOML) {REQUIRED}")],
+    grid: Annotated[
+        Path | None, typer.Argument(help=f"grid file (YAML, JSON or TOML) {REQUIRED}")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -1026,6 +1028,8 @@ def sweep(
     """Run a grid: methods × sparsities searched once, fine-tuned on tasks × seeds."""
     from tamt_cli import sweep as sweeping
 
+    if grid is None:
+        raise UserError("tamt sweep needs a grid file: tamt sweep GRID.yaml")
     parts = sweeping.parse_shard(shard) if shard is not None else None
     plan = sweeping.plan(grid, out)
     if parts is not None and (print_commands or dry_run):
