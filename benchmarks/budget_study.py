@@ -1,0 +1,164 @@
+"""The mask-training budget study: what `tamt report` gives, cut the way the question needs it.
+
+Reads finished sweep directories (benchmarks/budget-grid.yaml, benchmarks/nm-grid.yaml) and
+prints Markdown:
+
+1. per sparsity, every subnetwork with its search settings (lr, steps, initial scores), held-out
+   KD and MLM loss, SST-2 accuracy (best evaluation, mean ± sample std over seeds), its difference
+   from OMP at that sparsity with Welch's t-test p-value (scipy), and the mean accuracy at every
+   evaluation step (the fine-tuning curve);
+2. Spearman ρ between held-out loss and accuracy over every subnetwork (scipy);
+3. per kind of matrix, the share of OMP's kept weights each mask-trained or IMP mask dropped
+   (with a local scope every matrix has the target sparsity, so masks differ only in which
+   weights they keep).
+
+    python benchmarks/budget_study.py sweeps/budget-grid sweeps/nm-grid > study.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tamt_cli import artifacts, report
+from tamt_cli.masking import KINDS
+
+
+def search_settings(run: Path) -> dict[str, Any]:
+    """lr, steps and initial scores of a search run, as it ran (its spec, the method's defaults
+    where the spec left them open)."""
+    spec = yaml.safe_load((run / artifacts.SPEC_FILE).read_text())
+    manifest = artifacts.read_manifest(run)
+    method = manifest["method"]
+    if method in {"omp", "random"}:
+        return {"lr": "-", "steps": 0, "scores": "-"}
+    steps = [m.get("step") for m in manifest.get("masks") or [] if m.get("step") is not None]
+    options = spec.get("options") or {}
+    scores = options.get("scores", "graded") if method in {"kd", "mlm", "mlm-kd"} else "-"
+    lr = spec.get("lr")
+    if lr is None and method in {"kd", "mlm", "mlm-kd"}:
+        from tamt_cli.methods.mask_training import DEFAULTS
+
+        lr = DEFAULTS[method]["lr"]
+    return {"lr": "-" if lr is None else f"{lr:g}", "steps": max(steps or [0]), "scores": scores}
+
+
+def curves(runs: list[str]) -> dict[int, float]:
+    """Mean accuracy at each evaluation step over the seeds' fine-tuning runs."""
+    at: dict[int, list[float]] = {}
+    for run in runs:
+        for file in Path(run).glob("**/metrics.jsonl"):
+            for line in file.read_text().splitlines():
+                record = json.loads(line)
+                if "validation/accuracy" in record:
+                    at.setdefault(int(record["step"]), []).append(record["validation/accuracy"])
+    return {step: statistics.fmean(v) for step, v in sorted(at.items())}
+
+
+def welch(a: list[float], b: list[float]) -> float | None:
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return None if p != p else p
+
+
+def departure(run: Path, omp: Path) -> dict[str, float]:
+    """Per kind: the share of the OMP mask's kept weights that ``run``'s mask prunes."""
+    mine = artifacts.load_masks(run / artifacts.MASK_FILE)
+    base = artifacts.load_masks(omp / artifacts.MASK_FILE)
+    matrices = (artifacts.read_manifest(run).get("sparsity_report") or {}).get("matrices") or []
+    kind_of = {m["name"]: m["kind"] for m in matrices}
+    kept: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for name, mask in mine.items():
+        kind = kind_of.get(name, "?")
+        was = base[name].bool()
+        kept[kind] = kept.get(kind, 0) + int(was.sum())
+        dropped[kind] = dropped.get(kind, 0) + int((was & ~mask.bool()).sum())
+    total = sum(dropped.values()) / max(1, sum(kept.values()))
+    return {k: dropped[k] / kept[k] for k in kept if kept[k]} | {"all": total}
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    return report.markdown(header, [[str(c) for c in row] for row in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path)
+    parser.add_argument("--task", default="sst2")
+    args = parser.parse_args()
+    doc = report.build(report.read(args.sweeps))
+    rows = [r for r in doc["rows"] if r["task"] == args.task]
+    runs = {(s["method"], s["sparsity"]): Path(s["run"]) for s in doc["subnetworks"]}
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    if dense:
+        print(
+            f"dense: {dense['mean']:.2f} ± {dense['std'] or 0:.2f} "
+            f"({len(dense['values'])} seeds; curve {fmt_curve(curves(dense['runs']))})\n"
+        )
+    for sparsity in sorted({r["sparsity"] for r in rows if r["sparsity"] is not None}):
+        omp = next((r for r in rows if r["method"] == "omp" and r["sparsity"] == sparsity), None)
+        lines = []
+        for r in sorted(
+            (r for r in rows if r["sparsity"] == sparsity),
+            key=lambda r: r["mean"],
+            reverse=True,
+        ):
+            settings = search_settings(runs[(r["method"], sparsity)])
+            delta = p = None
+            if omp is not None and r is not omp:
+                delta = r["mean"] - omp["mean"]
+                p = welch(r["values"], omp["values"])
+            lines.append(
+                [
+                    r["method"],
+                    settings["lr"],
+                    settings["steps"],
+                    settings["scores"],
+                    f"{r['heldout'].get('kd', float('nan')):.4f}",
+                    f"{r['heldout'].get('mlm', float('nan')):.4f}",
+                    f"{r['mean']:.2f} ± {r['std'] or 0:.2f}",
+                    "-" if delta is None else f"{delta:+.2f}",
+                    "-" if p is None else f"{p:.3f}",
+                    fmt_curve(curves(r["runs"])),
+                ]
+            )
+        print(f"### Sparsity {sparsity:g}\n")
+        header = ["subnetwork", "lr", "steps", "scores", "held-out KD", "held-out MLM"]
+        header += [f"{args.task} acc", "Δ vs OMP", "p (Welch)", "acc at each evaluation"]
+        print(table(header, lines) + "\n")
+    print("### Held-out loss against accuracy\n")
+    for c in doc["correlations"]:
+        if c["task"] == args.task and c["rho"] is not None:
+            print(
+                f"- {c['objective']}: Spearman ρ = {c['rho']:.3f} (p = {c['p']:.2g}, n = {c['n']})"
+            )
+    print("\n### Where the masks depart from OMP's\n")
+    shares = {}
+    for (name, sparsity), run in sorted(runs.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+        omp = runs.get(("omp", sparsity))
+        if name not in {"omp", "random"} and omp is not None and sparsity is not None:
+            shares[f"{name} s{sparsity:g}"] = departure(run, omp)
+    kinds = [k for k in KINDS if any(k in share for share in shares.values())]
+    lines = [
+        [name, *(f"{share.get(k, 0):.3f}" for k in [*kinds, "all"])]
+        for name, share in shares.items()
+    ]
+    if lines:
+        print(table(["mask", *kinds, "all"], lines))
+
+
+def fmt_curve(curve: dict[int, float]) -> str:
+    return " → ".join(f"{v:.1f}" for v in curve.values())
+
+
+if __name__ == "__main__":
+    main()
