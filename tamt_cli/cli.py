@@ -310,6 +310,14 @@ def search(
             f"kd-long {_default('the method')}"
         ),
     ] = None,
+    budget: Annotated[
+        Budget | None,
+        typer.Option(
+            help="mask training: paper = the paper's protocol where not given (lr, steps for "
+            "the sparsity, binary scores, resets, lr decay over 30k steps, batch 16 × 512) "
+            f"{_default('default')}"
+        ),
+    ] = None,
     like: Annotated[
         Path | None,
         typer.Option(
@@ -568,6 +576,7 @@ def search(
         "seed": seed,
         "out": out,
         "label": label,
+        "budget": budget.value if budget else None,
         "options": options or None,
         "corpus": corpus,
         "max_length": max_length,
@@ -1052,6 +1061,11 @@ def sweep(
         done = len(sweeping.shard_of(plan, parts))
         which = f" (shard {shard})" if shard else ""
         _out().print(f"sweep complete{which}: {done} cells in [bold]{plan.out}[/bold]")
+
+
+class Budget(str, Enum):
+    default = "default"
+    paper = "paper"
 
 
 class ReportFormat(str, Enum):

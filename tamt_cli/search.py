@@ -20,6 +20,8 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     from tamt_cli.methods.base import check_spec
 
     method_cls = registry.methods().get(spec.method)
+    if spec.budget == "paper":
+        spec = _paper_budget(spec, method_cls)
     options = specs.validate(method_cls.Options, spec.options, f"options of method '{spec.method}'")
     method = method_cls(options)
     check_spec(method, spec)
@@ -32,6 +34,23 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
             update={"out": artifacts.default_run_dir(spec.label or spec.method, level)}
         )
     return method, spec
+
+
+def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
+    """The spec with the paper's values where it gives none (fields not set, options absent);
+    what is given explicitly wins. The saved spec holds the values, so a resumed or repeated
+    run needs nothing else."""
+    hook = getattr(method_cls, "paper_budget", None)
+    if hook is None:
+        raise UserError(
+            f"--budget paper is a mask-training protocol; method '{spec.method}' has none "
+            "(mlm, kd and mlm-kd do)"
+        )
+    probe = method_cls(specs.validate(method_cls.Options, {}, f"options of '{spec.method}'"))
+    fields, options = hook(probe, spec)
+    update = {k: v for k, v in fields.items() if k not in spec.model_fields_set}
+    update["options"] = {**options, **spec.options}
+    return specs.validate(SearchSpec, {**spec.model_dump(), **update}, "--budget paper")
 
 
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:

@@ -91,6 +91,11 @@ class SearchSpec(Spec):
         "kd-long (letters, digits, . _ + -)",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    budget: Literal["default", "paper"] = Field(
+        "default",
+        description="mask training: `paper` fills in what is not given with the paper's "
+        "protocol (lr, steps for the sparsity, binary scores, resets, lr decay, batch 16 × 512)",
+    )
     # training methods (mlm, kd, mlm-kd, imp, plugins that train); one-shot methods ignore these
     corpus: str = Field("wikitext-103", description="text: hub alias, files/globs, or `demo`")
     max_length: int = Field(128, ge=8, description="tokens per block (the paper: 512)")

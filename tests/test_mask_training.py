@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tamt_cli import artifacts, masking, objectives
 from tests.tiny import interrupt_mask_training
@@ -410,3 +411,63 @@ def test_two_processes_with_torchrun(tmp_path, tiny_bert, corpus):
     assert manifest["notes"]["processes"] == 2 and manifest["status"] == "complete"
     masks = artifacts.load_masks(tmp_path / "ddp/masks.safetensors")
     assert all(int((~m).sum()) == m.numel() // 2 for m in masks.values())
+
+
+# -- the paper's budget ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "sparsity", "lr", "steps", "reset"),
+    [("kd", 0.7, 2e-5, 17000, 100), ("mlm", 0.5, 5e-5, 11000, 1000), ("kd", 0.9, 2e-5, 22000, 100)],
+)
+def test_budget_paper_fills_in_the_papers_protocol(
+    cli, tiny_bert, method, sparsity, lr, steps, reset
+):
+    res = cli(
+        "search", "-m", method, "-s", sparsity, "--model", tiny_bert, "--budget", "paper",
+        "--dry-run", "--json",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    spec = res.json()
+    assert (spec["lr"], spec["max_steps"], spec["batch_size"], spec["max_length"]) == (
+        lr,
+        steps,
+        16,
+        512,
+    )
+    assert spec["options"] == {"scores": "binary", "reset_every": reset, "decay_steps": 30000}
+    assert spec["resolved"]["decay_steps"] == 30000 and spec["resolved"]["reset_every"] == reset
+
+
+def test_budget_paper_yields_to_what_is_given(cli, tiny_bert):
+    res = cli(
+        "search", "-m", "kd", "-s", "0.7", "--model", tiny_bert, "--budget", "paper",
+        "--lr", "1e-4", "--max-length", "64", "-o", "scores=graded", "--dry-run", "--json",
+    )  # fmt: skip
+    spec = res.json()
+    assert (spec["lr"], spec["max_length"], spec["max_steps"]) == (1e-4, 64, 17000)
+    assert spec["options"]["scores"] == "graded" and spec["options"]["decay_steps"] == 30000
+    omp = cli("search", "-m", "omp", "-s", "0.7", "--model", tiny_bert, "--budget", "paper")
+    assert omp.code == 2 and "mask-training protocol" in omp.err
+    short = cli(
+        "search", "-m", "kd", "-s", "0.7", "--model", tiny_bert, "--max-steps", "10",
+        "-o", "decay_steps=5", "--dry-run",
+    )  # fmt: skip
+    assert short.code == 2 and "decay_steps=5 is below --max-steps 10" in short.err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_decay_steps_sets_where_the_lr_reaches_zero(cli, tiny_bert, corpus):
+    """A paper-budget run cut short: the lr falls along the 8-step line, not the 4-step one, and
+    the saved spec holds the values (a repeat needs nothing else)."""
+    res = cli(
+        "search", "-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus,
+        "--budget", "paper", "--max-steps", "4", "--max-length", "16", "--batch-size", "4",
+        "-o", "decay_steps=8", "--log-every", "2", "--out", "run",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    logged = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in logged if "lr" in r}
+    assert lrs[2] == pytest.approx(2e-5 * 6 / 8) and lrs[4] == pytest.approx(2e-5 * 4 / 8)
+    saved = yaml.safe_load(Path("run/spec.yaml").read_text())
+    assert (saved["lr"], saved["budget"], saved["options"]["scores"]) == (2e-5, "paper", "binary")

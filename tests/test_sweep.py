@@ -213,7 +213,7 @@ def test_shards_split_the_grid_by_search_and_share_the_index(
         )
         for k in ("1/2", "2/2")
     ]
-    for k, proc in zip(("1/2", "2/2"), procs):
+    for k, proc in zip(("1/2", "2/2"), procs, strict=True):
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert out.startswith(f"sweep complete (shard {k}): ")

@@ -42,6 +42,24 @@ DEFAULTS = {
 }
 DEFAULT_MAX_STEPS = 1000  # paper: 11k/14k/17k/20k/22k steps for sparsity 0.5/0.6/0.7/0.8/0.9
 
+#: ``--budget paper``: the paper's protocol (README: "The paper's budget"). Steps: the budget IMP
+#: needs for the sparsity, (10·s − 1) intervals of 2,792 steps, to the nearest thousand: 11k,
+#: 14k, 17k, 20k, 22k at 0.5 … 0.9. The lr decays linearly over two epochs of WikiText-103
+#: (~30k steps at 16 × 512 tokens), so at those steps it is still well above zero.
+PAPER = {
+    "mlm": {"lr": 5e-5, "reset_every": 1000},
+    "kd": {"lr": 2e-5, "reset_every": 100},
+    "mlm-kd": {"lr": 5e-5, "reset_every": 1000},
+}
+PAPER_SEARCH = {"batch_size": 16, "max_length": 512}
+PAPER_DECAY_STEPS = 30_000
+IMP_INTERVAL = 2792
+
+
+def paper_steps(sparsity: float) -> int:
+    """The paper's mask-training steps at ``sparsity`` (IMP's budget for it)."""
+    return max(1000, round(IMP_INTERVAL * (10 * sparsity - 1) / 1000) * 1000)
+
 
 class MaskTrainingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +71,12 @@ class MaskTrainingOptions(BaseModel):
         None, gt=0, description="reset thresholds to the exact sparsity every N steps"
     )
     tau: float = Field(0.01, gt=0, description="initial threshold τ")
+    decay_steps: int | None = Field(
+        None,
+        gt=0,
+        description="the linear lr schedule reaches zero at this step (at least --max-steps) "
+        "[--max-steps]",
+    )
     scores: Literal["graded", "binary"] = Field(
         "graded",
         description="initial score values: binary (2τ kept, 0 pruned: the paper's) or graded "
@@ -77,6 +101,30 @@ class MaskTraining:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
         return settings(self.objective, spec, self.options)
 
+    def paper_budget(self, spec: SearchSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``--budget paper``: (search fields, options) of the paper's protocol."""
+        from tamt_cli.methods.base import sparsity_of
+
+        fields = {
+            **PAPER_SEARCH,
+            "lr": PAPER[self.objective]["lr"],
+            "max_steps": paper_steps(sparsity_of(spec, None)),
+        }
+        options = {
+            "scores": "binary",
+            "reset_every": PAPER[self.objective]["reset_every"],
+            "decay_steps": PAPER_DECAY_STEPS,
+        }
+        return fields, options
+
+    def check(self, spec: SearchSpec) -> None:
+        steps = spec.max_steps or DEFAULT_MAX_STEPS
+        if self.options.decay_steps is not None and self.options.decay_steps < steps:
+            raise UserError(
+                f"-o decay_steps={self.options.decay_steps} is below --max-steps {steps}: the "
+                "learning rate would reach zero before the run ends; give at least the steps"
+            )
+
     def preflight(self, job: SearchJob) -> None:
         """Checks that need the model but no computation, before the run directory is made."""
         from tamt_cli import pretraining
@@ -98,6 +146,7 @@ def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> 
         "max_steps": steps,
         "lr": spec.lr or DEFAULTS[objective]["lr"],
         "reset_every": options.reset_every or DEFAULTS[objective]["reset_every"],
+        "decay_steps": options.decay_steps or steps,
         "eval_every": spec.eval_every or tenth,
         "save_every": spec.save_every or tenth,
     }
@@ -159,7 +208,7 @@ class TrainingSession:
         loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
         trained = [m.score for m in scores.values() if m.score.requires_grad]
         optimizer = pretraining.optimizer(trained, self.lr, head_params, self.head_lr)
-        scheduler = linear_schedule(optimizer, self.max_steps)
+        scheduler = linear_schedule(optimizer, self.settings["decay_steps"])
 
         start = 0
         last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
