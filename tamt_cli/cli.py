@@ -1165,8 +1165,9 @@ def env(
 
 
 cache_app = typer.Typer(
-    help="tamt's cache of tokenised corpora and of MLM heads fitted on models without one "
-    "(`TAMT_CACHE_DIR`, else `$XDG_CACHE_HOME/tamt/blocks`, else `~/.cache/tamt/blocks`).",
+    help="tamt's cache of tokenised corpora, of MLM heads fitted on models without one and of "
+    "tokenised task data (`TAMT_CACHE_DIR`, else `$XDG_CACHE_HOME/tamt/blocks`, else "
+    "`~/.cache/tamt/blocks`).",
     no_args_is_help=False,
     invoke_without_command=True,
 )
@@ -1175,14 +1176,16 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.callback()
 def _cache(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """tamt's cache of tokenised corpora and fitted MLM heads: `tamt cache` lists it."""
+    """tamt's cache of tokenised corpora, fitted MLM heads and tokenised task data: `tamt cache`
+    lists it."""
     if ctx.invoked_subcommand is None:
         cache_list(as_json)
 
 
 @cache_app.command("list")
 def cache_list(as_json: JsonOpt = False) -> None:
-    """The cached token blocks, by corpus, and the fitted MLM heads, with their size."""
+    """The cached token blocks, by corpus, the fitted MLM heads and the tokenised task data, by
+    task, with their size."""
     from tamt_cli import environment
 
     _present(environment.cache_summary(), as_json, "cache_table")
@@ -1199,12 +1202,16 @@ def cache_clear(
     heads: Annotated[
         bool, typer.Option("--heads", help="only the MLM heads fitted on models without one")
     ] = False,
+    features: Annotated[
+        bool, typer.Option("--features", help="only the tokenised task data (fine-tuning, eval)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove cached token blocks and fitted MLM heads (rebuilt when next needed)."""
+    """Remove cached token blocks, fitted MLM heads and tokenised task data (rebuilt when next
+    needed)."""
     from tamt_cli import environment
 
-    result = environment.clear_cache(corpus, heads=heads)
+    result = environment.clear_cache(corpus, heads=heads, features=features)
     if as_json:
         _emit_json(result)
     else:

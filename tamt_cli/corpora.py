@@ -253,7 +253,7 @@ def load_blocks(
         FORMAT,
         FORMAT_VERSION,
         _corpus_identity(spec, splits),
-        _tokenizer_fingerprint(tokenizer),
+        tokenizer_fingerprint(tokenizer),
         f"wrap={cls_id},{sep_id}",
         f"max_length={int(max_length)}",
         f"held_out={float(held_out)!r}",
@@ -467,7 +467,9 @@ def _corpus_identity(spec: _Corpus, splits: dict[str, Any] | None) -> str:
     return json.dumps(["demo", hashlib.sha256(text.encode("utf-8")).hexdigest()])
 
 
-def _tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """``tokenizer=<sha256>`` of the tokenizer's definition (a fast tokenizer's JSON without its
+    call-time truncation and padding, else its vocabulary)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
         state = json.loads(backend.to_str())

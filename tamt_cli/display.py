@@ -225,12 +225,11 @@ def env_table(report: dict[str, Any]) -> Table:
 
 
 def cache_table(summary: dict[str, Any]) -> Table:
-    """`tamt cache list`: the size of the cached blocks per corpus."""
+    """`tamt cache list`: the size of the cached blocks per corpus, of the fitted heads and of
+    the tokenised data per task."""
     from tamt_cli.environment import human_bytes
 
-    table = Table(
-        title=f"Token-block cache {summary['path']}", title_justify="left", box=box.SIMPLE_HEAD
-    )
+    table = Table(title=f"tamt cache {summary['path']}", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("corpus", "files", "size"):
         table.add_column(col, justify="left" if col == "corpus" else "right")
     for row in summary["corpora"]:

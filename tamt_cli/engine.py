@@ -182,6 +182,13 @@ class Engine:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    def main_first(self) -> contextlib.AbstractContextManager[Any]:
+        """The block runs on the main process first, then on the others (which then find what
+        it cached)."""
+        if self.world == 1:
+            return contextlib.nullcontext()
+        return self.accelerator.main_process_first()
+
     def end(self) -> None:
         """Close the trackers and tear the process group down (a distributed run aborts at exit
         otherwise)."""

@@ -1,5 +1,5 @@
 """`tamt env` (what a bug report needs to know about this machine) and `tamt cache` (tamt's
-token-block cache)."""
+cache of token blocks, fitted MLM heads and tokenised task data)."""
 
 from __future__ import annotations
 
@@ -101,18 +101,27 @@ def _size(path: Path) -> int | None:
     return total
 
 
-# -- the token-block cache ------------------------------------------------------------------
+# -- tamt's cache ---------------------------------------------------------------------------
 
 
 #: how ``tamt cache`` names the MLM heads fitted on checkpoints without one (``heads/``)
 HEADS = "(fitted MLM heads)"
 
 
+def features_name(task: str) -> str:
+    """How ``tamt cache`` names the cached features of a task (``features/``)."""
+    return f"(tokenised {task} data)"
+
+
 def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every file of the cache: token blocks (their corpus, block length, blocks) and the MLM
-    heads fitted on models without one (under ``heads/``, listed as :data:`HEADS`), with their
-    bytes, newest first. Files that are not tamt's are not listed (and never removed)."""
+    """Every file of the cache: token blocks (their corpus, block length, blocks), the MLM
+    heads fitted on models without one (under ``heads/``, listed as :data:`HEADS`) and the
+    tokenised task data (a folder each under ``features/``, listed by task, see
+    :func:`features_name`), with their bytes, newest first. Files that are not tamt's are not
+    listed (and never removed)."""
     from safetensors import safe_open
+
+    from tamt_cli import task_data
 
     root = corpora.cache_root(root)
     entries = []
@@ -144,6 +153,22 @@ def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
                 "modified": stat.st_mtime,
             }
         )
+    for entry in task_data.entries(root):
+        meta = entry["meta"]
+        entries.append(
+            {
+                "file": str(entry["folder"]),
+                "kind": "features",
+                "corpus": features_name(str(meta.get("task", "?"))),
+                "task": meta.get("task"),
+                "split": meta.get("split"),
+                "max_length": int(meta.get("max_length") or 0),
+                "blocks": None,
+                "features": meta.get("rows"),
+                "bytes": entry["bytes"],
+                "modified": entry["modified"],
+            }
+        )
     return sorted(entries, key=lambda e: -e["modified"])
 
 
@@ -164,17 +189,26 @@ def cache_summary(root: Path | None = None) -> dict[str, Any]:
 
 
 def clear_cache(
-    corpus: str | None = None, root: Path | None = None, *, heads: bool = False
+    corpus: str | None = None,
+    root: Path | None = None,
+    *,
+    heads: bool = False,
+    features: bool = False,
 ) -> dict[str, Any]:
     """Remove the cache's files: all of them, the blocks of one corpus (as ``tamt cache list``
-    names it), or with ``heads`` the fitted MLM heads only; returns what was removed."""
+    names it), with ``heads`` the fitted MLM heads only, or with ``features`` the tokenised
+    task data only; returns what was removed."""
+    import shutil
+
     from tamt_cli.errors import UserError
 
     entries = cache_entries(root)
-    if heads and corpus is not None:
-        raise UserError("give --corpus or --heads, not both")
+    if sum([corpus is not None, heads, features]) > 1:
+        raise UserError("give one of --corpus, --heads and --features")
     if heads:
         entries = [e for e in entries if e["kind"] == "head"]
+    elif features:
+        entries = [e for e in entries if e["kind"] == "features"]
     elif corpus is not None:
         known = sorted({e["corpus"] for e in entries})
         entries = [e for e in entries if e["corpus"] == corpus]
@@ -184,7 +218,10 @@ def clear_cache(
     removed = 0
     for e in entries:
         try:
-            Path(e["file"]).unlink()
+            if e["kind"] == "features":
+                shutil.rmtree(e["file"])
+            else:
+                Path(e["file"]).unlink()
             removed += e["bytes"]
         except FileNotFoundError:
             pass

@@ -60,7 +60,9 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     tokenizer = task_model.load_tokenizer(ref)
     models.check_positions(ref, max_length)
     with console.status(f"loading {task.name} data"):
-        sets = task_model.eval_sets(task, splits, spec.data_dir, tokenizer, max_length, doc_stride)
+        sets = task_model.eval_sets(
+            task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
+        )
     model = load_trained(task, ref)
     with eval_progress(console, sets) as advance:
         scores = task_model.score(task, model, sets, batch_size, advance)
@@ -86,6 +88,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "mask_sparsity": sparsity,
         "model": ref.location,
         "max_length": max_length,
+        "tokenised": {eval_set.split: eval_set.tokenised for eval_set in sets},
     }
 
 

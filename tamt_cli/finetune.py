@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, registry, task_model, verbosity
+from tamt_cli import artifacts, models, registry, task_data, task_model, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
@@ -108,21 +108,32 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     hyperparameters = settings(spec, task)
     tokenizer = tokenizer_for(subject)
     models.check_positions(subject.ref, hyperparameters["max_length"])
-    with console.status(f"loading {task.name} data"):
-        train_raw = task.load(task.train_split, spec.data_dir)
-        task_model.subset(train_raw, spec.train_size, 0, task.name)  # too large: fail now
-        sets = task_model.eval_sets(
-            task,
-            task.eval_splits,
-            spec.data_dir,
-            tokenizer,
-            hyperparameters["max_length"],
-            hyperparameters["doc_stride"],
-        )
     link = subnetwork_link(spec, subject)
     engine = Engine(spec.mixed_precision, console, spec.report_to)
     notes: list[str] = []
     try:
+        # tokenised once for every seed; the main process first, the others read its cache
+        with console.status(f"loading {task.name} data"), engine.main_first():
+            train_raw = task.load(task.train_split, spec.data_dir)
+            train = task_data.train_data(
+                task,
+                train_raw,
+                tokenizer,
+                seeds=spec.seeds,
+                train_size=spec.train_size,
+                max_length=hyperparameters["max_length"],
+                doc_stride=hyperparameters["doc_stride"],
+                console=console,
+            )
+            sets = task_model.eval_sets(
+                task,
+                task.eval_splits,
+                spec.data_dir,
+                tokenizer,
+                hyperparameters["max_length"],
+                hyperparameters["doc_stride"],
+                console,
+            )
         staged = artifacts.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
         with staged as stage:
             if stage is not None:
@@ -132,7 +143,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 task=task,
                 subject=subject,
                 tokenizer=tokenizer,
-                train_raw=train_raw,
+                train=train,
                 sets=sets,
                 hyperparameters=hyperparameters,
                 engine=engine,
@@ -163,7 +174,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                         members=[artifacts.seed_folder(seed) for seed in spec.seeds],
                         subnetwork={**link, "mask_sparsity": result["mask_sparsity"]},
                         hyperparameters=hyperparameters,
-                        data=data_record(spec, train_raw, sets),
+                        data=data_record(spec, train, sets),
                         summary=artifacts.SUMMARY,
                     ),
                 )
@@ -219,7 +230,7 @@ class FinetuneJob:
     task: Any
     subject: Subject  # the subnetwork (or dense model) fine-tuned
     tokenizer: Any
-    train_raw: Any  # every training example; each seed draws ``--train-size`` of them
+    train: task_data.TrainData  # the training examples and their features, for every seed
     sets: list[task_model.EvalSet]
     hyperparameters: dict[str, Any]  # :func:`settings`
     engine: Any
@@ -238,10 +249,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
     from tamt_cli.tasks import base as tasks_base
 
     spec, task, hyperparameters = job.spec, job.task, job.hyperparameters
-    raw = task_model.subset(job.train_raw, spec.train_size, seed, task.name)
-    features = task.encode(
-        raw, job.tokenizer, hyperparameters["max_length"], hyperparameters["doc_stride"], train=True
-    )
+    examples, features = job.train.for_seed(seed)
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
     model_and_masks = task_model.build(task, job.subject, seed)
@@ -300,7 +308,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         "steps": steps,
         "eval_every": loop.eval_every,
         "epochs": hyperparameters["epochs"],
-        "train_examples": len(raw),
+        "train_examples": examples,
         "train_features": n,
         "seconds": round(seconds, 2),
         "eval_seconds": round(tracker.seconds, 2),
@@ -341,7 +349,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
                     "num_labels": model.config.num_labels,
                 },
                 hyperparameters={**hyperparameters, "steps": steps, "eval_every": loop.eval_every},
-                data={**data_record(spec, job.train_raw, job.sets), "train_examples": len(raw)},
+                data={**data_record(spec, job.train, job.sets), "train_examples": examples},
                 best=record["best"],
                 final=record["final"],
                 seconds=record["seconds"],
@@ -373,13 +381,21 @@ def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
     }
 
 
-def data_record(spec: FinetuneSpec, train_raw: Any, sets: list[task_model.EvalSet]) -> dict:
+def data_record(
+    spec: FinetuneSpec, train: task_data.TrainData, sets: list[task_model.EvalSet]
+) -> dict[str, Any]:
+    """Where the data came from, how much of it, and how it was tokenised (``tokenised``: the
+    feature cache's ``hit``, ``miss`` or ``off`` and its key, per split)."""
     return {
         "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
         "source": "local files" if spec.data_dir else "Hugging Face hub",
-        "train_available": len(train_raw),
+        "train_available": len(train.raw),
         "train_size": spec.train_size,
         "eval": {eval_set.split: eval_set.examples for eval_set in sets},
+        "tokenised": {
+            train.task.train_split: train.record(),
+            **{eval_set.split: eval_set.tokenised for eval_set in sets},
+        },
     }
 
 

@@ -157,12 +157,17 @@ def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
     """``size`` examples drawn without replacement by ``seed`` (kept in file order)."""
     if size is None:
         return raw
-    if size > len(raw):
+    return raw.select(subset_rows(len(raw), size, seed, task))
+
+
+def subset_rows(n: int, size: int, seed: int, task: str) -> list[int]:
+    """The rows of :func:`subset`: ``size`` of ``n`` drawn by ``seed``, sorted."""
+    if size > n:
         raise UserError(
-            f"--train-size {size} is larger than the {len(raw)} training examples of task '{task}'"
+            f"--train-size {size} is larger than the {n} training examples of task '{task}'"
         )
-    order = torch.randperm(len(raw), generator=torch.Generator().manual_seed(seed))
-    return raw.select(sorted(order[:size].tolist()))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:size].tolist())
 
 
 class Batcher:
@@ -204,6 +209,7 @@ class EvalSet:
     raw: Dataset
     features: Dataset
     batcher: Batcher
+    tokenised: dict[str, Any] = field(default_factory=dict)  # the feature cache's record
 
     @property
     def examples(self) -> int:
@@ -217,12 +223,27 @@ def eval_sets(
     tokenizer: Any,
     max_length: int | None,
     doc_stride: int | None,
+    console: Any = None,
 ) -> list[EvalSet]:
+    """Every split's examples and features, tokenised through tamt's feature cache."""
+    from tamt_cli import task_data
+
     out = []
     for split in splits:
         raw = task.load(split, data_dir)
-        features = task.encode(raw, tokenizer, max_length, doc_stride, train=False)
-        out.append(EvalSet(split, raw, features, Batcher(features, tokenizer, INPUTS)))
+        tokenised = task_data.tokenise(
+            task,
+            raw,
+            tokenizer,
+            split=split,
+            max_length=max_length,
+            doc_stride=doc_stride,
+            train=False,
+            console=console,
+        )
+        features = tokenised.features
+        batcher = Batcher(features, tokenizer, INPUTS)
+        out.append(EvalSet(split, raw, features, batcher, tokenised.record()))
     return out
 
 

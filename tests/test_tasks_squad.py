@@ -238,7 +238,9 @@ def test_features_map_back_to_the_answer_across_windows(tokenizer):
         *tokenizer("a", "b").keys(),
         "start_positions",
         "end_positions",
+        "example_index",  # every window was cut from the one example
     }
+    assert train["example_index"] == [0] * len(train)
     assert set(dev.column_names) == {*tokenizer("a", "b").keys(), "example_id", "offset_mapping"}
     assert all(len(ids) == 32 for ids in train["input_ids"])  # padded to max_length
     assert dev["example_id"] == ["q1"] * len(dev)

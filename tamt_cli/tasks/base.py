@@ -32,7 +32,17 @@ it in four steps, none of which touches a model:
      ``train=False`` they carry ``example_id`` and ``offset_mapping`` (``None`` outside the
      context) for post-processing instead.
 
+   Training features may also carry ``example_index`` (int): the row of ``raw`` each was made
+   from. ``tamt finetune --train-size`` tokenises the examples all its seeds draw once and
+   picks each seed's features by it (or, without it, by position when there is one feature per
+   example; otherwise each seed's examples are tokenised on their own).
+
    Feed the model only :data:`MODEL_INPUTS` (:func:`model_inputs` drops the rest).
+
+   Features are cached across runs (:mod:`tamt_cli.task_data`), keyed by the examples, the
+   tokenizer, the settings, the task's class, options and ``encoding_version``, and the
+   version of the distribution that provides it: bump ``encoding_version`` when what
+   ``encode`` makes changes.
 4. ``task.metrics(raw, encoded, predictions)`` scores one split: ``predictions`` are numpy
    arrays in feature order — logits ``[N, num_labels]`` (classification), ``[N]`` or ``[N, 1]``
    (regression), or a pair ``(start_logits, end_logits)`` each ``[N_features, seq_len]``
@@ -163,6 +173,8 @@ class TaskBase:
     eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
     #: sub-folder names under which a data dir may hold this task's files (e.g. GLUE's "SST-2")
     folders: ClassVar[tuple[str, ...]] = ()
+    #: part of the key of cached features: bump it when what ``encode`` makes changes
+    encoding_version: ClassVar[int] = 1
 
     # -- splits -------------------------------------------------------------------------------
 

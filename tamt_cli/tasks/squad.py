@@ -232,7 +232,8 @@ class Squad(TaskBase):
         """Windows of (question, context) padded to ``max_length``; see the module docs.
 
         ``train=True``: ``start_positions``/``end_positions`` of the first gold answer (the
-        CLS index where the window does not hold it). ``train=False``: ``example_id`` and
+        CLS index where the window does not hold it) and ``example_index`` (the row of ``raw``
+        the window was cut from). ``train=False``: ``example_id`` and
         ``offset_mapping`` (character span of each context token, ``None`` elsewhere)."""
         from datasets import Features, List, Value
 
@@ -261,12 +262,13 @@ class Squad(TaskBase):
         if train:
             columns["start_positions"] = Value("int64")
             columns["end_positions"] = Value("int64")
+            columns["example_index"] = Value("int64")
         else:
             columns["example_id"] = Value("string")
             columns["offset_mapping"] = List(List(Value("int64")))
         name = self.name
 
-        def prepare(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        def prepare(batch: dict[str, list[Any]], rows: list[int]) -> dict[str, Any]:
             questions = [q.lstrip() for q in batch["question"]]
             contexts = batch["context"]
             lengths = tokenizer(questions, add_special_tokens=False)["input_ids"]
@@ -323,6 +325,7 @@ class Squad(TaskBase):
                     )
             if train:
                 out["start_positions"], out["end_positions"] = starts, ends
+                out["example_index"] = [rows[sample] for sample in samples]
             else:
                 out["example_id"], out["offset_mapping"] = example_ids, offset_maps
             return out
@@ -330,6 +333,7 @@ class Squad(TaskBase):
         return raw.map(
             prepare,
             batched=True,
+            with_indices=True,
             remove_columns=raw.column_names,
             features=Features(columns),
             desc=f"Tokenizing {self.name}",
