@@ -17,7 +17,7 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,27 @@ def step_indices(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+class FilledBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of ``batch_size`` consecutive indices of ``range(n)``; the last is filled up with
+    the first indices (cyclically when ``n < batch_size``), so that every batch has the size
+    :class:`accelerate.data_loader.BatchSamplerShard` gives the last one on several processes."""
+
+    drop_last = False
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n = n
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for first in range(0, self.n, self.batch_size):
+            batch = list(range(first, min(first + self.batch_size, self.n)))
+            fill = self.batch_size - len(batch)
+            yield batch + [i % self.n for i in range(fill)]
+
+
 class Engine:
     """An Accelerate-driven loop: processes, mixed precision, accumulation, clipping, progress,
     metrics and checkpoints. One instance per command run."""
@@ -188,6 +209,23 @@ class Engine:
         if self.world == 1:
             return contextlib.nullcontext()
         return self.accelerator.main_process_first()
+
+    def shard_loader(
+        self, n: int, batch_size: int, collate: Callable[[Sequence[int]], dict[str, torch.Tensor]]
+    ) -> Any:
+        """Batches of ``collate(indices)`` over ``range(n)`` in order, for scoring: split over
+        the processes in whole batches (process ``r`` takes batches ``r``, ``r + world``, …), on
+        this process's device. The last batch is filled up with the first examples, and the
+        last round of batches with whole batches of them; ``gather_for_metrics`` drops what was
+        filled in. Every example is thus scored in the same batch, whatever the number of
+        processes, and the gathered scores are those of one process."""
+        from torch.utils.data import DataLoader
+
+        indices: Any = range(n)  # a map-style data set of indices: collate makes the batch
+        loader: Any = DataLoader(
+            indices, batch_sampler=FilledBatches(n, batch_size), collate_fn=collate
+        )
+        return self.accelerator.prepare_data_loader(loader)
 
     def end(self) -> None:
         """Close the trackers and tear the process group down (a distributed run aborts at exit

@@ -59,13 +59,19 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     splits = task.splits(spec.split)
     tokenizer = task_model.load_tokenizer(ref)
     models.check_positions(ref, max_length)
-    with console.status(f"loading {task.name} data"):
-        sets = task_model.eval_sets(
-            task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
-        )
-    model = load_trained(task, ref)
-    with eval_progress(console, sets) as advance:
-        scores = task_model.score(task, model, sets, batch_size, advance)
+    from tamt_cli.engine import Engine
+
+    engine = Engine("no", console)  # several processes (torchrun): each scores its share
+    try:
+        with console.status(f"loading {task.name} data"), engine.main_first():
+            sets = task_model.eval_sets(
+                task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
+            )
+        model = load_trained(task, ref).to(engine.device)
+        with eval_progress(console, sets, engine.is_main) as advance:
+            scores = task_model.score(task, model, sets, batch_size, advance, engine)
+    finally:
+        engine.end()
     if manifest is not None:
         sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
     elif (Path(location) / artifacts.MASK_FILE).is_file():
@@ -121,9 +127,9 @@ def load_trained(task: Any, ref: Any) -> Any:
 
 
 @contextlib.contextmanager
-def eval_progress(console: Console, sets: list[task_model.EvalSet]) -> Any:
+def eval_progress(console: Console, sets: list[task_model.EvalSet], show: bool = True) -> Any:
     """A progress bar over the features of every split; yields ``advance(split, n)``."""
-    if not verbosity.live(console):
+    if not show or not verbosity.live(console):
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -263,7 +263,11 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
     main_split = task.eval_splits[0]
     tracker = Tracker(
         lambda: task_model.score(
-            task, model_and_masks.model, job.sets, hyperparameters["eval_batch_size"]
+            task,
+            model_and_masks.model,
+            job.sets,
+            hyperparameters["eval_batch_size"],
+            engine=job.engine,
         ),
         main_split,
         task.main_metric,

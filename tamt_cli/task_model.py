@@ -210,6 +210,7 @@ class EvalSet:
     features: Dataset
     batcher: Batcher
     tokenised: dict[str, Any] = field(default_factory=dict)  # the feature cache's record
+    loaders: dict[Any, Any] = field(default_factory=dict, repr=False)  # per engine, batch size
 
     @property
     def examples(self) -> int:
@@ -257,30 +258,63 @@ def predict(
     batch_size: int,
     span: bool,
     advance: Callable[[int], None] | None = None,
+    engine: Any = None,
 ) -> Any:
-    """Logits of every feature, in feature order (span tasks: ``(start, end)`` logits)."""
+    """Logits of every feature, in feature order (span tasks: ``(start, end)`` logits).
+
+    With an ``engine`` (:class:`tamt_cli.engine.Engine`) the features are split over its
+    processes in whole batches: each process scores its own, and every process receives the
+    logits of all of them (``gather_for_metrics``, which drops the repeats that fill the last
+    round of batches), in feature order."""
     import numpy as np
 
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     starts: list[Any] = []
     ends: list[Any] = []
     logits: list[Any] = []
+    if engine is None:
+        device = next(model.parameters()).device
+        batches: Any = (
+            data.batcher(range(first, min(first + batch_size, len(data.batcher))))
+            for first in range(0, len(data.batcher), batch_size)
+        )
+    else:
+        device = engine.device
+        batches = data.loaders.get((id(engine), batch_size))
+        if batches is None:
+            batches = engine.shard_loader(len(data.batcher), batch_size, data.batcher)
+            data.loaders[id(engine), batch_size] = batches
+    scored = rounds = 0
     try:
-        for first in range(0, len(data.batcher), batch_size):
-            indices = range(first, min(first + batch_size, len(data.batcher)))
-            batch = {k: v.to(device) for k, v in data.batcher(indices).items()}
-            output = model(**batch)
+        for batch in batches:
+            output = model(**{k: v.to(device) for k, v in batch.items()})
+            scored += len(batch["input_ids"])
+            rounds += 1
             if span:
-                starts.append(output.start_logits.float().cpu().numpy())
-                ends.append(output.end_logits.float().cpu().numpy())
+                pair = (output.start_logits.float(), output.end_logits.float())
+                if engine is not None:
+                    pair = engine.accelerator.gather_for_metrics(pair)
+                starts.append(pair[0].cpu().numpy())
+                ends.append(pair[1].cpu().numpy())
+                done = len(pair[0])
             else:
-                logits.append(output.logits.float().cpu().numpy())
+                out = output.logits.float()
+                if engine is not None:
+                    out = engine.accelerator.gather_for_metrics(out)
+                logits.append(out.cpu().numpy())
+                done = len(out)
             if advance is not None:
-                advance(len(indices))
+                advance(done)
     finally:
         model.train(was_training)
+    if engine is not None and engine.world > 1:
+        verbosity.debug(
+            verbosity.console(),
+            f"{data.split}: process {engine.rank} of {engine.world} scored {scored} features "
+            f"({rounds} × {batch_size}, with the repeats that fill the last round) of "
+            f"{len(data.batcher)}",
+        )
     if span:
         return np.concatenate(starts), np.concatenate(ends)
     return np.concatenate(logits)
@@ -292,12 +326,15 @@ def score(
     sets: Sequence[EvalSet],
     batch_size: int,
     advance: Callable[[str, int], None] | None = None,
+    engine: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """``{split: {metric: value}}`` (percent) of ``model`` on every eval set."""
+    """``{split: {metric: value}}`` (percent) of ``model`` on every eval set; with an
+    ``engine``, each of its processes scores a share of the features and the metrics are
+    computed, on every process, from the predictions of all of them (:func:`predict`)."""
     out: dict[str, dict[str, float]] = {}
     for data in sets:
         step = None if advance is None else (lambda n, split=data.split: advance(split, n))
-        predictions = predict(model, data, batch_size, task.head == "span", step)
+        predictions = predict(model, data, batch_size, task.head == "span", step, engine)
         scores = task.metrics(data.raw, data.features, predictions)
         out[data.split] = {k: _finite(v) for k, v in scores.items()}
     return out

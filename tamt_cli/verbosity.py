@@ -62,7 +62,7 @@ def live(console: Any) -> bool:
 def debug(console: Any, message: str) -> None:
     """A debug line, shown under ``-v`` only."""
     if _level >= VERBOSE:
-        console.print(f"[dim]debug: {message}[/dim]", highlight=False)
+        console.print(f"[dim]debug: {message}[/dim]", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

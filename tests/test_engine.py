@@ -1,10 +1,12 @@
-"""The engine's pure functions: which blocks a step reads and the seed of its random draws."""
+"""The engine's pure functions: which blocks a step reads, the seed of its random draws, and
+the batches dev sets are scored in."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tamt_cli.engine import step_generator, step_indices
+from tamt_cli.engine import FilledBatches, step_generator, step_indices
 
 
 def test_steps_read_a_seeded_permutation_per_epoch_one_after_another():
@@ -47,3 +49,37 @@ def test_step_generator_seeds_from_seed_step_process_and_micro_batch():
     assert torch.equal(first, torch.rand(3, generator=step_generator(5, 6, 1, 2)))
     huge = step_generator(2**40, 2**40, 7)  # large seeds stay within the generator's range
     assert 0 <= huge.initial_seed() < 2**63 - 1
+
+
+def test_the_last_batch_to_score_is_filled_up_with_the_first_examples():
+    assert list(FilledBatches(11, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 0]]
+    assert list(FilledBatches(8, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert list(FilledBatches(3, 8)) == [[0, 1, 2, 0, 1, 2, 0, 1]]
+    assert len(FilledBatches(11, 4)) == 3 and len(FilledBatches(3, 8)) == 1
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(23, 5, 2), (12, 5, 2), (20, 5, 2), (7, 4, 3),
+                                                   (3, 8, 2), (40, 4, 4)])  # fmt: skip
+def test_on_several_processes_every_example_is_scored_in_the_batch_of_one_process(n, batch, world):
+    """Accelerate's split of the batches over processes (what ``Engine.shard_loader`` uses)
+    fills the last round with whole batches; gathered round by round and cut at the remainder
+    (``gather_for_metrics``), the scores are every example's once, in order, each from the same
+    batch as on one process."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    one = list(FilledBatches(n, batch))
+    shards = [
+        list(BatchSamplerShard(FilledBatches(n, batch), world, rank, even_batches=True))
+        for rank in range(world)
+    ]
+    assert len({len(s) for s in shards}) == 1  # every process takes part in every gather
+    in_order = [b for batches in zip(*shards, strict=True) for b in batches]
+    assert in_order[: len(one)] == one  # the batches of one process, then filling ones
+    assert all(len(b) == batch for b in in_order)
+    gathered: list[int] = []
+    for i, batches in enumerate(zip(*shards, strict=True)):
+        round_ = [idx for b in batches for idx in b]
+        remainder = n % (batch * world)
+        last = i == len(shards[0]) - 1
+        gathered += round_[:remainder] if last and remainder else round_
+    assert gathered == list(range(n))

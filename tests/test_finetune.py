@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,6 +342,96 @@ def test_task_options_from_a_spec_file_reach_a_plugin_task(cli, tiny_bert, tmp_p
     out = cli("eval", "ft", "--task", "textclf", "--data-dir", data, "--json")  # options: the run's
     assert out.code == 0, out.err
     assert out.json()["metrics"] == res.json()["runs"][0]["final"]["metrics"]["validation"]
+
+
+# -- several processes ------------------------------------------------------------------------
+
+
+def two_processes(*args: object, port: int) -> subprocess.CompletedProcess:
+    """``tamt -v ARGS`` on two CPU processes under torchrun, in the current folder (the test's
+    tamt and datasets caches, as the environment names them)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(port + os.getpid() % 1000), "-m", "tamt_cli", "-v",
+        *(str(a) for a in args),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def scored_shares(stderr: str, split: str, features: int, batch: int) -> None:
+    """Each of the two processes scored its own batches of ``split``: half the rounds."""
+    rounds = -(-features // (2 * batch))
+    for rank in (0, 1):
+        line = f"{split}: process {rank} of 2 scored {rounds * batch} features ({rounds} × {batch}"
+        assert line in stderr and f"round) of {features}\n" in stderr, stderr[-3000:]
+
+
+def test_eval_on_two_processes_gives_the_scores_of_one(cli, tiny_bert, mnli):
+    """Each process scores its share of each dev set; the gathered predictions (the repeats
+    that fill the last round dropped) score as one process's. The model: the tiny BERT with a
+    seeded random head, whose predictions differ from sentence to sentence."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tamt_cli import task_model
+    from tamt_cli.tasks.base import create_task
+
+    task = create_task("mnli")
+    raw = task.load("validation_matched", mnli)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+    model.eval()
+    with torch.no_grad():  # a head that tells the sentences' (close) pooled outputs apart
+        pairs = list(raw["premise"]), list(raw["hypothesis"])
+        inputs = tokenizer(*pairs, padding=True, return_tensors="pt")
+        pooled = model.bert(**inputs).pooler_output
+        model.classifier.weight.normal_(0.0, 100.0)
+        model.classifier.bias.copy_(-pooled.mean(0) @ model.classifier.weight.T)
+    model.save_pretrained("clf")
+    tokenizer.save_pretrained("clf")
+    sets = task_model.eval_sets(task, task.eval_splits, mnli, tokenizer, 24, None)
+    for data in sets:  # not one answer for all: the order of the predictions matters
+        assert len(set(task_model.predict(model, data, 5, False).argmax(-1).tolist())) > 1
+    args = ["eval", "clf", "--task", "mnli", "--data-dir", mnli, "--max-length", "24",
+            "--batch-size", "5", "--json"]  # fmt: skip
+    one = cli(*args)
+    assert one.code == 0, one.err
+    proc = two_processes(*args, port=31_500)
+    outputs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(outputs) == 2  # every process has the scores of all
+    for out in outputs:
+        assert out["splits"] == one.json()["splits"]
+        assert out["metrics"] == one.json()["metrics"]
+    assert {s: v["examples"] for s, v in one.json()["splits"].items()} == {
+        "validation_matched": 12,
+        "validation_mismatched": 9,
+    }
+    # 12 = 5 + 5 in one round, then 2 (filled up to 5) + 5 repeats; 9 = 5 + 4 (filled up)
+    scored_shares(proc.stderr, "validation_matched", 12, 5)
+    scored_shares(proc.stderr, "validation_mismatched", 9, 5)
+
+
+def test_finetune_on_two_processes_scores_squad_in_shares(cli, omp_run, squad):
+    """SQuAD's answers are found from all the windows of a question: the windows' logits are
+    gathered from both processes before post-processing, and score as one process scores the
+    same weights."""
+    args = ["finetune", omp_run, "--task", "squad", "--data-dir", squad, "--out", "ft",
+            "--max-length", "32", "--doc-stride", "8", "--batch-size", "4", "--epochs", "2",
+            "--lr", "1e-3", "--eval-every", "2", "--json"]  # fmt: skip
+    proc = two_processes(*args, port=32_500)
+    result = json.loads(Path("ft/summary.json").read_text())
+    history = json.loads(Path("ft/seed-1/metrics.json").read_text())["evaluations"]
+    final = result["runs"][0]["final"]
+    assert len(history) == 2 and {k: final[k] for k in ("step", "metrics")} == history[-1]
+    features = json.loads(Path("ft/manifest.json").read_text())["data"]["tokenised"]
+    scored_shares(proc.stderr, "validation", features["validation"]["features"], 4)
+    one = cli("eval", "ft", "--task", "squad", "--data-dir", squad, "--json")
+    assert one.code == 0, one.err
+    assert one.json()["metrics"] == history[-1]["metrics"]["validation"]
+    assert 0 < one.json()["metrics"]["f1"] < 100
 
 
 # -- bad inputs -------------------------------------------------------------------------------
