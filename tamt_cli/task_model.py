@@ -10,6 +10,7 @@ gradient, and (with no weight decay) stay exactly zero in the optimiser's parame
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,18 @@ class EvalSet:
     def examples(self) -> int:
         return len(self.raw)
 
+    @functools.cached_property
+    def by_length(self) -> list[int]:
+        """Feature indices from the shortest input to the longest (stable): scored in this order,
+        a batch pads to lengths close to its own, not to the longest of a random draw."""
+        lengths = [len(ids) for ids in self.features["input_ids"]]
+        return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+    def sorted_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The batch of the ``indices``-th features in :attr:`by_length` order."""
+        order = self.by_length
+        return self.batcher([order[i] for i in indices])
+
 
 def eval_sets(
     task: Any,
@@ -262,10 +275,11 @@ def predict(
 ) -> Any:
     """Logits of every feature, in feature order (span tasks: ``(start, end)`` logits).
 
-    With an ``engine`` (:class:`tamt_cli.engine.Engine`) the features are split over its
-    processes in whole batches: each process scores its own, and every process receives the
-    logits of all of them (``gather_for_metrics``, which drops the repeats that fill the last
-    round of batches), in feature order."""
+    Features are scored in batches of similar length (:attr:`EvalSet.by_length`), which pads
+    less than batches in file order; the logits are put back in feature order. With an
+    ``engine`` (:class:`tamt_cli.engine.Engine`) the batches are split over its processes
+    whole: each process scores its own, and every process receives the logits of all of them
+    (``gather_for_metrics``, which drops the repeats that fill the last round of batches)."""
     import numpy as np
 
     was_training = model.training
@@ -276,14 +290,14 @@ def predict(
     if engine is None:
         device = next(model.parameters()).device
         batches: Any = (
-            data.batcher(range(first, min(first + batch_size, len(data.batcher))))
+            data.sorted_batch(range(first, min(first + batch_size, len(data.batcher))))
             for first in range(0, len(data.batcher), batch_size)
         )
     else:
         device = engine.device
         batches = data.loaders.get((id(engine), batch_size))
         if batches is None:
-            batches = engine.shard_loader(len(data.batcher), batch_size, data.batcher)
+            batches = engine.shard_loader(len(data.batcher), batch_size, data.sorted_batch)
             data.loaders[id(engine), batch_size] = batches
     scored = rounds = 0
     try:
@@ -315,9 +329,10 @@ def predict(
             f"({rounds} × {batch_size}, with the repeats that fill the last round) of "
             f"{len(data.batcher)}",
         )
+    inverse = np.argsort(np.asarray(data.by_length, dtype=np.int64), kind="stable")
     if span:
-        return np.concatenate(starts), np.concatenate(ends)
-    return np.concatenate(logits)
+        return np.concatenate(starts)[inverse], np.concatenate(ends)[inverse]
+    return np.concatenate(logits)[inverse]
 
 
 def score(

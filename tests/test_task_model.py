@@ -126,3 +126,29 @@ def test_scores_of_a_model_on_an_eval_set(tiny_bert, tmp_path):
     scores = task_model.score(task, built.model, sets, 5, lambda s, n: advanced.append((s, n)))
     assert scores == {"validation": {"accuracy": pytest.approx(positive)}}
     assert advanced == [("validation", 5), ("validation", 5), ("validation", 2)]
+
+
+def test_predictions_in_length_order_come_back_in_feature_order(tiny_bert, tmp_path):
+    """Scored in batches of similar length, every feature's logits equal those of the feature
+    scored alone (no padding at all), in the features' own order."""
+    from tests.tiny import write_sst2
+
+    task = create_task("sst2")
+    data = write_sst2(tmp_path / "SST-2", train=8, dev=13, seed=4)
+    tokenizer = task_model.load_tokenizer(models.resolve(str(tiny_bert)))
+    (dev,) = task_model.eval_sets(task, ["validation"], data, tokenizer, 32, None)
+    lengths = [len(ids) for ids in dev.features["input_ids"]]
+    assert len(set(lengths)) > 3 and lengths != sorted(lengths)  # an order to undo
+    assert [lengths[i] for i in dev.by_length] == sorted(lengths)
+    built = task_model.build(task, subjects.resolve(str(tiny_bert)), seed=3)
+    built.model.eval()
+    with torch.no_grad():  # a classifier that tells the sentences apart
+        weight = built.model.classifier.weight
+        weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 5)
+    logits = task_model.predict(built.model, dev, 4, span=False)
+    with torch.no_grad():
+        alone = torch.cat([built.model(**dev.batcher([i])).logits for i in range(13)])
+    assert (
+        logits.shape == (13, 2) and alone.std(0).min() > 1e-3
+    )  # the rows differ (by far more than the tolerance)
+    torch.testing.assert_close(torch.from_numpy(logits), alone, rtol=1e-4, atol=1e-5)
