@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -383,6 +385,14 @@ class ScoreMask(nn.Module):
         score = self.score.to(weight.dtype)
         return _StraightThrough.apply(weight, score, self._keep(score))
 
+    def rows(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` of the masked matrix, computed from those rows only: what
+        ``forward(weight)[index]`` gives, with the same gradients (the scores' gradient is
+        ``W·∂L/∂W'`` on those rows, scattered into zeros of the scores' shape). Row-wise, since
+        ``S > τ`` is elementwise and N:M groups lie within a row."""
+        score = self.score.index_select(0, index).to(weight.dtype)
+        return _StraightThrough.apply(weight.index_select(0, index), score, self._keep(score))
+
     def _keep(self, score: torch.Tensor) -> torch.Tensor:
         if self.pattern is not None:
             return nm_keep(score, *self.pattern)
@@ -390,6 +400,31 @@ class ScoreMask(nn.Module):
 
     def keep(self) -> torch.Tensor:
         return self._keep(self.score)
+
+
+def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a word-embedding module under a :class:`ScoreMask`: the mask is applied to
+    the rows the batch looks up, not to the whole vocabulary (the same output and gradients:
+    see :meth:`ScoreMask.rows`). The dense teacher (masks off) reads the matrix as it is."""
+    mask = self.parametrizations.weight[0]  # type: ignore[union-attr,index]
+    if not mask.enabled or self.max_norm is not None:
+        return type(self).forward(self, input)  # the whole matrix, as without this
+    index, inverse = torch.unique(input, return_inverse=True)
+    padding = None  # the padding row gets no gradient, as in the whole matrix
+    if self.padding_idx is not None:
+        at = int(torch.searchsorted(index, self.padding_idx))
+        if at < index.numel() and int(index[at]) == self.padding_idx:
+            padding = at
+    weight = self.parametrizations.weight.original  # type: ignore[union-attr]
+    return F.embedding(
+        inverse,
+        mask.rows(weight, index),
+        padding,
+        None,
+        self.norm_type,
+        self.scale_grad_by_freq,
+        self.sparse,
+    )
 
 
 def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:
@@ -404,13 +439,21 @@ def attach_scores(
     init: Mapping[str, torch.Tensor],
     tau: float = 0.01,
     pattern: Pattern | None = None,
+    *,
+    looked_up_rows: bool = True,
 ) -> dict[str, ScoreMask]:
     """Attach learnable score masks initialised from keep-masks (``2τ`` / ``0``) or from float
-    scores (see :func:`graded_scores`); returns them by weight name."""
+    scores (see :func:`graded_scores`); returns them by weight name.
+
+    With ``looked_up_rows`` (the default) a masked embedding matrix is masked, in the forward
+    and the backward pass, only in the rows each batch looks up; ``False`` masks the whole
+    matrix at every pass (the same results, at the cost of the vocabulary)."""
     out = {}
     for p in weights:
         mod = ScoreMask(init[p.name].to(p.weight.device), tau, pattern)
         parametrize.register_parametrization(p.module, "weight", mod)
+        if looked_up_rows and isinstance(p.module, nn.Embedding):
+            p.module.forward = types.MethodType(_looked_up_rows, p.module)
         out[p.name] = mod
     return out
 
@@ -476,6 +519,9 @@ def detach_masks(weights: Iterable[Prunable]) -> None:
     for p in weights:
         if parametrize.is_parametrized(p.module, "weight"):
             parametrize.remove_parametrizations(p.module, "weight", leave_parametrized=False)
+        forward = p.module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is _looked_up_rows:
+            del p.module.forward
 
 
 @torch.no_grad()

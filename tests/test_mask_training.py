@@ -190,6 +190,84 @@ def test_kd_loss_is_zero_dense_and_teacher_shares_storage(tiny_bert):
     assert len(list(module.parameters())) == n_tensors  # no second copy of the model
 
 
+def train_scores(folder, pattern, looked_up_rows, steps=6):
+    """``steps`` of mlm-kd mask training (head trained, dropout on, thresholds reset) of a tiny
+    checkpoint from graded magnitude scores; batches hold padding tokens. Returns the scores, the
+    masks they give, the initial masks and how often the embedding mask ran on the whole
+    matrix."""
+    from tamt_cli import models, pretraining
+
+    ref = models.resolve(str(folder))
+    encoder = models.load_encoder(ref).train()
+    head, _ = models.load_mlm_head(ref, encoder)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    head_params = pretraining.train_head(head, encoder, 0.01)
+    weights = masking.prunable_weights(encoder)
+    vocab, pad = encoder.config.vocab_size, encoder.config.pad_token_id
+    with torch.no_grad():  # a padding row that is not zero, so that a gradient would show
+        encoder.get_input_embeddings().weight[pad] = torch.linspace(-0.1, 0.1, steps=32)
+    ranking = masking.magnitude_scores(weights)
+    init = masking.masks_from_scores(ranking, 0.5, pattern=pattern)
+    graded = masking.graded_scores(ranking, init, 0.01)
+    scores = masking.attach_scores(weights, graded, 0.01, pattern, looked_up_rows=looked_up_rows)
+    embedding = next(p for p in weights if p.kind == "embedding")
+    whole = []
+    scores[embedding.name].register_forward_hook(
+        lambda mod, args, out: whole.append(mod.enabled) if mod.enabled else None
+    )
+    module = objectives.PretrainingLoss(encoder, weights, "mlm-kd", head)
+    trained = [m.score for n, m in scores.items() if not n.startswith("pooler")]
+    optimizer = pretraining.optimizer(trained, 0.01, head_params, 0.01)
+    # tokens (random replacements included) below vocab/2: the rows above are never looked up
+    info = {"special_ids": [0, 1, 2, 3, 4], "mask_id": 4, "vocab_size": vocab // 2}
+    for step in range(steps):
+        torch.manual_seed(step)  # dropout
+        generator = torch.Generator().manual_seed(step)
+        blocks = torch.randint(5, vocab // 2, (4, 16), generator=generator)
+        blocks[:, 5] = pad
+        loss = module(**objectives.batch_for(blocks, "mlm-kd", info, generator))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained + head_params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if pattern is None and step % 3 == 2:
+            masking.reset_thresholds(scores, 0.5)
+    out = {n: m.score.detach().clone() for n, m in scores.items()}
+    keep = {n: m.keep() for n, m in scores.items()}
+    masking.detach_masks(weights)
+    assert "forward" not in vars(embedding.module)  # detached: the class's forward again
+    return out, keep, init, graded, len(whole), embedding.name, pad
+
+
+@pytest.mark.parametrize(
+    ("layout", "pattern"),
+    [("bert-mlm", None), ("bert-mlm", (2, 4)), ("roberta-mlm", None), ("distilbert-mlm", None)],
+)
+def test_embedding_masked_in_looked_up_rows_trains_as_the_whole_matrix(
+    tmp_path, one_thread, layout, pattern
+):
+    """The word-embedding mask computed for the rows a batch looks up only gives the scores,
+    and so the masks, that masking the whole matrix gives, step for step (AdamW, clipping,
+    threshold resets, N:M patterns, the padding row and the MLM decoder tied to the unmasked
+    matrix included)."""
+    from tests.tiny import make_mlm_checkpoint
+
+    folder = make_mlm_checkpoint(tmp_path / layout, layout)
+    rows, rows_keep, init, graded, rows_whole, name, pad = train_scores(folder, pattern, True)
+    full, full_keep, *_, full_whole, _, _ = train_scores(folder, pattern, False)
+    assert rows_whole == 0 and full_whole == 6  # the rows path never masks the whole matrix
+    for n in full:
+        torch.testing.assert_close(rows[n], full[n], rtol=1e-6, atol=1e-9, msg=n)
+        assert torch.equal(rows_keep[n], full_keep[n]), n
+    flipped = rows_keep[name] != init[name]
+    assert int(flipped.any(1).sum()) > 3, "the embedding mask did not move"
+    half = full[name].shape[0] // 2
+    assert torch.equal(rows[name][half:], graded[name][half:])  # rows never looked up
+    assert torch.equal(rows[name][pad], graded[name][pad])  # looked up, but never a gradient
+    assert not torch.equal(rows[name][5:half], graded[name][5:half])
+
+
 class CountingHead(torch.nn.Module):
     def __init__(self, hidden: int, vocab: int) -> None:
         super().__init__()
