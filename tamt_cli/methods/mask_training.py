@@ -200,8 +200,10 @@ class TrainingSession:
         head_params: list[Any] = []
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
             head, head_params, self.head_lr = pretraining.search_head(job, data, engine)
-        init = self.initial_scores()
-        scores = masking.attach_scores(job.weights, init, self.options.tau, self.pattern)
+        # the initial scores are copied into the parameters and not kept: a float per weight
+        scores = masking.attach_scores(
+            job.weights, self.initial_scores(), self.options.tau, self.pattern
+        )
         kinds = {p.name: p.kind for p in job.weights}
         for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
