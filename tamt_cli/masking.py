@@ -8,8 +8,10 @@ mask fits the bare encoder and any task model built on it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 import types
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -383,7 +385,17 @@ class ScoreMask(nn.Module):
         if not self.enabled:
             return weight
         score = self.score.to(weight.dtype)
-        return _StraightThrough.apply(weight, score, self._keep(score))
+        masked = _StraightThrough.apply(weight, score, self._keep(score))
+        live = _RECOMPUTED.get()
+        if live is not None and masked.is_contiguous():
+            live[masked.untyped_storage().data_ptr()] = (weakref.ref(masked), self, weight)
+        return masked
+
+    @torch.no_grad()
+    def masked(self, weight: torch.Tensor) -> torch.Tensor:
+        """``W ⊙ keep`` as :meth:`forward` computes it, bit for bit, without a graph."""
+        keep = self._keep(self.score.to(weight.dtype))
+        return torch.where(keep, weight, weight.new_zeros(()))
 
     def rows(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Rows ``index`` of the masked matrix, computed from those rows only: what
@@ -425,6 +437,58 @@ def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
         self.scale_grad_by_freq,
         self.sparse,
     )
+
+
+#: the masked matrices of the forward pass under way in :func:`masked_weights_recomputed`, by
+#: the address of their storage
+_RECOMPUTED: contextvars.ContextVar[dict[int, tuple[Any, ScoreMask, torch.Tensor]] | None]
+_RECOMPUTED = contextvars.ContextVar("tamt_recomputed_masked_weights", default=None)
+
+
+@dataclass(frozen=True)
+class _Recompute:
+    """What the backward pass needs to remake a saved masked matrix (or a view of it)."""
+
+    mask: ScoreMask
+    weight: torch.Tensor
+    size: torch.Size
+    stride: tuple[int, ...]
+    offset: int
+
+
+@contextlib.contextmanager
+def masked_weights_recomputed() -> Iterator[None]:
+    """Forward passes inside the block save no masked matrix ``W ⊙ keep`` of a
+    :class:`ScoreMask` for the backward pass (a linear layer saves its weight to compute the
+    gradient of its input): the backward pass remakes each from ``W`` and the scores when it
+    needs it, one matrix at a time, bit for bit (the scores do not change between the two
+    passes). It saves a float per masked weight for the time of a pass, at the cost of computing
+    ``S > τ`` and the masked copy a second time (:func:`torch.autograd.graph.saved_tensors_hooks`).
+    """
+    live: dict[int, tuple[Any, ScoreMask, torch.Tensor]] = {}
+    token = _RECOMPUTED.set(live)
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if not live or tensor.layout != torch.strided:
+            return tensor
+        entry = live.get(tensor.untyped_storage().data_ptr())
+        if entry is None or entry[0]() is None:  # not a masked matrix (or one long freed)
+            return tensor
+        _, mask, weight = entry
+        return _Recompute(mask, weight, tensor.size(), tensor.stride(), tensor.storage_offset())
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if not isinstance(saved, _Recompute):
+            return saved
+        whole = saved.mask.masked(saved.weight)
+        return whole.as_strided(saved.size, saved.stride, saved.offset)
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        _RECOMPUTED.reset(token)
+        live.clear()
 
 
 def attach_masks(weights: Iterable[Prunable], masks: Mapping[str, torch.Tensor]) -> None:

@@ -101,6 +101,7 @@ class PretrainingLoss(nn.Module):
         objective: str,
         head: nn.Module | None = None,
         teacher: nn.Module | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -115,6 +116,9 @@ class PretrainingLoss(nn.Module):
         # the masks off: ``teacher`` is then a frozen copy of the pre-trained encoder (a
         # submodule, so it moves with the loss module; it has no trainable parameters).
         self.teacher = teacher
+        #: the backward pass remakes the masked matrices of score masks instead of keeping them
+        #: from the forward pass (:func:`masking.masked_weights_recomputed`): the same result
+        self.recompute = recompute
 
     def forward(
         self,
@@ -125,9 +129,11 @@ class PretrainingLoss(nn.Module):
         """The loss of one batch: ``labels`` are the MLM labels of the (corrupted) inputs. With
         ``mlm-kd`` one student pass serves both terms, the teacher seeing the same inputs."""
         kd = "kd" in self.objective
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=kd
-        )
+        saved = masking.masked_weights_recomputed if self.recompute else contextlib.nullcontext
+        with saved():
+            out = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=kd
+            )
         loss = torch.zeros((), device=input_ids.device)
         if "mlm" in self.objective:
             assert labels is not None and self.head is not None

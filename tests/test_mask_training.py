@@ -268,6 +268,54 @@ def test_embedding_masked_in_looked_up_rows_trains_as_the_whole_matrix(
     assert not torch.equal(rows[name][5:half], graded[name][5:half])
 
 
+@pytest.mark.parametrize("pattern", [None, (2, 4)])
+def test_backward_pass_remakes_masked_matrices_instead_of_keeping_them(tiny_bert, pattern):
+    """Between the forward and the backward pass the graph holds no masked copy ``W ⊙ keep``:
+    each is remade when the backward pass needs it, and the gradients are those of keeping
+    them, bit for bit."""
+    import weakref
+
+    model = loaded_model(tiny_bert).train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = masking.prunable_weights(model)
+    ranking = masking.magnitude_scores(weights)
+    keep = masking.masks_from_scores(ranking, 0.5, pattern=pattern)
+    scores = masking.attach_scores(weights, masking.graded_scores(ranking, keep, 0.01), 0.01,
+                                   pattern)  # fmt: skip
+    made: list = []
+    for name, mod in scores.items():
+        if not name.startswith("embeddings"):  # the embeddings: only the rows looked up
+            mod.register_forward_hook(  # the student's pass, not the dense teacher's
+                lambda m, a, out: made.append(weakref.ref(out)) if m.enabled else None
+            )
+    remade = []
+    masked = masking.ScoreMask.masked
+    ids = torch.randint(5, 120, (4, 12), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for recompute in (True, False):
+        module = objectives.PretrainingLoss(model, weights, "kd", recompute=recompute)
+        made.clear()
+        torch.manual_seed(0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(masking.ScoreMask, "masked", lambda m, w: remade.append(1) or masked(m, w))
+            loss = module(input_ids=ids, attention_mask=torch.ones_like(ids))
+            alive = sum(ref() is not None for ref in made)
+            loss.backward()
+        assert len(made) == 13  # 12 encoder matrices and the pooler, one forward pass
+        # kept: the 12 encoder matrices (the pooler's output, unused by the loss, is freed);
+        # remade: the same 12, once each (and not again by the pass that keeps them)
+        assert alive == (0 if recompute else 12) and len(remade) == 12
+        grads.append(
+            {n: m.score.grad.clone() for n, m in scores.items() if m.score.grad is not None}
+        )
+        for m in scores.values():
+            m.score.grad = None
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 13
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    masking.detach_masks(weights)
+
+
 class CountingHead(torch.nn.Module):
     def __init__(self, hidden: int, vocab: int) -> None:
         super().__init__()
