@@ -418,7 +418,7 @@ def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
     """``forward`` of a word-embedding module under a :class:`ScoreMask`: the mask is applied to
     the rows the batch looks up, not to the whole vocabulary (the same output and gradients:
     see :meth:`ScoreMask.rows`). The dense teacher (masks off) reads the matrix as it is."""
-    mask = self.parametrizations.weight[0]  # type: ignore[union-attr,index]
+    mask: ScoreMask = self.parametrizations.weight[0]  # type: ignore[union-attr,index,assignment]
     if not mask.enabled or self.max_norm is not None:
         return type(self).forward(self, input)  # the whole matrix, as without this
     index, inverse = torch.unique(input, return_inverse=True)
@@ -427,7 +427,7 @@ def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
         at = int(torch.searchsorted(index, self.padding_idx))
         if at < index.numel() and int(index[at]) == self.padding_idx:
             padding = at
-    weight = self.parametrizations.weight.original  # type: ignore[union-attr]
+    weight: torch.Tensor = self.parametrizations.weight.original  # type: ignore[union-attr,assignment]
     return F.embedding(
         inverse,
         mask.rows(weight, index),
@@ -475,7 +475,8 @@ def masked_weights_recomputed() -> Iterator[None]:
         if entry is None or entry[0]() is None:  # not a masked matrix (or one long freed)
             return tensor
         _, mask, weight = entry
-        return _Recompute(mask, weight, tensor.size(), tensor.stride(), tensor.storage_offset())
+        offset = int(tensor.storage_offset())
+        return _Recompute(mask, weight, tensor.size(), tensor.stride(), offset)
 
     def unpack(saved: Any) -> torch.Tensor:
         if not isinstance(saved, _Recompute):
@@ -517,7 +518,7 @@ def attach_scores(
         mod = ScoreMask(init[p.name].to(p.weight.device), tau, pattern)
         parametrize.register_parametrization(p.module, "weight", mod)
         if looked_up_rows and isinstance(p.module, nn.Embedding):
-            p.module.forward = types.MethodType(_looked_up_rows, p.module)
+            p.module.forward = types.MethodType(_looked_up_rows, p.module)  # type: ignore[method-assign]
         out[p.name] = mod
     return out
 
