@@ -135,6 +135,13 @@ DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="print the resolved, validated spec and stop")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+TaskOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task-option",
+        help=f"an option of the task, name=value (repeatable) {_default('none')}",
+    ),
+]
 TRACKER_NAMES = ("tensorboard", "wandb", "mlflow", "trackio", "all", "none")
 
 
@@ -744,13 +751,7 @@ def finetune(
     mixed_precision: Annotated[
         Precision | None, typer.Option(help=f"no, fp16 or bf16 {_default('no')}")
     ] = None,
-    task_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--task-option",
-            help=f"an option of the task, name=value (repeatable) {_default('none')}",
-        ),
-    ] = None,
+    task_option: TaskOptionOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -852,13 +853,7 @@ def evaluate(
         int | None,
         typer.Option(help=f"SQuAD: tokens shared by windows {_default(RUN_DEFAULT)}"),
     ] = None,
-    task_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--task-option",
-            help=f"an option of the task, name=value (repeatable) {_default('none')}",
-        ),
-    ] = None,
+    task_option: TaskOptionOpt = None,
     held_out: Annotated[
         float | None,
         typer.Option(help=f"--objective: held-out fraction of a local corpus {_default(0.05)}"),
@@ -965,13 +960,7 @@ def bench(
     data_dir: Annotated[
         Path | None, typer.Option(help=f"the task's local data {_default('the hub')}")
     ] = None,
-    task_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--task-option",
-            help=f"an option of the task, name=value (repeatable) {_default('none')}",
-        ),
-    ] = None,
+    task_option: TaskOptionOpt = None,
     spec: SpecOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
