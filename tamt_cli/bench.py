@@ -121,12 +121,9 @@ def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str
         task, [split], spec.data_dir, tokenizer, spec.max_length, None
     )
     count = min(spec.batch_size, len(eval_set.features))
-    batch = eval_set.batcher(range(count))
-    inputs = {
-        k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-    }
+    batch = eval_set.batcher(range(count))  # the model inputs only (task_model.INPUTS)
     source = {"kind": "task", "task": task.name, "split": split, "features": count}
-    return inputs, source
+    return batch, source
 
 
 def run(spec: BenchSpec, console: Console) -> dict[str, Any]:

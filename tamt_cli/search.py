@@ -46,8 +46,7 @@ def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
             f"--budget paper is a mask-training protocol; method '{spec.method}' has none "
             "(mlm, kd and mlm-kd do)"
         )
-    probe = method_cls(specs.validate(method_cls.Options, {}, f"options of '{spec.method}'"))
-    fields, options = hook(probe, spec)
+    fields, options = hook(spec)
     update = {k: v for k, v in fields.items() if k not in spec.model_fields_set}
     update["options"] = {**options, **spec.options}
     return specs.validate(SearchSpec, {**spec.model_dump(), **update}, "--budget paper")

@@ -68,6 +68,7 @@ def check_seeds(value: list[int]) -> list[int]:
 
 #: labels and sweep variant names: they name folders and table rows
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+LABEL_MAX = 64
 
 
 class SearchSpec(Spec):
@@ -85,7 +86,7 @@ class SearchSpec(Spec):
     out: Path | None = Field(None, description="run directory (default: runs/<method>-...)")
     label: str | None = Field(
         None,
-        max_length=64,
+        max_length=LABEL_MAX,
         pattern=LABEL_PATTERN,
         description="the name reports give this subnetwork in place of the method's, e.g. "
         "kd-long (letters, digits, . _ + -)",

@@ -242,8 +242,10 @@ def _check_variants(grid: GridSpec, grid_file: Path, methods: Any) -> None:
 
     for name, settings in grid.variants.items():
         where = f"grid {grid_file}: variant '{name}'"
-        if not re.match(specs.LABEL_PATTERN, name) or len(name) > 64:
-            raise UserError(f"{where}: a name is letters, digits and . _ + - (at most 64)")
+        if not re.match(specs.LABEL_PATTERN, name) or len(name) > specs.LABEL_MAX:
+            raise UserError(
+                f"{where}: a name is letters, digits and . _ + - (at most {specs.LABEL_MAX})"
+            )
         if name in methods.names():
             raise UserError(f"{where} has the name of a method; call it something else")
         if not isinstance(settings, dict) or "method" not in settings:
@@ -458,15 +460,13 @@ def shard_of(plan_: Plan, shard: tuple[int, int] | None) -> set[str]:
     if shard is None:
         return {c.id for c in plan_.cells}
     k, n = shard
-    groups: list[str] = []
-    for c in plan_.cells:
-        group = c.needs or (c.id if c.kind == "search" else DENSE)
-        if group not in groups:
-            groups.append(group)
-    mine = {g for i, g in enumerate(groups) if i % n == k - 1}
-    return {
-        c.id for c in plan_.cells if (c.needs or (c.id if c.kind == "search" else DENSE)) in mine
-    }
+
+    def group(c: Cell) -> str:
+        return c.needs or (c.id if c.kind == "search" else DENSE)
+
+    groups = list(dict.fromkeys(group(c) for c in plan_.cells))  # in grid order
+    mine = set(groups[k - 1 :: n])
+    return {c.id for c in plan_.cells if group(c) in mine}
 
 
 def run(

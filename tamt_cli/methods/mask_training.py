@@ -42,10 +42,11 @@ DEFAULTS = {
 }
 DEFAULT_MAX_STEPS = 1000  # paper: 11k/14k/17k/20k/22k steps for sparsity 0.5/0.6/0.7/0.8/0.9
 
-#: ``--budget paper``: the paper's protocol (README: "The paper's budget"). Steps: the budget IMP
-#: needs for the sparsity, (10·s − 1) intervals of 2,792 steps, to the nearest thousand: 11k,
-#: 14k, 17k, 20k, 22k at 0.5 … 0.9. The lr decays linearly over two epochs of WikiText-103
-#: (~30k steps at 16 × 512 tokens), so at those steps it is still well above zero.
+#: ``--budget paper``: the paper's protocol (README: "Mask training", below its defaults).
+#: Steps: the budget IMP needs for the sparsity, (10·s − 1) intervals of 2,792 steps, to the
+#: nearest thousand: 11k, 14k, 17k, 20k, 22k at 0.5 … 0.9. The lr decays linearly over two
+#: epochs of WikiText-103 (~30k steps at 16 × 512 tokens), so at those steps it is still well
+#: above zero.
 PAPER = {
     "mlm": {"lr": 5e-5, "reset_every": 1000},
     "kd": {"lr": 2e-5, "reset_every": 100},
@@ -101,18 +102,19 @@ class MaskTraining:
         """The values a run of ``spec`` uses where the spec leaves them to the method."""
         return settings(self.objective, spec, self.options)
 
-    def paper_budget(self, spec: SearchSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    @classmethod
+    def paper_budget(cls, spec: SearchSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         """``--budget paper``: (search fields, options) of the paper's protocol."""
         from tamt_cli.methods.base import sparsity_of
 
         fields = {
             **PAPER_SEARCH,
-            "lr": PAPER[self.objective]["lr"],
+            "lr": PAPER[cls.objective]["lr"],
             "max_steps": paper_steps(sparsity_of(spec, None)),
         }
         options = {
             "scores": "binary",
-            "reset_every": PAPER[self.objective]["reset_every"],
+            "reset_every": PAPER[cls.objective]["reset_every"],
             "decay_steps": PAPER_DECAY_STEPS,
         }
         return fields, options
