@@ -212,9 +212,10 @@ def clean_stale(parent: Path) -> list[Path]:
 
 def _note(text: str) -> None:
     from rich.console import Console
-    from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]note:[/] {escape(text)}")
+    from tamt_cli import verbosity
+
+    verbosity.note(Console(stderr=True), text)
 
 
 def check_output(

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tamt_cli import hub
+from tamt_cli import hub, verbosity
 from tamt_cli.errors import UserError, did_you_mean, first_line
 
 if TYPE_CHECKING:
@@ -523,7 +523,9 @@ def _read_cache(
             raise ValueError("no blocks")
         return train, held
     except Exception as exc:
-        _note(console, f"ignoring unreadable block cache {path} ({first_line(exc)}); rebuilding")
+        verbosity.note(
+            console, f"ignoring unreadable block cache {path} ({first_line(exc)}); rebuilding"
+        )
         return None
 
 
@@ -550,17 +552,12 @@ def _write_cache(
     try:
         write_bytes(path, save({"train": train, "held_out": held}, metadata=meta))
     except OSError as exc:  # caching is an optimisation: a read-only cache must not fail a run
-        _note(console, f"could not cache the token blocks in {path.parent} ({exc.strerror})")
+        verbosity.note(
+            console, f"could not cache the token blocks in {path.parent} ({exc.strerror})"
+        )
 
 
 # -- output --------------------------------------------------------------------------------
-
-
-def _note(console: Any, text: str) -> None:
-    if console is not None:
-        from rich.markup import escape
-
-        console.print(f"[yellow]note:[/] {escape(text)}")
 
 
 def _status(console: Any, text: str) -> contextlib.AbstractContextManager[Any]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tamt_cli import corpora
+from tamt_cli import corpora, verbosity
 from tamt_cli.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -254,7 +254,9 @@ def _read(folder: Path, key: str, console: Any) -> Dataset | None:
             raise ValueError("its rows or columns are not those recorded")
         return features
     except Exception as exc:
-        _note(console, f"ignoring damaged cached features {folder} ({first_line(exc)}); rebuilding")
+        verbosity.note(
+            console, f"ignoring damaged cached features {folder} ({first_line(exc)}); rebuilding"
+        )
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
@@ -279,7 +281,7 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
     except UserError:  # another process stored the same features meanwhile: use theirs
         return _read(folder, meta["key"], console)
     except OSError as exc:  # caching is an optimisation: a read-only or full cache is not fatal
-        _note(console, f"could not cache the tokenised features in {folder.parent} "
+        verbosity.note(console, f"could not cache the tokenised features in {folder.parent} "
                        f"({exc.strerror or first_line(exc)})")  # fmt: skip
         return None
     with quiet_datasets():
@@ -410,13 +412,6 @@ def train_data(
 
 
 # -- output -----------------------------------------------------------------------------------
-
-
-def _note(console: Any, text: str) -> None:
-    if console is not None:
-        from rich.markup import escape
-
-        console.print(f"[yellow]note:[/] {escape(text)}")
 
 
 def _debug(console: Any, text: str) -> None:

@@ -59,6 +59,15 @@ def live(console: Any) -> bool:
     return bool(console.is_terminal) and not console.quiet and not flag("TAMT_NO_PROGRESS")
 
 
+def note(console: Any, text: str) -> None:
+    """A one-line note on ``console`` (nothing when it is None); ``text`` is printed as is, not
+    read as markup."""
+    if console is not None:
+        from rich.markup import escape
+
+        console.print(f"[yellow]note:[/] {escape(text)}")
+
+
 def debug(console: Any, message: str) -> None:
     """A debug line, shown under ``-v`` only."""
     if _level >= VERBOSE:
