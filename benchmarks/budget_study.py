@@ -8,11 +8,16 @@ prints Markdown:
    from OMP at that sparsity with Welch's t-test p-value (scipy), and the mean accuracy at every
    evaluation step (the fine-tuning curve);
 2. Spearman ρ between held-out loss and accuracy over every subnetwork (scipy);
-3. per kind of matrix, the share of OMP's kept weights each mask-trained or IMP mask dropped
-   (with a local scope every matrix has the target sparsity, so masks differ only in which
-   weights they keep).
+3. per kind of matrix and per layer, the share of OMP's kept weights each mask-trained or IMP
+   mask dropped (with a local scope every matrix has the target sparsity, so masks differ only
+   in which weights they keep).
 
-    python benchmarks/budget_study.py sweeps/budget-grid sweeps/nm-grid > study.md
+4. with ``--plot FILE``, the mask-trained subnetworks' accuracy difference from OMP (mean ± the
+   standard error of the difference) and their kept weights' Jaccard overlap with OMP's, each
+   against lr × steps: with AdamW a score moves by about the learning rate per step whatever its
+   gradient, so lr × steps bounds how far any score can travel from where it started.
+
+    python benchmarks/budget_study.py sweeps/budget-grid sweeps/nm-grid --plot budget.png
 """
 
 from __future__ import annotations
@@ -69,16 +74,20 @@ def welch(a: list[float], b: list[float]) -> float | None:
     return None if p != p else p
 
 
-def departure(run: Path, omp: Path) -> dict[str, float]:
-    """Per kind: the share of the OMP mask's kept weights that ``run``'s mask prunes."""
+def departure(run: Path, omp: Path, by: str = "kind") -> dict[str, float]:
+    """Per kind of matrix (``by="kind"``) or per layer (``by="layer"``; embeddings and pooler
+    under their kind): the share of the OMP mask's kept weights that ``run``'s mask prunes."""
     mine = artifacts.load_masks(run / artifacts.MASK_FILE)
     base = artifacts.load_masks(omp / artifacts.MASK_FILE)
     matrices = (artifacts.read_manifest(run).get("sparsity_report") or {}).get("matrices") or []
-    kind_of = {m["name"]: m["kind"] for m in matrices}
+    key_of = {
+        m["name"]: m["kind"] if by == "kind" or m["layer"] is None else f"L{m['layer']}"
+        for m in matrices
+    }
     kept: dict[str, int] = {}
     dropped: dict[str, int] = {}
     for name, mask in mine.items():
-        kind = kind_of.get(name, "?")
+        kind = key_of.get(name, "?")
         was = base[name].bool()
         kept[kind] = kept.get(kind, 0) + int(was.sum())
         dropped[kind] = dropped.get(kind, 0) + int((was & ~mask.bool()).sum())
@@ -94,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--task", default="sst2")
+    parser.add_argument("--plot", type=Path, help="write the budget figure (PNG) here")
     args = parser.parse_args()
     doc = report.build(report.read(args.sweeps))
     rows = [r for r in doc["rows"] if r["task"] == args.task]
@@ -104,6 +114,7 @@ def main() -> None:
             f"dense: {dense['mean']:.2f} ± {dense['std'] or 0:.2f} "
             f"({len(dense['values'])} seeds; curve {fmt_curve(curves(dense['runs']))})\n"
         )
+    points: list[dict[str, Any]] = []  # the budget figure's
     for sparsity in sorted({r["sparsity"] for r in rows if r["sparsity"] is not None}):
         omp = next((r for r in rows if r["method"] == "omp" and r["sparsity"] == sparsity), None)
         lines = []
@@ -117,6 +128,19 @@ def main() -> None:
             if omp is not None and r is not omp:
                 delta = r["mean"] - omp["mean"]
                 p = welch(r["values"], omp["values"])
+            if delta is not None and settings["lr"] != "-" and settings["scores"] != "-":
+                se = (r["std"] or 0) ** 2 / len(r["values"])
+                se += (omp["std"] or 0) ** 2 / len(omp["values"]) if omp else 0
+                points.append(
+                    {
+                        "name": r["method"],
+                        "sparsity": sparsity,
+                        "travel": float(settings["lr"]) * settings["steps"],
+                        "delta": delta,
+                        "se": se**0.5,
+                        "jaccard": jaccard(runs[(r["method"], sparsity)], runs[("omp", sparsity)]),
+                    }
+                )
             lines.append(
                 [
                     r["method"],
@@ -141,19 +165,81 @@ def main() -> None:
             print(
                 f"- {c['objective']}: Spearman ρ = {c['rho']:.3f} (p = {c['p']:.2g}, n = {c['n']})"
             )
-    print("\n### Where the masks depart from OMP's\n")
-    shares = {}
-    for (name, sparsity), run in sorted(runs.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
-        omp = runs.get(("omp", sparsity))
-        if name not in {"omp", "random"} and omp is not None and sparsity is not None:
-            shares[f"{name} s{sparsity:g}"] = departure(run, omp)
-    kinds = [k for k in KINDS if any(k in share for share in shares.values())]
-    lines = [
-        [name, *(f"{share.get(k, 0):.3f}" for k in [*kinds, "all"])]
-        for name, share in shares.items()
-    ]
-    if lines:
-        print(table(["mask", *kinds, "all"], lines))
+    for by in ("kind", "layer"):
+        print(f"\n### Where the masks depart from OMP's, per {by}\n")
+        shares = {}
+        for (name, sparsity), run in sorted(runs.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+            omp = runs.get(("omp", sparsity))
+            if name not in {"omp", "random"} and omp is not None and sparsity is not None:
+                shares[f"{name} s{sparsity:g}"] = departure(run, omp, by)
+        keys = {k for share in shares.values() for k in share} - {"all"}
+        columns = [k for k in KINDS if k in keys] + sorted(k for k in keys if k not in KINDS)
+        lines = [
+            [name, *(f"{share.get(k, 0):.3f}" for k in [*columns, "all"])]
+            for name, share in shares.items()
+        ]
+        if lines:
+            print(table(["mask", *columns, "all"], lines))
+    if args.plot and points:
+        plot(points, args.plot)
+
+
+def jaccard(run: Path, omp: Path) -> float:
+    """Jaccard overlap of the kept weights of two masks over the same model."""
+    mine = artifacts.load_masks(run / artifacts.MASK_FILE)
+    base = artifacts.load_masks(omp / artifacts.MASK_FILE)
+    both = either = 0
+    for name, mask in mine.items():
+        a, b = mask.bool(), base[name].bool()
+        both += int((a & b).sum())
+        either += int((a | b).sum())
+    return both / either
+
+
+def plot(points: list[dict[str, Any]], path: Path) -> None:
+    from tamt_cli import plots
+
+    plt = plots.require()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for sparsity in sorted({p["sparsity"] for p in points}):
+        mine = sorted((p for p in points if p["sparsity"] == sparsity), key=lambda p: p["travel"])
+        xs = [p["travel"] for p in mine]
+        left.errorbar(
+            xs,
+            [p["delta"] for p in mine],
+            yerr=[p["se"] for p in mine],
+            fmt="o",
+            capsize=3,
+            label=f"sparsity {sparsity:g}",
+        )
+        right.plot(xs, [p["jaccard"] for p in mine], "o", label=f"sparsity {sparsity:g}")
+        for p in mine:
+            left.annotate(
+                p["name"],
+                (p["travel"], p["delta"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+            right.annotate(
+                p["name"],
+                (p["travel"], p["jaccard"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    left.axhline(0, color="grey", linestyle="--", linewidth=1)
+    left.set_ylabel("SST-2 accuracy − OMP's (points; mean ± s.e.)")
+    right.set_ylabel("kept weights shared with OMP (Jaccard)")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("lr × steps (how far a score can move)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Mask-training budget: transfer and distance from the magnitude mask")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def fmt_curve(curve: dict[int, float]) -> str:
