@@ -49,7 +49,8 @@ def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
     fields, options = hook(spec)
     update = {k: v for k, v in fields.items() if k not in spec.model_fields_set}
     update["options"] = {**options, **spec.options}
-    return specs.validate(SearchSpec, {**spec.model_dump(), **update}, "--budget paper")
+    given = spec.model_dump(exclude_unset=True)  # what was left open stays open
+    return specs.validate(SearchSpec, {**given, **update}, "--budget paper")
 
 
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:

@@ -679,6 +679,8 @@ def _flag(name: str, value: Any) -> list[str]:
         return [w for k, v in value.items() for w in (repeat, f"{k}={_scalar(v)}")]
     if name == "seeds":
         return ["--seeds", ",".join(str(seed) for seed in value)]
+    if name == "report_to":  # comma-separated on the command line; none for an empty list
+        return [flag, ",".join(value) or "none"]
     if isinstance(value, bool):
         return [flag if value else "--no-" + name.replace("_", "-")]
     if isinstance(value, (dict, list)):

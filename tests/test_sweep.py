@@ -272,6 +272,31 @@ def test_printed_commands_are_the_cells_specs(swept, cli, tmp_path, tiny_bert, c
             assert target == str(plan.out / cells[line].id)
 
 
+def test_printed_command_of_a_paper_budget_variant_runs(cli, tmp_path, tiny_bert, corpus, sst2):
+    """A variant under --budget paper, with trackers named in the grid: its printed search line
+    passes the CLI and resolves to the cell's spec (trackers comma-separated, the fields the
+    paper's protocol leaves open not spelled out)."""
+    from tamt_cli import sweep
+
+    data = grid(tiny_bert, corpus, sst2, methods=["kd-paper"], sparsities=[0.5])
+    data["variants"] = {"kd-paper": {"method": "kd", "budget": "paper"}}
+    data["search"]["report_to"] = ["tensorboard"]
+    path = write_grid(tmp_path / "grid.yaml", data)
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    line = next(line for line in lines if line.startswith("tamt search"))
+    assert "--report-to tensorboard" in line and "--mixed-precision" not in line
+    plan = sweep.plan(path, Path("new"))
+    cell = next(c for c in plan.cells if c.kind == "search")
+    res = cli(*shlex.split(line)[1:], "--dry-run", "--json")
+    assert res.code == 0, (line, res.err)
+    shown = res.json()
+    shown.pop("resolved", None)
+    assert shown == cell.spec.model_dump(mode="json")
+    # the grid's kd options (lr 0.05, 4 steps) win; the rest is the paper's
+    assert (shown["lr"], shown["max_steps"]) == (0.05, 4)
+    assert (shown["options"]["scores"], shown["options"]["decay_steps"]) == ("binary", 30000)
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
