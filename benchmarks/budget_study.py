@@ -5,8 +5,9 @@ prints Markdown:
 
 1. per sparsity, every subnetwork with its search settings (lr, steps, initial scores), held-out
    KD and MLM loss, SST-2 accuracy (best evaluation, mean ± sample std over seeds), its difference
-   from OMP at that sparsity with Welch's t-test p-value (scipy), and the mean accuracy at every
-   evaluation step (the fine-tuning curve);
+   from OMP at that sparsity with Welch's t-test p-value (scipy), the difference paired seed by
+   seed with the paired t-test's p-value, and the mean accuracy at every evaluation step (the
+   fine-tuning curve);
 2. Spearman ρ between held-out loss and accuracy over every subnetwork (scipy);
 3. per kind of matrix and per layer, the share of OMP's kept weights each mask-trained or IMP
    mask dropped (with a local scope every matrix has the target sparsity, so masks differ only
@@ -74,6 +75,21 @@ def welch(a: list[float], b: list[float]) -> float | None:
     return None if p != p else p
 
 
+def paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None, int] | None:
+    """Mean of the seed-by-seed differences of two rows over the seeds both have, with the
+    paired t-test's p-value (scipy): a seed fixes the training subset, the classifier's
+    initialisation and the data order, so pairing takes that variance out."""
+    from scipy.stats import ttest_rel
+
+    at = dict(zip(b["seeds"], b["values"], strict=True))
+    pairs = [(v, at[s]) for s, v in zip(a["seeds"], a["values"], strict=True) if s in at]
+    if len(pairs) < 2:
+        return None
+    diffs = [x - y for x, y in pairs]
+    p = float(ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue)
+    return statistics.fmean(diffs), (None if p != p else p), len(pairs)
+
+
 def departure(run: Path, omp: Path, by: str = "kind") -> dict[str, float]:
     """Per kind of matrix (``by="kind"``) or per layer (``by="layer"``; embeddings and pooler
     under their kind): the share of the OMP mask's kept weights that ``run``'s mask prunes."""
@@ -124,10 +140,11 @@ def main() -> None:
             reverse=True,
         ):
             settings = search_settings(runs[(r["method"], sparsity)])
-            delta = p = None
+            delta = p = pair = None
             if omp is not None and r is not omp:
                 delta = r["mean"] - omp["mean"]
                 p = welch(r["values"], omp["values"])
+                pair = paired(r, omp)
             if delta is not None and settings["lr"] != "-" and settings["scores"] != "-":
                 se = (r["std"] or 0) ** 2 / len(r["values"])
                 se += (omp["std"] or 0) ** 2 / len(omp["values"]) if omp else 0
@@ -152,12 +169,14 @@ def main() -> None:
                     f"{r['mean']:.2f} ± {r['std'] or 0:.2f}",
                     "-" if delta is None else f"{delta:+.2f}",
                     "-" if p is None else f"{p:.3f}",
+                    fmt_pair(pair),
                     fmt_curve(curves(r["runs"])),
                 ]
             )
         print(f"### Sparsity {sparsity:g}\n")
         header = ["subnetwork", "lr", "steps", "scores", "held-out KD", "held-out MLM"]
-        header += [f"{args.task} acc", "Δ vs OMP", "p (Welch)", "acc at each evaluation"]
+        header += [f"{args.task} acc", "Δ vs OMP", "p (Welch)", "Δ paired by seed (p, n)"]
+        header += ["acc at each evaluation"]
         print(table(header, lines) + "\n")
     print("### Held-out loss against accuracy\n")
     for c in doc["correlations"]:
@@ -240,6 +259,13 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def fmt_pair(pair: tuple[float, float | None, int] | None) -> str:
+    if pair is None:
+        return "-"
+    delta, p, n = pair
+    return f"{delta:+.2f} ({'-' if p is None else f'{p:.3f}'}, {n})"
 
 
 def fmt_curve(curve: dict[int, float]) -> str:
