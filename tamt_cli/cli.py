@@ -610,6 +610,7 @@ def search(
         resolved = specs.build(specs.SearchSpec, spec, flags)
     method_obj, resolved = searching.resolve(resolved)
     if dry_run:
+        searching.advise(method_obj, resolved, _err())
         hook = getattr(method_obj, "resolved", None)
         _show_spec(resolved, as_json, hook(resolved) if hook is not None else None)
         return

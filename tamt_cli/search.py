@@ -36,6 +36,15 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     return method, spec
 
 
+def advise(method: Any, spec: SearchSpec, console: Any) -> None:
+    """Print the method's notes on a run it will do but its measurements advise against."""
+    from tamt_cli import verbosity
+
+    hook = getattr(method, "advice", None)
+    for text in hook(spec) if hook is not None else []:
+        verbosity.note(console, text)
+
+
 def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
     """The spec with the paper's values where it gives none (fields not set, options absent);
     what is given explicitly wins. The saved spec holds the values, so a resumed or repeated
@@ -150,6 +159,8 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
 
     started = time.perf_counter()
     engine = Engine(spec.mixed_precision, console, spec.report_to)
+    if engine.is_main and not resume:
+        advise(method, spec, console)
     lock = None
     created = False
     out = Path(spec.out or ".")

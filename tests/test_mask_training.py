@@ -597,3 +597,43 @@ def test_decay_steps_sets_where_the_lr_reaches_zero(cli, tiny_bert, corpus):
     assert lrs[2] == pytest.approx(2e-5 * 6 / 8) and lrs[4] == pytest.approx(2e-5 * 4 / 8)
     saved = yaml.safe_load(Path("run/spec.yaml").read_text())
     assert (saved["lr"], saved["budget"], saved["options"]["scores"]) == (2e-5, "paper", "binary")
+
+
+# -- advice from the budget study -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "noted"),
+    [
+        ([], False),  # the defaults: 2e-4 × 1000
+        (["--lr", "1e-3"], True),  # 1e-3 × 1000 = 1.0
+        (["--max-steps", "3001"], True),  # 2e-4 × 3001
+        (["--max-steps", "3000"], False),  # 2e-4 × 3000 = the limit itself
+        (["--lr", "1e-3", "-o", "scores=binary"], False),  # measured for graded scores only
+        (["--budget", "paper"], False),  # binary scores
+    ],
+)
+def test_kd_budget_past_the_measured_limit_gets_a_note(cli, tiny_bert, flags, noted):
+    from tamt_cli.methods.mask_training import KD_TRAVEL_LIMIT
+
+    assert pytest.approx(2e-4 * 3000) == KD_TRAVEL_LIMIT
+    res = cli("search", "-m", "kd", "-s", "0.5", "--model", tiny_bert, *flags, "--dry-run")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert ("note: lr × steps" in said) is noted
+    if noted:
+        assert "past 0.6" in said and "How long to train masks" in said
+
+
+def test_mlm_gets_no_budget_note(cli, tiny_bert):
+    res = cli("search", "-m", "mlm", "-s", "0.5", "--model", tiny_bert, "--lr", "1e-3", "--dry-run")
+    assert res.code == 0 and "lr × steps" not in res.err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_budget_note_is_printed_once_by_a_run(cli, tiny_bert, corpus):
+    args = ["-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus, "--lr", "0.2"]
+    args += ["--max-steps", "4", "--max-length", "16", "--batch-size", "4", "--out", "run"]
+    res = cli("search", *args)
+    assert res.code == 0, res.err
+    assert " ".join(res.err.split()).count("note: lr × steps = 0.2 × 4 = 0.8, past 0.6") == 1

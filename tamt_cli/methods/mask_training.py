@@ -52,6 +52,10 @@ PAPER = {
     "kd": {"lr": 2e-5, "reset_every": 100},
     "mlm-kd": {"lr": 5e-5, "reset_every": 1000},
 }
+#: lr × steps past which graded-score `kd` tickets transferred worse than OMP's in the budget
+#: study (README: "How long to train masks"). AdamW moves a score by about the lr per step
+#: whatever its gradient, so lr × steps bounds how far a score can travel from the magnitude mask.
+KD_TRAVEL_LIMIT = 0.6
 PAPER_SEARCH = {"batch_size": 16, "max_length": 512}
 PAPER_DECAY_STEPS = 30_000
 IMP_INTERVAL = 2792
@@ -118,6 +122,20 @@ class MaskTraining:
             "decay_steps": PAPER_DECAY_STEPS,
         }
         return fields, options
+
+    def advice(self, spec: SearchSpec) -> list[str]:
+        """Notes on a run that will go on but that the measurements advise against."""
+        if self.objective != "kd" or self.options.scores != "graded":
+            return []
+        run = settings(self.objective, spec, self.options)
+        travel = run["lr"] * run["max_steps"]
+        if travel <= KD_TRAVEL_LIMIT:
+            return []
+        return [
+            f"lr × steps = {run['lr']:g} × {run['max_steps']} = {travel:.2g}, past "
+            f"{KD_TRAVEL_LIMIT:g}: in the budget study, kd tickets trained that far transferred "
+            "worse than magnitude pruning's (README: How long to train masks)"
+        ]
 
     def check(self, spec: SearchSpec) -> None:
         steps = spec.max_steps or DEFAULT_MAX_STEPS
