@@ -233,20 +233,14 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
         )
         right.plot(xs, [p["jaccard"] for p in mine], "o", label=f"sparsity {sparsity:g}")
         for p in mine:
-            left.annotate(
-                p["name"],
-                (p["travel"], p["delta"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-            right.annotate(
-                p["name"],
-                (p["travel"], p["jaccard"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
+            for ax, key in ((left, "delta"), (right, "jaccard")):
+                ax.annotate(
+                    p["name"],
+                    (p["travel"], p[key]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
     left.axhline(0, color="grey", linestyle="--", linewidth=1)
     left.set_ylabel("SST-2 accuracy − OMP's (points; mean ± s.e.)")
     right.set_ylabel("kept weights shared with OMP (Jaccard)")
