@@ -61,6 +61,14 @@ def tamt_args(row: str, args: argparse.Namespace, work: Path) -> list[str]:
     raise ValueError(row)
 
 
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment the ``tamt`` command would run a row with (its malloc settings on glibc,
+    :mod:`tamt_cli.launch`; ``TAMT_MALLOC=system`` measures glibc's defaults)."""
+    from tamt_cli import launch
+
+    return launch.allocator_env(env, launch.glibc()) or env
+
+
 def child(row: str, argv: list[str], model: str, result: Path) -> None:
     """Run one row in this process and write its peak memory to ``result``."""
     import torch
@@ -132,6 +140,7 @@ def main() -> None:
             "HF_DATASETS_CACHE": str(work / "hf-datasets"),
             "TAMT_NO_PROGRESS": "1",
         }
+        env = child_env(env)
         sst2_from_corpus(args.corpus, work / "sst2", args.batch_size * args.steps,
                          2 * args.max_length)  # fmt: skip
         # tokenise the corpus into the cache once, outside every measured process
@@ -150,7 +159,7 @@ def main() -> None:
                 raise SystemExit(f"{row}: tamt exited with {out['code']}:\n{proc.stderr[-3000:]}")
             results.append(out)
             print(f"{row}: {out['peak_rss'] / 2**20:.0f} MiB, {out['seconds']} s", file=sys.stderr)
-    print(table(results, args))
+    print(table(results, args, env.get("GLIBC_TUNABLES", "glibc's defaults")))
 
 
 _WARM = """
@@ -162,14 +171,14 @@ corpora.load_blocks(sys.argv[2], AutoTokenizer.from_pretrained(ref.location), in
 """
 
 
-def table(results: list[dict], args: argparse.Namespace) -> str:
+def table(results: list[dict], args: argparse.Namespace, malloc: str) -> str:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     base = next((r for r in results if r["row"] == "finetune"), None)
     lines = [
         f"model {args.model}, batch {args.batch_size}, length {args.max_length}, "
-        f"{args.steps} steps, {device}",
+        f"{args.steps} steps, {device}; malloc: {malloc}",
         "",
         "| run | peak RSS MiB | × finetune | CUDA peak allocated MiB | × finetune | seconds |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from memory import CORPUS
+from memory import CORPUS, child_env
 
 BUDGET = 24 * 2**30  # the memory one 24 GiB GPU has
 
@@ -76,6 +76,7 @@ def main() -> None:
         folder = args.model_dir or work / "model"
         params = build(folder, args) if not (folder / "config.json").is_file() else None
         env = {**os.environ, "TAMT_CACHE_DIR": str(work / "cache"), "TAMT_NO_PROGRESS": "1"}
+        env = child_env(env)
         for length in lengths:
             for method in methods:
                 run = work / f"{method}-{length}"
@@ -102,7 +103,7 @@ def main() -> None:
                 gib = out["peak_rss"] / 2**30
                 line = f"{method} length {length}: {out['step_seconds']:.2f} s/step, {gib:.2f} GiB"
                 print(line, file=sys.stderr, flush=True)
-    print(table(rows, args, params))
+    print(table(rows, args, params, env.get("GLIBC_TUNABLES", "glibc's defaults")))
 
 
 def step_seconds(run: Path) -> float:
@@ -116,7 +117,7 @@ def step_seconds(run: Path) -> float:
     return (times[steps[-1]] - times[steps[0]]) / (steps[-1] - steps[0])
 
 
-def table(rows: list[dict], args: argparse.Namespace, params: int | None) -> str:
+def table(rows: list[dict], args: argparse.Namespace, params: int | None, malloc: str) -> str:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -124,7 +125,7 @@ def table(rows: list[dict], args: argparse.Namespace, params: int | None) -> str
     lines = [
         f"BERT shape: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, FFN "
         f"{args.ffn} ({size}); batch {args.batch_size}, {args.steps} steps, sparsity "
-        f"{args.sparsity}, {device} ({torch.get_num_threads()} threads)",
+        f"{args.sparsity}, {device} ({torch.get_num_threads()} threads); malloc: {malloc}",
         "",
         "| method | length | s/step | peak RSS GiB | CUDA peak allocated GiB | within 24 GiB |",
         "| --- | --- | --- | --- | --- | --- |",

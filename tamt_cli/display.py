@@ -199,6 +199,11 @@ def env_table(report: dict[str, Any]) -> Table:
     table.add_row("cuda", cuda)
     table.add_row("mps", "yes" if acc["mps"] else "no")
     table.add_row("cpu threads", str(acc["cpu_threads"]))
+    alloc = report["allocator"]
+    malloc = alloc["glibc_tunables"] or "defaults"
+    if alloc["ld_preload"]:
+        malloc += f" (LD_PRELOAD {alloc['ld_preload']})"
+    table.add_row("malloc", f"{alloc['libc'] or 'not glibc'}: {malloc}")
     table.add_section()
     for row in report["plugins"]:
         status = (

@@ -38,6 +38,7 @@ def report(check_hub: bool = True) -> dict[str, Any]:
         "libraries": {name: _version(name) for name in LIBRARIES},
         "trackers": {name: _version(name) for name in TRACKER_PACKAGES},
         "accelerators": accelerators(),
+        "allocator": allocator(),
         "plugins": [
             {k: row[k] for k in ("kind", "name", "distribution", "version", "status", "error")}
             for kind in ("method", "task")
@@ -61,6 +62,18 @@ def accelerators() -> dict[str, Any]:
         else [],
         "mps": bool(mps is not None and mps.is_available()),
         "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def allocator() -> dict[str, Any]:
+    """The C library and the malloc settings this process runs with (see
+    :mod:`tamt_cli.launch`)."""
+    from tamt_cli import launch
+
+    return {
+        "libc": launch.glibc(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "ld_preload": os.environ.get("LD_PRELOAD"),
     }
 
 
