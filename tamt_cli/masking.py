@@ -469,11 +469,16 @@ def masked_weights_recomputed() -> Iterator[None]:
     token = _RECOMPUTED.set(live)
 
     def pack(tensor: torch.Tensor) -> Any:
+        # Anything else is saved as a detached alias (the same storage and version counter),
+        # never as the tensor itself: a tensor saved by the node that made it (tanh saves its
+        # output) would hold that node, which holds it, a cycle that only a backward pass
+        # through the node breaks. Where none runs (the pooler under `kd` and `mlm`), the
+        # node and everything it leads back to, the whole step's graph, would stay for good.
         if not live or tensor.layout != torch.strided:
-            return tensor
+            return tensor.detach()
         entry = live.get(tensor.untyped_storage().data_ptr())
         if entry is None or entry[0]() is None:  # not a masked matrix (or one long freed)
-            return tensor
+            return tensor.detach()
         _, mask, weight = entry
         offset = int(tensor.storage_offset())
         return _Recompute(mask, weight, tensor.size(), tensor.stride(), offset)

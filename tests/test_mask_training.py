@@ -316,6 +316,34 @@ def test_backward_pass_remakes_masked_matrices_instead_of_keeping_them(tiny_bert
     masking.detach_masks(weights)
 
 
+def test_a_graph_no_backward_pass_reaches_is_freed(tiny_bert):
+    """The pooler's output is not in the `kd` loss, so no backward pass runs through it; with
+    the masked matrices remade, its graph (and through it every node of the step) is still
+    freed after the step: no step leaves autograd nodes behind."""
+    import gc
+
+    model = loaded_model(tiny_bert).train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = masking.prunable_weights(model)
+    assert any(w.name.startswith("pooler") for w in weights)
+    ranking = masking.magnitude_scores(weights)
+    keep = masking.masks_from_scores(ranking, 0.5)
+    masking.attach_scores(weights, masking.graded_scores(ranking, keep, 0.01), 0.01)
+    module = objectives.PretrainingLoss(model, weights, "kd", recompute=True)
+    ids = torch.randint(5, 120, (4, 12), generator=torch.Generator().manual_seed(0))
+
+    def nodes() -> int:
+        gc.collect()
+        return sum(type(o).__name__ == "_StraightThroughBackward" for o in gc.get_objects())
+
+    before = nodes()
+    for _ in range(3):
+        module(input_ids=ids, attention_mask=torch.ones_like(ids)).backward()
+    assert nodes() == before  # else every masked matrix's node of every step stays
+    masking.detach_masks(weights)
+
+
 class CountingHead(torch.nn.Module):
     def __init__(self, hidden: int, vocab: int) -> None:
         super().__init__()
