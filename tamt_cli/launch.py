@@ -2,13 +2,13 @@
 that keep a long CPU run's resident memory flat, then the command line runs.
 
 Mask training frees and remakes blocks of many sizes at every step (the masked copy of each
-matrix, remade again in the backward pass, the scores' gradients), and glibc's defaults let the
-heap grow around them: a `kd` search of the demo model at batch 16 × 128 went from 2.0 GiB after
-4 steps to 4.5 GiB after 48 while the memory in use stayed at 0.45 GiB. Without the per-thread
-cache of small blocks (``tcache``: blocks held there are never merged with their free
-neighbours) and with blocks of 4 MiB or more always mapped on their own (given back when
-freed, rather than left in the heap by glibc's rising threshold), the same run stays at 1.8 GiB
-from its eighth step on, at the same speed (README: "Benchmarks: memory").
+matrix, remade again in the backward pass, the scores' gradients), and glibc's defaults keep
+much of what is freed: a `kd` search of a BERT-large-shaped model at batch 8 × 128 peaks at 1.39
+times the resident memory of fine-tuning it. Without the per-thread cache of small blocks
+(``tcache``: blocks held there are never merged with their free neighbours) and with blocks of
+4 MiB or more always mapped on their own (given back when freed, rather than left in the heap
+by glibc's rising threshold), it peaks at 1.21 times, for about 3% of a step's time (README:
+"Benchmarks: memory").
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the process
 replaces itself once (``exec``: same process id, same arguments, same environment plus the
