@@ -14,7 +14,8 @@ prints Markdown:
    in which weights they keep).
 
 4. with ``--plot FILE``, the mask-trained subnetworks' accuracy difference from OMP (mean ± the
-   standard error of the difference) and their kept weights' Jaccard overlap with OMP's, each
+   standard error of the difference) and their kept weights' Jaccard overlap with OMP's (as
+   ``tamt report`` computes it), each
    against lr × steps: with AdamW a score moves by about the learning rate per step whatever its
    gradient, so lr × steps bounds how far any score can travel from where it started.
 
@@ -124,6 +125,8 @@ def main() -> None:
     doc = report.build(report.read(args.sweeps))
     rows = [r for r in doc["rows"] if r["task"] == args.task]
     runs = {(s["method"], s["sparsity"]): Path(s["run"]) for s in doc["subnetworks"]}
+    label = {(s["method"], s["sparsity"]): s["name"] for s in doc["subnetworks"]}
+    kept = {frozenset((o["a"], o["b"])): o["kept_jaccard"] for o in doc["overlap"]}
     dense = next((r for r in rows if r["method"] == "dense"), None)
     if dense:
         print(
@@ -155,7 +158,9 @@ def main() -> None:
                         "travel": float(settings["lr"]) * settings["steps"],
                         "delta": delta,
                         "se": se**0.5,
-                        "jaccard": jaccard(runs[(r["method"], sparsity)], runs[("omp", sparsity)]),
+                        "jaccard": kept[
+                            frozenset((label[(r["method"], sparsity)], label[("omp", sparsity)]))
+                        ],
                     }
                 )
             lines.append(
@@ -201,18 +206,6 @@ def main() -> None:
             print(table(["mask", *columns, "all"], lines))
     if args.plot and points:
         plot(points, args.plot)
-
-
-def jaccard(run: Path, omp: Path) -> float:
-    """Jaccard overlap of the kept weights of two masks over the same model."""
-    mine = artifacts.load_masks(run / artifacts.MASK_FILE)
-    base = artifacts.load_masks(omp / artifacts.MASK_FILE)
-    both = either = 0
-    for name, mask in mine.items():
-        a, b = mask.bool(), base[name].bool()
-        both += int((a & b).sum())
-        either += int((a | b).sum())
-    return both / either
 
 
 def plot(points: list[dict[str, Any]], path: Path) -> None:
