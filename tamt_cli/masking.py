@@ -469,14 +469,14 @@ def masked_weights_recomputed() -> Iterator[None]:
     token = _RECOMPUTED.set(live)
 
     def pack(tensor: torch.Tensor) -> Any:
-        # Anything else is saved as a detached alias (the same storage and version counter),
+        # What is not a masked matrix is saved as a detached alias (same storage and version),
         # never as the tensor itself: a tensor saved by the node that made it (tanh saves its
         # output) would hold that node, which holds it, a cycle that only a backward pass
         # through the node breaks. Where none runs (the pooler under `kd` and `mlm`), the
         # node and everything it leads back to, the whole step's graph, would stay for good.
-        if not live or tensor.layout != torch.strided:
-            return tensor.detach()
-        entry = live.get(tensor.untyped_storage().data_ptr())
+        entry = None
+        if live and tensor.layout == torch.strided:
+            entry = live.get(tensor.untyped_storage().data_ptr())
         if entry is None or entry[0]() is None:  # not a masked matrix (or one long freed)
             return tensor.detach()
         _, mask, weight = entry
