@@ -1,5 +1,5 @@
 """The ``tamt`` command's entry point: on Linux with glibc, the process runs with malloc settings
-that keep a long CPU run's resident memory flat, then the command line runs.
+that keep its resident memory close to the memory in use, then the command line runs.
 
 Mask training frees and remakes blocks of many sizes at every step (the masked copy of each
 matrix, remade again in the backward pass, the scores' gradients), and glibc's defaults keep
