@@ -31,12 +31,15 @@ Named functions and classes that load torch on first use — reach for them insi
 Plugins written for API 1 before these names existed reach whole modules as attributes
 (``api.masking``, ``api.engine``, ``api.objectives``, ``api.pretraining``, ``api.artifacts``,
 ``api.finetune``, ``api.transfer``); those keep working within API 1, but new plugins import the
-names above, which do not tie them to tamt's module layout.
+names above, which do not tie them to tamt's module layout. (``api.artifacts`` holds what the
+module of that name held when API 1 began: today's ``artifacts``, ``files`` and ``maskfile``.)
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import types
 from typing import Any
 
 from tamt_cli.errors import UserError, did_you_mean
@@ -66,7 +69,7 @@ _NAMED = {
     "PretrainingLoss": "tamt_cli.objectives",
     **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
     "quiet_libraries": "tamt_cli.verbosity",
-    **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.artifacts"),
+    **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.maskfile"),
 }
 #: module attributes of API 1 kept for plugins that use them (not in ``__all__``): name → module
 _API1_MODULES = {
@@ -74,7 +77,6 @@ _API1_MODULES = {
     "engine": "tamt_cli.engine",
     "objectives": "tamt_cli.objectives",
     "pretraining": "tamt_cli.pretraining",
-    "artifacts": "tamt_cli.artifacts",
     "finetune": "tamt_cli.finetune",
     "transfer": "tamt_cli.task_model",  # the task model's module, under its earlier name
 }
@@ -95,9 +97,24 @@ __all__ = [
 ]
 
 
+#: the modules that together hold what ``tamt_cli.artifacts`` held when API 1 began
+_API1_ARTIFACTS = ("tamt_cli.maskfile", "tamt_cli.files", "tamt_cli.artifacts")
+
+
+@functools.cache
+def _api1_artifacts() -> types.ModuleType:
+    """``api.artifacts`` of API 1: the public names of :data:`_API1_ARTIFACTS` in one module."""
+    module = types.ModuleType("tamt_cli.api.artifacts", "tamt_cli.artifacts of API 1")
+    for source in map(importlib.import_module, _API1_ARTIFACTS):
+        module.__dict__.update((k, v) for k, v in vars(source).items() if not k.startswith("_"))
+    return module
+
+
 def __getattr__(name: str) -> Any:
     if name in _NAMED:
         return getattr(importlib.import_module(_NAMED[name]), name)
     if name in _API1_MODULES:
         return importlib.import_module(_API1_MODULES[name])
+    if name == "artifacts":
+        return _api1_artifacts()
     raise AttributeError(f"module 'tamt_cli.api' has no attribute '{name}'")

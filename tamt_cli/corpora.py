@@ -540,7 +540,7 @@ def _write_cache(
 ) -> None:
     from safetensors.torch import save
 
-    from tamt_cli.artifacts import write_bytes
+    from tamt_cli.files import write_bytes
 
     meta = {
         "format": FORMAT,

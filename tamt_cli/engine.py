@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts, verbosity
+from tamt_cli import artifacts, files, verbosity
 from tamt_cli.errors import UserError, first_line, refused_pickle
 from tamt_cli.objectives import eval_mode
 
@@ -373,14 +373,14 @@ class Engine:
             from safetensors.torch import save as st_save
 
             folder = artifacts.checkpoint_folder(run_dir, step)
-            with artifacts.staged_dir(folder, replace=True) as stage:
+            with files.staged_dir(folder, replace=True) as stage:
                 cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-                artifacts.write_bytes(stage / artifacts.CHECKPOINT_TENSORS, st_save(cpu))
+                files.write_bytes(stage / artifacts.CHECKPOINT_TENSORS, st_save(cpu))
                 # a full disk raises OSError
                 with open(stage / artifacts.CHECKPOINT_OPTIMIZER, "wb") as fh:
                     torch.save(_unwrap_optimizer(optimizer).state_dict(), fh)
                 state = {"step": step, "scheduler": scheduler.state_dict()}
-                artifacts.write_json(stage / artifacts.CHECKPOINT_STATE, state)
+                files.write_json(stage / artifacts.CHECKPOINT_STATE, state)
             for old in artifacts.checkpoints(run_dir)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         self.barrier()
@@ -451,7 +451,7 @@ class MetricsLog:
         if self.enabled and path is not None and path.exists():
             rows = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if _step_of(r) <= start_step]
-            artifacts.write_text(path, "".join(r + "\n" for r in kept))
+            files.write_text(path, "".join(r + "\n" for r in kept))
 
     def write(self, **row: Any) -> None:
         if self.enabled and self.path is not None:

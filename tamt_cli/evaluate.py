@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, masking, models, subjects, task_model, verbosity
+from tamt_cli import artifacts, maskfile, masking, models, subjects, task_model, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -76,7 +76,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
         sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
     elif (Path(location) / artifacts.MASK_FILE).is_file():
         sparsity = masking.pruned_fraction(
-            artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
+            maskfile.load_masks(Path(location) / artifacts.MASK_FILE)
         )
     else:
         sparsity = task_model.measured_sparsity(model)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, registry, task_data, task_model, verbosity
+from tamt_cli import artifacts, files, maskfile, models, registry, task_data, task_model, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
@@ -134,10 +134,10 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 hyperparameters["doc_stride"],
                 console,
             )
-        staged = artifacts.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
+        staged = files.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
         with staged as stage:
             if stage is not None:
-                artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
+                files.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
             job = FinetuneJob(
                 spec=spec,
                 task=task,
@@ -162,8 +162,8 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 runs.append(record)
             result = summarise(task, spec, out, subject, link, runs, notes)
             if stage is not None:
-                artifacts.write_json(stage / artifacts.SUMMARY, result)
-                artifacts.write_json(
+                files.write_json(stage / artifacts.SUMMARY, result)
+                files.write_json(
                     stage / artifacts.MANIFEST,
                     artifacts.new_manifest(
                         "finetune",
@@ -323,8 +323,8 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         model.save_pretrained(str(folder))
         job.tokenizer.save_pretrained(str(folder))
         if model_and_masks.masks is not None:
-            artifacts.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
-        artifacts.write_json(
+            maskfile.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
+        files.write_json(
             folder / artifacts.SEED_METRICS,
             {
                 "task": task.name,
@@ -338,7 +338,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
                 "evaluations": tracker.history,
             },
         )
-        artifacts.write_json(
+        files.write_json(
             folder / artifacts.MANIFEST,
             artifacts.new_manifest(
                 "finetune",

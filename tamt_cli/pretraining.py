@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts, objectives
+from tamt_cli import artifacts, files, objectives
 from tamt_cli.errors import UserError
 
 DEFAULT_HEAD_WARMUP = 300
@@ -196,7 +196,7 @@ def shared_head(
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in trainable.items()}
         meta = {k: str(v) for k, v in {**fit, **quality}.items()}
-        artifacts.write_bytes(path, st_save(tensors, metadata=meta))
+        files.write_bytes(path, st_save(tensors, metadata=meta))
     engine.barrier()
     return head, {**record, **quality, "reused": False}
 

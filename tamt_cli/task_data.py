@@ -266,18 +266,18 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
     complete) and return them read back from it; None when the cache cannot be written."""
     from datasets import Dataset
 
-    from tamt_cli import artifacts
+    from tamt_cli import files
     from tamt_cli.tasks.files import quiet_datasets
 
     try:
-        with artifacts.staged_dir(folder) as stage, quiet_datasets():
+        with files.staged_dir(folder) as stage, quiet_datasets():
             features.save_to_disk(str(stage))
-            files = {
+            digests = {
                 path.name: _sha256(path)
                 for path in sorted(stage.iterdir())
-                if path.is_file() and path.name != artifacts.LOCK_FILE
+                if path.is_file() and path.name != files.LOCK_FILE
             }
-            artifacts.write_json(stage / META_FILE, {**meta, "files": files})
+            files.write_json(stage / META_FILE, {**meta, "files": digests})
     except UserError:  # another process stored the same features meanwhile: use theirs
         return _read(folder, meta["key"], console)
     except OSError as exc:  # caching is an optimisation: a read-only or full cache is not fatal
