@@ -293,9 +293,9 @@ def search_head(
 
 
 def heads_cache() -> Path:
-    from tamt_cli import corpora
+    from tamt_cli import cache
 
-    return corpora.cache_root() / "heads"
+    return cache.folder(cache.HEADS)
 
 
 def _load_cached_head(params: dict[str, nn.Parameter], path: Path) -> dict[str, str] | None:

@@ -3,7 +3,7 @@
 ``tamt finetune`` tokenises its training examples once for all its seeds (with
 ``--train-size``, the examples any of the seeds draws) and every dev split once; ``tamt eval
 --task`` tokenises the dev splits it scores. The features are cached under ``features/`` in
-tamt's cache (:func:`tamt_cli.corpora.cache_root`), one folder per set of features, written by
+tamt's cache (:mod:`tamt_cli.cache`), one folder per set of features, written by
 ``datasets``' ``save_to_disk`` and read back memory-mapped with ``load_from_disk``::
 
     <cache>/features/<key>/
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tamt_cli import corpora, verbosity
+from tamt_cli import cache, corpora, verbosity
 from tamt_cli.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 FORMAT = "tamt.features"
 FORMAT_VERSION = "1"  # bump when what is stored, or how the key is made, changes
-FOLDER = "features"
 META_FILE = "tamt-features.json"
 #: the feature column a task may add: the row of the raw examples a feature was made from
 EXAMPLE_INDEX = "example_index"
@@ -65,7 +64,7 @@ class Tokenised:
 
 def cache_folder(cache_dir: Path | None = None) -> Path:
     """Where features are cached: ``features/`` in tamt's cache."""
-    return corpora.cache_root(cache_dir) / FOLDER
+    return cache.folder(cache.FEATURES, cache_dir)
 
 
 # -- tokenising, through the cache ------------------------------------------------------------
