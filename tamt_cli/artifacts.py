@@ -79,11 +79,8 @@ DENSE = "dense"
 #   replaces it only when it is a tamt run or export (its manifest says so), never when it is
 #   the source of the command, the current directory or a folder holding either;
 # * a folder another live tamt process is writing is refused;
-# * a folder is built under a temporary name beside it (``.NAME.XXXX.partial``, holding a lock
-#   while its process lives) and renamed into place when complete; a training run's folder is
-#   made with an exclusive ``mkdir`` and holds the lock (``.tamt.lock``) while a process works in
-#   it. A temporary folder whose lock nobody holds belongs to a process that died: it is removed
-#   the next time tamt writes beside it.
+# * a folder is built under a temporary name and renamed into place when complete, or (a
+#   training run's) holds a lock while a process works in it: see :mod:`tamt_cli.files`.
 
 #: kinds of manifest a folder may have for ``--overwrite`` to replace it
 REPLACEABLE_KINDS = frozenset({"search", "subnetwork", "finetune"})
@@ -155,7 +152,7 @@ def _unfinished_search(path: Path) -> bool:
     return manifest.get("kind") == "search" and manifest.get("status") == "running"
 
 
-# -- run directories and manifests ---------------------------------------------------------
+# -- run directories ------------------------------------------------------------------------
 
 
 def timestamp() -> str:
@@ -195,6 +192,9 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+# -- sweep directories ----------------------------------------------------------------------
+
+
 def sweep_subnetwork(method: str, sparsity: float | None) -> str:
     """How a sweep names the subnetwork of ``method`` at ``sparsity`` (the dense model: no
     sparsity)."""
@@ -225,6 +225,9 @@ def sweep_finetune(task: str, subnetwork: str, seed: int) -> str:
     """The fine-tuning run of ``subnetwork`` on ``task`` with ``seed``, relative to the sweep
     directory."""
     return f"{SWEEP_FINETUNES}/{task}-{subnetwork}-seed{seed}"
+
+
+# -- manifests ------------------------------------------------------------------------------
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
