@@ -4,14 +4,13 @@ transfer) for a search run, an exported subnetwork, or a dense model."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, masking, models, subjects, task_model, verbosity
+from tamt_cli import artifacts, masking, models, progress, subjects, task_model, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -68,7 +67,8 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
                 task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
             )
         model = load_trained(task, ref).to(engine.device)
-        with eval_progress(console, sets, engine.is_main) as advance:
+        totals = {eval_set.split: len(eval_set.features) for eval_set in sets}
+        with progress.scoring(console, totals, engine.is_main) as advance:
             scores = task_model.score(task, model, sets, batch_size, advance, engine)
     finally:
         engine.end()
@@ -124,29 +124,6 @@ def load_trained(task: Any, ref: Any) -> Any:
             "checkpoint); fine-tune it first with tamt finetune"
         )
     return model.eval()
-
-
-@contextlib.contextmanager
-def eval_progress(console: Console, sets: list[task_model.EvalSet], show: bool = True) -> Any:
-    """A progress bar over the features of every split; yields ``advance(split, n)``."""
-    if not show or not verbosity.live(console):
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        ids = {
-            eval_set.split: bar.add_task(f"scoring {eval_set.split}", total=len(eval_set.features))
-            for eval_set in sets
-        }
-        yield lambda split, n: bar.advance(ids[split], n)
 
 
 def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tamt_cli.errors import UserError, did_you_mean
+from tamt_cli.trackers import Tracker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,9 +39,6 @@ class Spec(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "all", "none"]
 
 
 def split_commas(value: Any) -> Any:
