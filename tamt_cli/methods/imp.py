@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob, sparsity_of
+from tamt_cli.specs import Objective
 
 if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
@@ -59,7 +60,7 @@ REWIND_PREFIX = "imp.rewind."
 class IMPOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["mlm", "kd", "mlm-kd"] = Field(
+    objective: Objective = Field(
         "mlm", description="training objective between prunings: mlm (the paper), kd, mlm-kd"
     )
     steps_per_round: int = Field(
