@@ -56,7 +56,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     doc_stride = spec.doc_stride or tuned_with.get("doc_stride") or task.defaults.doc_stride
     batch_size = spec.batch_size or tuned_with.get("eval_batch_size") or task.defaults.batch_size
     splits = task.splits(spec.split)
-    tokenizer = task_model.load_tokenizer(ref)
+    tokenizer = models.load_tokenizer(ref)
     models.check_positions(ref, max_length)
     from tamt_cli.engine import Engine
 
@@ -66,7 +66,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
             sets = task_model.eval_sets(
                 task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
             )
-        model = load_trained(task, ref).to(engine.device)
+        model = models.load_task_model(ref, task, trained=True).to(engine.device)
         totals = {eval_set.split: len(eval_set.features) for eval_set in sets}
         with progress.scoring(console, totals, engine.is_main) as advance:
             scores = task_model.score(task, model, sets, batch_size, advance, engine)
@@ -96,34 +96,6 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "max_length": max_length,
         "tokenised": {eval_set.split: eval_set.tokenised for eval_set in sets},
     }
-
-
-def load_trained(task: Any, ref: Any) -> Any:
-    """The checkpoint as the task's model; its head must be there and fit the task."""
-    import torch
-    from transformers import AutoConfig
-
-    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
-    if task.head != "span":
-        wanted = task.model_config()["num_labels"]
-        if config.num_labels != wanted:
-            raise UserError(
-                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
-                f"needs {wanted}"
-            )
-    cls = task.auto_model_class()
-
-    def load(location: str, **kw: Any) -> Any:
-        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
-
-    model, info = models.pretrained(load, ref, "model")
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise UserError(
-            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
-            "checkpoint); fine-tune it first with tamt finetune"
-        )
-    return model.eval()
 
 
 def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:

@@ -82,17 +82,12 @@ class PretrainingData:
 def check_inputs(ref: Any, model: Any, spec: CorpusSettings, engine: Any) -> Any:
     """What can be checked without computing (length, corpus files, tokenizer, batch split);
     returns the tokenizer. Runs before a run directory is made."""
-    from transformers import AutoTokenizer
-
     from tamt_cli import corpora, models
 
     models.check_positions(ref, spec.max_length, model.config)
     corpora.describe_corpus(spec.corpus)
     engine.micro_batch(spec.batch_size, spec.grad_accum)
-    tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
-    if tokenizer.mask_token_id is None:
-        raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
-    return tokenizer
+    return models.load_tokenizer(ref, padding=False, mask=True)
 
 
 def prepare(
