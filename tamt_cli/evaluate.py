@@ -103,7 +103,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
     fitted once on the dense model; ``--head own`` scores a search run with the head it
     trained along with its mask."""
-    from tamt_cli import objectives, pretraining
+    from tamt_cli import mlm_head, objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
@@ -135,7 +135,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         data = pretraining.prepare(subject.ref, model, data_spec, engine, console)
         head, head_record = None, None
         if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
-            head, head_record = pretraining.shared_head(
+            head, head_record = mlm_head.shared_head(
                 subject.ref,
                 model,
                 weights,
