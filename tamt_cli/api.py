@@ -21,11 +21,13 @@ Named functions and classes that load torch on first use — reach for them insi
 * masks: :func:`prunable_weights`, :func:`magnitude_scores`, :func:`random_scores`,
   :func:`masks_from_scores`, :func:`local_masks`, :func:`prune_count`, :func:`check_fits`,
   :func:`attach_masks`, :func:`bake_masks`, :func:`sparsity_report`, :func:`pruned_fraction`
-* the training loop: :class:`Loop`, :class:`Hooks`, :func:`linear_schedule`
+* the training loop: :class:`Engine` (the type of ``SearchJob.engine``: ``fit``, ``reduce``
+  over processes, ``is_main``, ``device``), :class:`Loop`, :class:`Hooks`, :func:`linear_schedule`
 * pre-training losses: :class:`PretrainingLoss`
-* task models and data: :func:`load_tokenizer`, :class:`Batcher`, :class:`TaskLoss`,
-  :func:`subset`, :func:`quiet_libraries` (no load reports or progress bars from transformers
-  and datasets)
+* models: :func:`load_task_model` (a task's model from ``SearchJob.ref``, its head seeded) and
+  :func:`load_tokenizer`, both with tamt's offline handling and one-line errors
+* task models and data: :class:`Batcher`, :class:`TaskLoss`, :func:`subset`,
+  :func:`quiet_libraries` (no load reports or progress bars from transformers and datasets)
 * mask files: :func:`load_masks`, :func:`save_masks`
 
 Plugins written for API 1 before these names existed reach whole modules as attributes
@@ -65,9 +67,10 @@ _NAMED = {
         ),
         "tamt_cli.masking",
     ),
-    **dict.fromkeys(("Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
+    **dict.fromkeys(("Engine", "Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
     "PretrainingLoss": "tamt_cli.objectives",
-    **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
+    **dict.fromkeys(("load_task_model", "load_tokenizer"), "tamt_cli.models"),
+    **dict.fromkeys(("Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
     "quiet_libraries": "tamt_cli.verbosity",
     **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.maskfile"),
 }

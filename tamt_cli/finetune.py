@@ -186,12 +186,12 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
 def tokenizer_for(subject: Any) -> Any:
     """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
     try:
-        return task_model.load_tokenizer(subject.ref)
+        return models.load_tokenizer(subject.ref)
     except UserError:
         record = (subject.manifest or {}).get("model")
         if subject.kind != "subnetwork" or not record:
             raise
-        return task_model.load_tokenizer(models.resolve(record["id"]))
+        return models.load_tokenizer(models.resolve(record["id"]))
 
 
 class Tracker(Hooks):
@@ -300,7 +300,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - t0
     job.engine.stop_tracking()  # each seed is a run of its own
-    job.engine.accelerator.free_memory()
+    job.engine.free_memory()
     model = model_and_masks.model
     masking.detach_masks(model_and_masks.weights)
     if model_and_masks.masks is not None:

@@ -134,7 +134,7 @@ def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from tamt_cli import models, pretraining
+    from tamt_cli import mlm_head, models, pretraining
     from tamt_cli.corpora import load_blocks
     from tamt_cli.engine import Engine
 
@@ -160,8 +160,8 @@ def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_
     engine = Engine("no", Console(stderr=True))
     n = min(8, blocks.held_out.shape[0])
     weights = masking.prunable_weights(model)
-    quality = pretraining.head_quality(model, weights, head, data, engine, None)
-    baseline = pretraining.frequency_loss(data, n, 16)
+    quality = mlm_head.head_quality(model, weights, head, data, engine, None)
+    baseline = mlm_head.frequency_loss(data, n, 16)
     module = objectives.PretrainingLoss(model, weights, "mlm", head)
     spec = SimpleNamespace(eval_blocks=n, batch_size=16)
     assert pretraining.held_out_loss(module, data, "mlm", spec, "cpu") == pytest.approx(baseline)
@@ -195,14 +195,15 @@ def train_scores(folder, pattern, looked_up_rows, steps=6):
     checkpoint from graded magnitude scores; batches hold padding tokens. Returns the scores, the
     masks they give, the initial masks and how often the embedding mask ran on the whole
     matrix."""
-    from tamt_cli import models, pretraining
+    from tamt_cli import mlm_head, models
+    from tamt_cli.methods import _common
 
     ref = models.resolve(str(folder))
     encoder = models.load_encoder(ref).train()
     head, _ = models.load_mlm_head(ref, encoder)
     for p in encoder.parameters():
         p.requires_grad_(False)
-    head_params = pretraining.train_head(head, encoder, 0.01)
+    head_params = mlm_head.train_head(head, encoder, 0.01)
     weights = masking.prunable_weights(encoder)
     vocab, pad = encoder.config.vocab_size, encoder.config.pad_token_id
     with torch.no_grad():  # a padding row that is not zero, so that a gradient would show
@@ -218,7 +219,7 @@ def train_scores(folder, pattern, looked_up_rows, steps=6):
     )
     module = objectives.PretrainingLoss(encoder, weights, "mlm-kd", head)
     trained = [m.score for n, m in scores.items() if not n.startswith("pooler")]
-    optimizer = pretraining.optimizer(trained, 0.01, head_params, 0.01)
+    optimizer = _common.optimizer(trained, 0.01, head_params, 0.01)
     # tokens (random replacements included) below vocab/2: the rows above are never looked up
     info = {"special_ids": [0, 1, 2, 3, 4], "mask_id": 4, "vocab_size": vocab // 2}
     for step in range(steps):
