@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from tamt_cli import compressed
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+RUNS_DOC = Path(__file__).resolve().parents[1] / "docs" / "runs.md"
 
 
 @pytest.mark.parametrize("shape", [(4, 8), (5, 13), (1, 1), (7, 64)])
@@ -118,13 +118,13 @@ def test_plain_transformers_does_not_load_it_silently(cli, tiny_bert):
         AutoModel.from_pretrained("small")
 
 
-def test_readme_recipe_loads_a_compressed_export(cli, tiny_bert):
-    """The README's tamt-free loader gives the dense export's weights."""
+def test_documented_recipe_loads_a_compressed_export(cli, tiny_bert):
+    """docs/runs.md's tamt-free loader gives the dense export's weights."""
     from transformers import AutoModel
 
-    text = README.read_text(encoding="utf-8")
+    text = RUNS_DOC.read_text(encoding="utf-8")
     block = re.search(r"<!-- compressed-loader -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "the README has no compressed-loader block"
+    assert block, "docs/runs.md has no compressed-loader block"
     assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "run").code == 0
     assert cli("extract", "run", "--export", "dense").code == 0
     assert cli("extract", "run", "--export", "subnet", "--format", "compressed").code == 0
