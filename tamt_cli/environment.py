@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import __version__, corpora, hub
+from tamt_cli import __version__, allocator, corpora, hub
 
 #: the libraries whose versions decide what a run does
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "tokenizers",
@@ -38,7 +38,7 @@ def report(check_hub: bool = True) -> dict[str, Any]:
         "libraries": {name: _version(name) for name in LIBRARIES},
         "trackers": {name: _version(name) for name in TRACKER_PACKAGES},
         "accelerators": accelerators(),
-        "allocator": allocator(),
+        "allocator": allocator.state(),
         "plugins": [
             {k: row[k] for k in ("kind", "name", "distribution", "version", "status", "error")}
             for kind in ("method", "task")
@@ -62,18 +62,6 @@ def accelerators() -> dict[str, Any]:
         else [],
         "mps": bool(mps is not None and mps.is_available()),
         "cpu_threads": torch.get_num_threads(),
-    }
-
-
-def allocator() -> dict[str, Any]:
-    """The C library and the malloc settings this process runs with (see
-    :mod:`tamt_cli.launch`)."""
-    from tamt_cli import launch
-
-    return {
-        "libc": launch.glibc(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "ld_preload": os.environ.get("LD_PRELOAD"),
     }
 
 
@@ -239,14 +227,3 @@ def clear_cache(
         except FileNotFoundError:
             pass
     return {"path": str(corpora.cache_root(root)), "files": len(entries), "bytes": removed}
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
