@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tamt-finetune-data-") as tmp:
         os.environ["TAMT_CACHE_DIR"] = str(Path(tmp) / "cache")  # an empty tamt cache
         from tamt_cli import models, task_data, task_model, verbosity
-        from tamt_cli.tasks.base import create_task
+        from tamt_cli.registry import create_task
 
         data = args.data_dir or squad_files(Path(tmp) / "squad", args.train, args.dev)
         task = create_task(args.task)

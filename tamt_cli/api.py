@@ -41,8 +41,8 @@ from typing import Any
 
 from tamt_cli.errors import UserError, did_you_mean
 from tamt_cli.methods.base import Method, NoOptions, SearchJob
-from tamt_cli.registry import API_VERSION
-from tamt_cli.tasks.base import Defaults, Task, TaskBase, create_task, model_inputs
+from tamt_cli.registry import API_VERSION, create_task
+from tamt_cli.tasks.base import Defaults, Task, TaskBase, model_inputs
 
 #: public name → the module that defines it (imported on first use)
 _NAMED = {

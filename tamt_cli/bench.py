@@ -112,7 +112,7 @@ def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str
     """The first ``batch_size`` features of the task's first dev split, encoded as fine-tuning
     encodes them (truncated at ``max_length``, else the task's length) and padded as a batch."""
     from tamt_cli import task_model
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     task = create_task(str(spec.task), spec.task_options)
     split = task.eval_splits[0]

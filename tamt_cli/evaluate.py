@@ -43,7 +43,7 @@ def run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
 
 
 def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     assert spec.task is not None
     location, manifest = subjects.fine_tuned(spec.checkpoint)

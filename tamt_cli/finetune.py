@@ -71,7 +71,8 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
     """The hyper-parameters a run of ``spec`` will use (for ``--dry-run``). The evaluation
     interval depends on the run's length: computed when it is known without tokenising (a
     classification task with ``--train-size`` or local data), else given as the rule."""
-    from tamt_cli.tasks.base import MAX_EVALUATIONS, create_task, eval_interval
+    from tamt_cli.registry import create_task
+    from tamt_cli.tasks.base import MAX_EVALUATIONS, eval_interval
 
     task = create_task(spec.task, spec.task_options)
     hyperparameters = settings(spec, task)
@@ -99,7 +100,7 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
 def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     from tamt_cli import subjects
     from tamt_cli.engine import Engine
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     task = create_task(spec.task, spec.task_options)
     subject = subjects.resolve(spec.subnetwork, model=spec.model, own_weights=True)

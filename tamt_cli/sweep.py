@@ -261,7 +261,7 @@ def _check_variants(grid: GridSpec, grid_file: Path, methods: Any) -> None:
 
 def _check_tasks(grid: GridSpec, grid_file: Path) -> None:
     from tamt_cli import hub
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     options = grid.finetune.get("task_options") or {}
     for task in grid.tasks:

@@ -376,7 +376,7 @@ def test_eval_on_two_processes_gives_the_scores_of_one(cli, tiny_bert, mnli):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tamt_cli import task_model
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     task = create_task("mnli")
     raw = task.load("validation_matched", mnli)

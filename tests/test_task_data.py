@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from tamt_cli import task_data, task_model
-from tamt_cli.tasks.base import create_task
+from tamt_cli.registry import create_task
 from tests.tiny import SENTENCES, make_tokenizer, write_sst2
 
 os.environ["TAMT_NO_PROGRESS"] = "1"

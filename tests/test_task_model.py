@@ -8,7 +8,7 @@ import torch
 
 from tamt_cli import artifacts, masking, models, subjects, task_model
 from tamt_cli.errors import UserError
-from tamt_cli.tasks.base import create_task
+from tamt_cli.registry import create_task
 
 
 @pytest.fixture
