@@ -64,7 +64,8 @@ _NAMED = {
     ),
     **dict.fromkeys(("Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
     "PretrainingLoss": "tamt_cli.objectives",
-    **dict.fromkeys(("load_tokenizer", "Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
+    **dict.fromkeys(("load_tokenizer", "TaskLoss"), "tamt_cli.task_model"),
+    **dict.fromkeys(("Batcher", "subset"), "tamt_cli.task_data"),
     "quiet_libraries": "tamt_cli.verbosity",
     **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.artifacts"),
 }

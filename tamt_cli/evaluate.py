@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, masking, models, subjects, task_model, verbosity
+from tamt_cli import artifacts, masking, models, subjects, task_data, task_model, verbosity
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -64,7 +64,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     engine = Engine("no", console)  # several processes (torchrun): each scores its share
     try:
         with console.status(f"loading {task.name} data"), engine.main_first():
-            sets = task_model.eval_sets(
+            sets = task_data.eval_sets(
                 task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
             )
         model = load_trained(task, ref).to(engine.device)
@@ -127,7 +127,7 @@ def load_trained(task: Any, ref: Any) -> Any:
 
 
 @contextlib.contextmanager
-def eval_progress(console: Console, sets: list[task_model.EvalSet], show: bool = True) -> Any:
+def eval_progress(console: Console, sets: list[task_data.EvalSet], show: bool = True) -> Any:
     """A progress bar over the features of every split; yields ``advance(split, n)``."""
     if not show or not verbosity.live(console):
         yield None

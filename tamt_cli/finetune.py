@@ -126,7 +126,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 doc_stride=hyperparameters["doc_stride"],
                 console=console,
             )
-            sets = task_model.eval_sets(
+            sets = task_data.eval_sets(
                 task,
                 task.eval_splits,
                 spec.data_dir,
@@ -232,7 +232,7 @@ class FinetuneJob:
     subject: Subject  # the subnetwork (or dense model) fine-tuned
     tokenizer: Any
     train: task_data.TrainData  # the training examples and their features, for every seed
-    sets: list[task_model.EvalSet]
+    sets: list[task_data.EvalSet]
     hyperparameters: dict[str, Any]  # :func:`settings`
     engine: Any
     stage: Path | None  # the run's folder while it is written (None off the main process)
@@ -255,7 +255,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         raise UserError(f"no training features for task '{task.name}'")
     model_and_masks = task_model.build(task, job.subject, seed)
     multiple = 8 if hyperparameters["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
-    batcher = task_model.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
+    batcher = task_data.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hyperparameters["batch_size"]
     steps = max(1, math.ceil(hyperparameters["epochs"] * n / batch_size))
     module = task_model.TaskLoss(model_and_masks.model)
@@ -387,7 +387,7 @@ def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
 
 
 def data_record(
-    spec: FinetuneSpec, train: task_data.TrainData, sets: list[task_model.EvalSet]
+    spec: FinetuneSpec, train: task_data.TrainData, sets: list[task_data.EvalSet]
 ) -> dict[str, Any]:
     """Where the data came from, how much of it, and how it was tokenised (``tokenised``: the
     feature cache's ``hit``, ``miss`` or ``off`` and its key, per split)."""
