@@ -9,14 +9,13 @@ for, unless ``TAMT_STRICT_PLUGINS=1`` makes every failure fatal.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from tamt_cli import __version__
+from tamt_cli import __version__, verbosity
 from tamt_cli.errors import UserError, unknown
 
 GROUPS = {"method": "tamt.methods", "task": "tamt.tasks"}
@@ -31,7 +30,7 @@ class PluginError(UserError):
 
 
 def strict() -> bool:
-    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return verbosity.flag(STRICT_ENV)
 
 
 @dataclass

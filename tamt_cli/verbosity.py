@@ -16,16 +16,17 @@ from typing import Any
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _level = NORMAL
 
-#: values of a yes/no environment variable that mean "no"
-FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
+#: values of a yes/no environment variable that mean "yes" (in any case, as Hugging Face's
+#: libraries read their own)
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 #: the libraries whose own warnings only ``-v`` shows
 LIBRARIES = r"(torch|transformers|datasets|accelerate|huggingface_hub|safetensors)\b"
 
 
 def flag(name: str) -> bool:
-    """Whether the yes/no environment variable ``name`` is set to yes (``0``, ``false``, ``no``,
-    ``off`` and the empty string are no)."""
-    return os.environ.get(name, "").strip().lower() not in FALSE_VALUES
+    """Whether the yes/no environment variable ``name`` is set to yes: ``1``, ``true``, ``yes``
+    or ``on``; unset, empty, ``0``, ``false``, ``no``, ``off`` or anything else is no."""
+    return os.environ.get(name, "").strip().lower() in TRUE_VALUES
 
 
 def level() -> int:
