@@ -252,9 +252,7 @@ def _read(folder: Path, key: str, console: Any) -> Dataset | None:
                 raise ValueError(f"{META_FILE} names a file outside the entry")
             if _sha256(folder / name) != digest:
                 raise ValueError(f"{name} does not match its SHA-256")
-        from tamt_cli.tasks.files import quiet_datasets
-
-        with quiet_datasets():
+        with verbosity.quiet_libraries():
             features = Dataset.load_from_disk(str(folder))
         if len(features) != meta.get("rows") or features.column_names != meta.get("columns"):
             raise ValueError("its rows or columns are not those recorded")
@@ -273,10 +271,9 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
     from datasets import Dataset
 
     from tamt_cli import artifacts
-    from tamt_cli.tasks.files import quiet_datasets
 
     try:
-        with artifacts.staged_dir(folder) as stage, quiet_datasets():
+        with artifacts.staged_dir(folder) as stage, verbosity.quiet_libraries():
             features.save_to_disk(str(stage))
             files = {
                 path.name: _sha256(path)
@@ -290,7 +287,7 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
         verbosity.note(console, f"could not cache the tokenised features in {folder.parent} "
                        f"({exc.strerror or first_line(exc)})")  # fmt: skip
         return None
-    with quiet_datasets():
+    with verbosity.quiet_libraries():
         return Dataset.load_from_disk(str(folder))
 
 

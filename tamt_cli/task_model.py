@@ -9,7 +9,6 @@ gradient, and (with no weight decay) stay exactly zero in the optimiser's parame
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,9 @@ if TYPE_CHECKING:
 DENSE_BELOW = 1e-3
 
 
-def quiet() -> contextlib.AbstractContextManager[None]:
-    """:func:`tamt_cli.verbosity.quiet_libraries`, under the name plugins of API 1 reach it by
-    (``api.transfer.quiet``); tamt itself and newer plugins use ``quiet_libraries``."""
-    return verbosity.quiet_libraries()
+#: :func:`tamt_cli.verbosity.quiet_libraries`, under the name plugins of API 1 reach it by
+#: (``api.transfer.quiet``); tamt itself and newer plugins use ``quiet_libraries``
+quiet = verbosity.quiet_libraries
 
 
 def load_tokenizer(ref: ModelRef) -> Any:
