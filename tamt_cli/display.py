@@ -164,7 +164,7 @@ def render_finetune(result: dict[str, Any], console: Console) -> None:
         for split, name in columns:
             for which in ("best", "final"):
                 stat = result[which][split][name]
-                cells.append(f"{stat['mean']:.2f} ± {stat['std']:.2f}")
+                cells.append(plus_minus(stat["mean"], stat["std"]))
         table.add_row(*cells, "", style="bold")
     console.print(table)
     console.print(f"fine-tuned models in [bold]{result['out']}[/bold]")
@@ -285,6 +285,13 @@ def bench_table(result: dict[str, Any]) -> Group:
 
 
 # -- figures for people ---------------------------------------------------------------------
+
+
+def plus_minus(mean: float | None, std: float | None) -> str:
+    """``81.25 ± 0.43``; the mean alone for one seed (``std`` None); ``-`` for no mean."""
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def human_bytes(n: int | None) -> str:

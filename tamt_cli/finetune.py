@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tamt_cli import artifacts, models, registry, task_data, task_model, verbosi
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
+from tamt_cli.tasks.metrics import over_seeds
 
 if TYPE_CHECKING:
     from tamt_cli.subjects import Subject
@@ -406,16 +406,12 @@ def data_record(
 
 def aggregate(runs: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
     """Per split and metric: the values over seeds, their mean and sample standard deviation
-    (None for one seed)."""
+    (None for one seed) (:func:`tamt_cli.tasks.metrics.over_seeds`)."""
     out: dict[str, dict[str, Any]] = {}
     for split, metrics in runs[0][which]["metrics"].items():
         for name in metrics:
             values = [r[which]["metrics"][split][name] for r in runs]
-            out.setdefault(split, {})[name] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "values": values,
-            }
+            out.setdefault(split, {})[name] = over_seeds(values)
     return out
 
 
