@@ -27,6 +27,7 @@ from rich.console import Console
 from torch import nn
 
 from tamt_cli import artifacts, verbosity
+from tamt_cli.display import duration as _duration
 from tamt_cli.errors import UserError, first_line, refused_pickle
 from tamt_cli.objectives import eval_mode
 
@@ -547,12 +548,6 @@ class Progress:
         )
         # soft_wrap: the line is printed whole, never wrapped or cut to the console's width
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def installed_trackers(names: Sequence[str]) -> list[str]:

@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 from rich.console import Console
 
 from tamt_cli import __version__, artifacts, specs
+from tamt_cli.display import duration
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
@@ -575,12 +576,12 @@ def _line(
     timings: dict[str, list[float]],
 ) -> None:
     colour = {"done": "green", "failed": "red", "skipped": "yellow"}.get(status, "white")
-    took = f" in {_duration(cell.seconds)}" if cell.seconds is not None else ""
+    took = f" in {duration(cell.seconds)}" if cell.seconds is not None else ""
     error = f": {cell.error}" if cell.error else ""
     eta = _eta(todo, timings)
     console.print(
         f"\\[{finished}/{total}] [{colour}]{status}[/{colour}] {cell.label}{took}{error}"
-        + (f" · ETA {_duration(eta)}" if eta else "")
+        + (f" · ETA {duration(eta)}" if eta else "")
     )
 
 
@@ -594,17 +595,6 @@ def _eta(todo: list[Cell], timings: dict[str, list[float]]) -> float | None:
     means = {k: sum(v) / len(v) for k, v in timings.items()}
     overall = sum(every) / len(every)
     return sum(means.get(c.kind, overall) for c in left)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 # -- what would run -------------------------------------------------------------------------
