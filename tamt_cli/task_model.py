@@ -20,6 +20,7 @@ from tamt_cli import masking, models, verbosity
 from tamt_cli.errors import UserError
 
 # task data lives in task_data; plugins of API 1 reach it here too (``api.transfer``)
+from tamt_cli.task_data import INPUTS as INPUTS
 from tamt_cli.task_data import Batcher as Batcher
 from tamt_cli.task_data import EvalSet as EvalSet
 from tamt_cli.task_data import eval_sets as eval_sets
