@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tamt_cli import artifacts, report
+from tamt_cli import artifacts, maskfile, report
 from tamt_cli.masking import KINDS
 
 
@@ -94,8 +94,8 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None, i
 def departure(run: Path, omp: Path, by: str = "kind") -> dict[str, float]:
     """Per kind of matrix (``by="kind"``) or per layer (``by="layer"``; embeddings and pooler
     under their kind): the share of the OMP mask's kept weights that ``run``'s mask prunes."""
-    mine = artifacts.load_masks(run / artifacts.MASK_FILE)
-    base = artifacts.load_masks(omp / artifacts.MASK_FILE)
+    mine = maskfile.load_masks(run / artifacts.MASK_FILE)
+    base = maskfile.load_masks(omp / artifacts.MASK_FILE)
     matrices = (artifacts.read_manifest(run).get("sparsity_report") or {}).get("matrices") or []
     key_of = {
         m["name"]: m["kind"] if by == "kind" or m["layer"] is None else f"L{m['layer']}"

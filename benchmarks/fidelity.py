@@ -89,7 +89,7 @@ def main() -> None:
     if not Path(args.corpus).exists() and args.corpus != "demo":
         raise SystemExit(f"corpus {args.corpus} not found (pass --corpus demo or a text file)")
 
-    from tamt_cli import artifacts
+    from tamt_cli import artifacts, maskfile
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def main() -> None:
                     tamt(*cmd, cwd=out)
                     (run / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
                 seconds.append(float((run / "seconds.txt").read_text()))
-                masks[seed] = artifacts.load_masks(run / artifacts.MASK_FILE)
+                masks[seed] = maskfile.load_masks(run / artifacts.MASK_FILE)
                 for objective in ("kd", "mlm"):
                     scored = run / f"eval-{objective}.json"  # kept: a rerun only adds rows
                     if not scored.is_file():

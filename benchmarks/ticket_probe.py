@@ -69,7 +69,7 @@ def main() -> None:
     from scipy.stats import spearmanr
     from sklearn.linear_model import LogisticRegression
 
-    from tamt_cli import artifacts, masking, models, report
+    from tamt_cli import artifacts, maskfile, masking, models, report
     from tamt_cli.task_model import load_tokenizer
 
     doc = report.build(report.read(args.sweeps))
@@ -129,7 +129,7 @@ def main() -> None:
         ("dense", None): {"kd": 0.0, "cls": 0.0, "pooled": 0.0, "probe": probe()}
     }
     for key, run in sorted(runs.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
-        masks = artifacts.load_masks(run / artifacts.MASK_FILE)
+        masks = maskfile.load_masks(run / artifacts.MASK_FILE)
         mine = [p for p in weights if p.name in masks]
         masking.attach_masks(mine, masks)
         try:

@@ -21,22 +21,27 @@ Named functions and classes that load torch on first use — reach for them insi
 * masks: :func:`prunable_weights`, :func:`magnitude_scores`, :func:`random_scores`,
   :func:`masks_from_scores`, :func:`local_masks`, :func:`prune_count`, :func:`check_fits`,
   :func:`attach_masks`, :func:`bake_masks`, :func:`sparsity_report`, :func:`pruned_fraction`
-* the training loop: :class:`Loop`, :class:`Hooks`, :func:`linear_schedule`
+* the training loop: :class:`Engine` (the type of ``SearchJob.engine``: ``fit``, ``reduce``
+  over processes, ``is_main``, ``device``), :class:`Loop`, :class:`Hooks`, :func:`linear_schedule`
 * pre-training losses: :class:`PretrainingLoss`
-* task models and data: :func:`load_tokenizer`, :class:`Batcher`, :class:`TaskLoss`,
-  :func:`subset`, :func:`quiet_libraries` (no load reports or progress bars from transformers
-  and datasets)
+* models: :func:`load_task_model` (a task's model from ``SearchJob.ref``, its head seeded) and
+  :func:`load_tokenizer`, both with tamt's offline handling and one-line errors
+* task models and data: :class:`Batcher`, :class:`TaskLoss`, :func:`subset`,
+  :func:`quiet_libraries` (no load reports or progress bars from transformers and datasets)
 * mask files: :func:`load_masks`, :func:`save_masks`
 
 Plugins written for API 1 before these names existed reach whole modules as attributes
 (``api.masking``, ``api.engine``, ``api.objectives``, ``api.pretraining``, ``api.artifacts``,
 ``api.finetune``, ``api.transfer``); those keep working within API 1, but new plugins import the
-names above, which do not tie them to tamt's module layout.
+names above, which do not tie them to tamt's module layout. (``api.artifacts`` holds what the
+module of that name held when API 1 began: today's ``artifacts``, ``files`` and ``maskfile``.)
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import types
 from typing import Any
 
 from tamt_cli.errors import UserError, did_you_mean
@@ -62,12 +67,13 @@ _NAMED = {
         ),
         "tamt_cli.masking",
     ),
-    **dict.fromkeys(("Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
+    **dict.fromkeys(("Engine", "Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
     "PretrainingLoss": "tamt_cli.objectives",
-    **dict.fromkeys(("load_tokenizer", "TaskLoss"), "tamt_cli.task_model"),
+    **dict.fromkeys(("load_task_model", "load_tokenizer"), "tamt_cli.models"),
+    "TaskLoss": "tamt_cli.task_model",
     **dict.fromkeys(("Batcher", "subset"), "tamt_cli.task_data"),
     "quiet_libraries": "tamt_cli.verbosity",
-    **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.artifacts"),
+    **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.maskfile"),
 }
 #: module attributes of API 1 kept for plugins that use them (not in ``__all__``): name → module
 _API1_MODULES = {
@@ -75,7 +81,6 @@ _API1_MODULES = {
     "engine": "tamt_cli.engine",
     "objectives": "tamt_cli.objectives",
     "pretraining": "tamt_cli.pretraining",
-    "artifacts": "tamt_cli.artifacts",
     "finetune": "tamt_cli.finetune",
     "transfer": "tamt_cli.task_model",  # the task model's module, under its earlier name
 }
@@ -96,9 +101,24 @@ __all__ = [
 ]
 
 
+#: the modules that together hold what ``tamt_cli.artifacts`` held when API 1 began
+_API1_ARTIFACTS = ("tamt_cli.maskfile", "tamt_cli.files", "tamt_cli.artifacts")
+
+
+@functools.cache
+def _api1_artifacts() -> types.ModuleType:
+    """``api.artifacts`` of API 1: the public names of :data:`_API1_ARTIFACTS` in one module."""
+    module = types.ModuleType("tamt_cli.api.artifacts", "tamt_cli.artifacts of API 1")
+    for source in map(importlib.import_module, _API1_ARTIFACTS):
+        module.__dict__.update((k, v) for k, v in vars(source).items() if not k.startswith("_"))
+    return module
+
+
 def __getattr__(name: str) -> Any:
     if name in _NAMED:
         return getattr(importlib.import_module(_NAMED[name]), name)
     if name in _API1_MODULES:
         return importlib.import_module(_API1_MODULES[name])
+    if name == "artifacts":
+        return _api1_artifacts()
     raise AttributeError(f"module 'tamt_cli.api' has no attribute '{name}'")

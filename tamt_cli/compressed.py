@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tamt_cli import artifacts
+from tamt_cli import files
 from tamt_cli.errors import UserError
 
 FORMAT = "sparse-bitmask"
@@ -105,11 +105,11 @@ def write(
 
     names = list(names)
     data = save(compress_state(state, names), metadata={"format": "pt"})
-    artifacts.write_bytes(Path(folder) / WEIGHTS_FILE, data)
+    files.write_bytes(Path(folder) / WEIGHTS_FILE, data)
     config_path = Path(folder) / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["quantization_config"] = config_entry(names, sparsity, structure)
-    artifacts.write_json(config_path, config)
+    files.write_json(config_path, config)
 
 
 def is_compressed(folder: Path) -> bool:

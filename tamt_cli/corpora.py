@@ -14,10 +14,9 @@ for RoBERTa-style tokenizers); the incomplete last block is dropped. Apart from 
 the held-out blocks are the last ``ceil(held_out * blocks)`` of the stream, so held-out text never
 overlaps training text.
 
-Blocks are cached as safetensors (``train`` and ``held_out`` int32 tensors) under
-``cache_dir``, ``$TAMT_CACHE_DIR`` or ``$XDG_CACHE_HOME/tamt/blocks`` (``~/.cache/tamt/blocks``),
-named by a fingerprint of the corpus content, the tokenizer, ``max_length``, ``held_out`` and
-:data:`FORMAT_VERSION`.
+Blocks are cached as safetensors (``train`` and ``held_out`` int32 tensors) in ``blocks/`` of
+tamt's cache (:mod:`tamt_cli.cache`; of ``cache_dir``, when given), named by a fingerprint of
+the corpus content, the tokenizer, ``max_length``, ``held_out`` and :data:`FORMAT_VERSION`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tamt_cli import hub, verbosity
+from tamt_cli import cache, hub, verbosity
 from tamt_cli.errors import UserError, did_you_mean, first_line
 
 if TYPE_CHECKING:
@@ -52,7 +51,6 @@ HUB_ALIASES = {
 FORMAT = "tamt.blocks"
 FORMAT_VERSION = "1"  # bump when the tokenising / splitting rule changes
 MIN_MAX_LENGTH = 8
-CACHE_ENV = "TAMT_CACHE_DIR"
 _VALID = (
     "demo, wikitext-103, wikitext-2, or text files (a path, directory or glob; comma-separated)"
 )
@@ -262,7 +260,7 @@ def load_blocks(
         digest.update(b"\0")
     fingerprint = digest.hexdigest()
 
-    root = cache_root(cache_dir)
+    root = cache.folder(cache.BLOCKS, cache_dir)
     path = root / f"{fingerprint}.safetensors"
     cached = _read_cache(path, fingerprint, max_length, console)
     if cached is not None:
@@ -484,19 +482,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 # -- the block cache -----------------------------------------------------------------------
 
 
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """Where token blocks (and heads fitted on a model, under ``heads/``) are cached:
-    ``cache_dir``, else ``$TAMT_CACHE_DIR``, else ``$XDG_CACHE_HOME/tamt/blocks``
-    (``~/.cache/tamt/blocks``)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path("~/.cache").expanduser()) / "tamt" / "blocks"
-
-
 def _read_cache(
     path: Path, fingerprint: str, max_length: int, console: Any
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -540,7 +525,7 @@ def _write_cache(
 ) -> None:
     from safetensors.torch import save
 
-    from tamt_cli.artifacts import write_bytes
+    from tamt_cli.files import write_bytes
 
     meta = {
         "format": FORMAT,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import pickle
 import shutil
@@ -20,28 +19,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts, verbosity
-from tamt_cli.display import duration as _duration
+from tamt_cli import artifacts, files, trackers, verbosity
 from tamt_cli.errors import UserError, first_line, refused_pickle
 from tamt_cli.objectives import eval_mode
+from tamt_cli.progress import Progress
 
 #: builds one micro-batch from the indices of its examples and the micro-batch's generator
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
-#: experiment trackers `--report-to` takes (through Accelerate), and the package each needs
-TRACKERS = {
-    "tensorboard": "tensorboard",
-    "wandb": "wandb",
-    "mlflow": "mlflow",
-    "trackio": "trackio",
-}
-#: the project name trackers file the runs under
-TRACKER_PROJECT = "tamt"
 
 
 @dataclass
@@ -76,8 +66,19 @@ class Loop:
         return cls(max_steps=max_steps, description=description, **fields)
 
 
+class StepHooks(Protocol):
+    """What the loop calls on every process: after each step, for its figures, at evaluations
+    and checkpoints (:class:`Hooks` has every one, doing nothing)."""
+
+    def after_step(self, step: int) -> None: ...
+    def status(self, step: int) -> dict[str, Any]: ...
+    def evaluate(self, step: int) -> dict[str, float]: ...
+    def save(self, step: int) -> None: ...
+
+
 class Hooks:
-    """What a method adds to the loop; every hook is optional."""
+    """What a method adds to the loop; every hook is optional (a subclass overrides those it
+    needs)."""
 
     def after_step(self, step: int) -> None:
         """Called on every process after optimiser step ``step`` (1-based)."""
@@ -148,7 +149,7 @@ class Engine:
         # Accelerate only forms a CPU process group (gloo) when told the run is on the CPU.
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         cpu = several and not torch.cuda.is_available()
-        self.report_to = installed_trackers(report_to)
+        self.report_to = trackers.installed_trackers(report_to)
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision,
             cpu=cpu,
@@ -201,8 +202,19 @@ class Engine:
             )
         return micro
 
+    def reduce(
+        self, tensor: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
+    ) -> torch.Tensor:
+        """The mean (or sum) of ``tensor`` over the processes, on this process's device, on
+        every process (one process: a copy of ``tensor``)."""
+        return self.accelerator.reduce(tensor.to(self.device), reduction=reduction)
+
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def free_memory(self) -> None:
+        """Let go of the models and optimisers the last :meth:`fit` prepared (before the next)."""
+        self.accelerator.free_memory()
 
     def main_first(self) -> contextlib.AbstractContextManager[Any]:
         """The block runs on the main process first, then on the others (which then find what
@@ -244,23 +256,14 @@ class Engine:
         if not self.report_to:
             return
         self.stop_tracking()
-        self.accelerator.project_configuration.logging_dir = str(run_dir)
-        runs = {"wandb": {"name": name, "dir": str(run_dir)}, "mlflow": {"run_name": name}}
-        runs["trackio"] = {"name": name}
-        self.accelerator.init_trackers(
-            TRACKER_PROJECT,
-            config=tracker_config(config),
-            init_kwargs={k: v for k, v in runs.items() if k in self.report_to},
-        )
+        trackers.start(self.accelerator, self.report_to, run_dir, name, config)
         self._tracked = Path(run_dir)
 
     def stop_tracking(self) -> None:
         """End the trackers' run (files closed), if one is open."""
         if self._tracked is None:
             return
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
-        self.accelerator.trackers = []
+        trackers.stop(self.accelerator)
         self._tracked = None
 
     # -- the loop ----------------------------------------------------------------------------
@@ -274,7 +277,7 @@ class Engine:
         loop: Loop,
         *,
         run_dir: Path | None,
-        hooks: Hooks | None = None,
+        hooks: StepHooks | None = None,
         start_step: int = 0,
         metrics_name: str = artifacts.METRICS_LOG,
     ) -> nn.Module:
@@ -295,27 +298,14 @@ class Engine:
         def record(step: int, row: dict[str, Any]) -> None:
             metrics.write(step=step, **row)
             if self._tracked is not None and run_dir is not None:
-                values = {prefix + k: v for k, v in row.items() if _loggable(v)}
-                self.accelerator.log(values, step=step)
+                trackers.log(self.accelerator, row, step, prefix)
 
         model.train()
         with self.progress(loop, start_step) as bar:
             running, count, t0 = 0.0, 0, time.perf_counter()
             for step in range(start_step, loop.max_steps):
                 torch.manual_seed((loop.seed * 1_000_003 + step) * 1_009 + self.rank)
-                ids = step_indices(examples, step, loop.batch_size, loop.seed)
-                mine = ids[self.rank * micro * loop.grad_accum :][: micro * loop.grad_accum]
-                total = torch.zeros((), device=self.device)
-                for i in range(loop.grad_accum):
-                    chunk = mine[i * micro : (i + 1) * micro]
-                    batch = make_batch(chunk, step_generator(loop.seed, step, self.rank, i))
-                    batch = {k: v.to(self.device) for k, v in batch.items()}
-                    sync = i == loop.grad_accum - 1
-                    quiet = not sync and self.world > 1
-                    with self.accelerator.no_sync(model) if quiet else contextlib.nullcontext():
-                        loss = model(**batch) / loop.grad_accum
-                        self.accelerator.backward(loss)
-                    total += loss.detach()
+                total = self._backward(model, make_batch, loop, step, examples, micro)
                 if loop.clip:
                     self.accelerator.clip_grad_norm_(params, loop.clip)
                 opt.step()
@@ -328,11 +318,7 @@ class Engine:
                 fields = {"loss": running / count, **hooks.status(done)}
                 bar.advance(**fields)
                 if done % loop.log_every == 0 or done == loop.max_steps:
-                    mean = float(
-                        self.accelerator.reduce(
-                            torch.tensor(running / count, device=self.device), reduction="mean"
-                        )
-                    )
+                    mean = float(self.reduce(torch.tensor(running / count)))
                     row = {
                         **fields,
                         "loss": mean,
@@ -352,6 +338,26 @@ class Engine:
                 if loop.save_every and done % loop.save_every == 0 and done != loop.max_steps:
                     hooks.save(done)
         return self.accelerator.unwrap_model(model)
+
+    def _backward(
+        self, model: Any, make_batch: MakeBatch, loop: Loop, step: int, examples: int, micro: int
+    ) -> torch.Tensor:
+        """The forward and backward passes of this process's micro-batches of step ``step``
+        (gradients synchronised over the processes at the last); returns their summed loss."""
+        ids = step_indices(examples, step, loop.batch_size, loop.seed)
+        mine = ids[self.rank * micro * loop.grad_accum :][: micro * loop.grad_accum]
+        total = torch.zeros((), device=self.device)
+        for i in range(loop.grad_accum):
+            chunk = mine[i * micro : (i + 1) * micro]
+            batch = make_batch(chunk, step_generator(loop.seed, step, self.rank, i))
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            sync = i == loop.grad_accum - 1
+            quiet = not sync and self.world > 1
+            with self.accelerator.no_sync(model) if quiet else contextlib.nullcontext():
+                loss = model(**batch) / loop.grad_accum
+                self.accelerator.backward(loss)
+            total += loss.detach()
+        return total
 
     def progress(self, loop: Loop, start: int) -> Progress:
         return Progress(self.console, loop, start, enabled=self.is_main)
@@ -374,14 +380,14 @@ class Engine:
             from safetensors.torch import save as st_save
 
             folder = artifacts.checkpoint_folder(run_dir, step)
-            with artifacts.staged_dir(folder, replace=True) as stage:
+            with files.staged_dir(folder, replace=True) as stage:
                 cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-                artifacts.write_bytes(stage / artifacts.CHECKPOINT_TENSORS, st_save(cpu))
+                files.write_bytes(stage / artifacts.CHECKPOINT_TENSORS, st_save(cpu))
                 # a full disk raises OSError
                 with open(stage / artifacts.CHECKPOINT_OPTIMIZER, "wb") as fh:
                     torch.save(_unwrap_optimizer(optimizer).state_dict(), fh)
                 state = {"step": step, "scheduler": scheduler.state_dict()}
-                artifacts.write_json(stage / artifacts.CHECKPOINT_STATE, state)
+                files.write_json(stage / artifacts.CHECKPOINT_STATE, state)
             for old in artifacts.checkpoints(run_dir)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         self.barrier()
@@ -452,7 +458,7 @@ class MetricsLog:
         if self.enabled and path is not None and path.exists():
             rows = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if _step_of(r) <= start_step]
-            artifacts.write_text(path, "".join(r + "\n" for r in kept))
+            files.write_text(path, "".join(r + "\n" for r in kept))
 
     def write(self, **row: Any) -> None:
         if self.enabled and self.path is not None:
@@ -465,138 +471,3 @@ def _step_of(line: str) -> int:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError):
         return 0
-
-
-class Progress:
-    """Progress of a loop on the main process. On a terminal, a live bar with the loss and the
-    method's figures; elsewhere (a log file, a batch job, CI) or with ``TAMT_NO_PROGRESS=1``, one
-    plain, full line every ``--log-every`` steps and after every evaluation. Nothing under ``-q``.
-    """
-
-    def __init__(self, console: Console, loop: Loop, start: int, enabled: bool) -> None:
-        self.console = console
-        self.loop = loop
-        self.start = start
-        self.notes: dict[str, Any] = {}
-        self.t0 = time.perf_counter()
-        if not enabled or console.quiet:
-            self.mode = None
-        else:
-            self.mode = "bar" if verbosity.live(console) else "lines"
-        if self.mode != "bar":
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
-
-        self._bar = RichProgress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[figures]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task = self._bar.add_task(
-            loop.description, total=loop.max_steps, completed=start, figures=""
-        )
-
-    def __enter__(self) -> Progress:
-        if self.mode == "bar":
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.mode == "bar":
-            self._bar.__exit__(*exc)
-
-    def advance(self, steps: int = 1, **figures: Any) -> None:
-        if self.mode == "bar":
-            shown = {**figures, **self.notes}
-            text = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
-            self._bar.update(self._task, advance=steps, figures=text)
-
-    def line(self, step: int, row: dict[str, Any]) -> None:
-        """A logged row as one plain line: step/total, the figures, the latest evaluation,
-        seconds so far and the time left."""
-        if self.mode == "lines":
-            self._say(step, {k: v for k, v in {**row, **self.notes}.items() if k != "seconds"})
-
-    def note(self, step: int, **figures: Any) -> None:
-        """Figures of an evaluation: shown with every later step (a line of their own now)."""
-        self.notes.update(figures)
-        if self.mode == "lines":
-            self._say(step, figures)
-
-    def _say(self, step: int, figures: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - self.t0
-        done = step - self.start
-        left = elapsed / done * (self.loop.max_steps - step) if done > 0 else None
-        text = "  ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
-        eta = _duration(left) if left is not None else "?"
-        line = (
-            f"{self.loop.description}  step {step}/{self.loop.max_steps}  {text}  "
-            f"{elapsed:.1f} s  ETA {eta}"
-        )
-        # soft_wrap: the line is printed whole, never wrapped or cut to the console's width
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def installed_trackers(names: Sequence[str]) -> list[str]:
-    """The trackers of ``--report-to`` (``all``: every one installed; ``none``: none), each
-    checked to be installed."""
-    from accelerate.tracking import get_available_trackers
-
-    available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
-    wanted: list[str] = []
-    for name in names:
-        if name == "all":
-            wanted += [t for t in TRACKERS if t in available and t not in wanted]
-        elif name != "none" and name not in wanted:
-            if name not in TRACKERS:
-                valid = ", ".join([*TRACKERS, "all", "none"])
-                raise UserError(f"--report-to: unknown tracker '{name}'; valid: {valid}")
-            if name not in available:
-                raise UserError(
-                    f"--report-to {name}: the {name} package is not installed "
-                    f"(pip install {TRACKERS[name]})"
-                )
-            wanted.append(name)
-    return wanted
-
-
-def tracker_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A run's spec as flat tracker configuration: nested fields as ``options/name``, lists and
-    other values as text, unset fields left out."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(tracker_config(value, f"{name}/"))
-        elif value is None:
-            continue
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        else:
-            flat[name] = json.dumps(value, default=str)
-    return flat
-
-
-def _loggable(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4 or math.isnan(value)):
-            return f"{value:.2e}"
-        return f"{value:.4f}"
-    return str(value)

@@ -7,36 +7,28 @@ import contextlib
 import os
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import __version__, allocator, corpora, hub
+from tamt_cli import allocator, cache, corpora, hub
+from tamt_cli.artifacts import version, versions
 
-#: the libraries whose versions decide what a run does
-LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "tokenizers",
-             "safetensors", "numpy", "scikit-learn", "scipy", "typer", "pydantic")  # fmt: skip
 TRACKER_PACKAGES = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def report(check_hub: bool = True) -> dict[str, Any]:
-    """tamt, Python, the libraries, the accelerators, plugins, caches and the hub."""
+    """tamt, Python, the libraries (what a run's manifest records too), the accelerators,
+    plugins, caches and the hub."""
     from tamt_cli import registry
 
+    libraries = versions()
     return {
-        "tamt": __version__,
-        "python": platform.python_version(),
+        "tamt": libraries.pop("tamt"),
+        "python": libraries.pop("python"),
         "executable": sys.executable,
         "platform": platform.platform(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
-        "trackers": {name: _version(name) for name in TRACKER_PACKAGES},
+        "libraries": libraries,
+        "trackers": {name: version(name) for name in TRACKER_PACKAGES},
         "accelerators": accelerators(),
         "allocator": allocator.state(),
         "plugins": [
@@ -66,12 +58,12 @@ def accelerators() -> dict[str, Any]:
 
 
 def caches() -> dict[str, Any]:
-    """tamt's block cache and the Hugging Face caches, with their sizes on disk."""
+    """tamt's cache and the Hugging Face caches, with their sizes on disk."""
     import datasets.config
     from huggingface_hub import constants
 
     places = {
-        "tamt_blocks": corpora.cache_root(),
+        "tamt_blocks": cache.root(),
         "hf_hub": Path(constants.HF_HUB_CACHE),
         "hf_datasets": Path(datasets.config.HF_DATASETS_CACHE),
     }
@@ -124,11 +116,11 @@ def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
 
     from tamt_cli import task_data
 
-    root = corpora.cache_root(root)
+    blocks_dir, heads_dir = cache.folder(cache.BLOCKS, root), cache.folder(cache.HEADS, root)
     entries = []
-    files = [*sorted(root.glob("*.safetensors")), *sorted(root.glob("heads/*.safetensors"))]
-    for path in files if root.is_dir() else []:
-        head = path.parent.name == "heads"
+    files = [*sorted(blocks_dir.glob("*.safetensors")), *sorted(heads_dir.glob("*.safetensors"))]
+    for path in files:
+        head = path.parent == heads_dir
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
@@ -182,7 +174,7 @@ def cache_summary(root: Path | None = None) -> dict[str, Any]:
         row["files"] += 1
         row["bytes"] += e["bytes"]
     return {
-        "path": str(corpora.cache_root(root)),
+        "path": str(cache.root(root)),
         "bytes": sum(e["bytes"] for e in entries),
         "corpora": sorted(corpora_.values(), key=lambda r: r["corpus"]),
         "files": entries,
@@ -226,4 +218,4 @@ def clear_cache(
             removed += e["bytes"]
         except FileNotFoundError:
             pass
-    return {"path": str(corpora.cache_root(root)), "files": len(entries), "bytes": removed}
+    return {"path": str(cache.root(root)), "files": len(entries), "bytes": removed}

@@ -4,14 +4,23 @@ transfer) for a search run, an exported subnetwork, or a dense model."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, masking, models, subjects, task_data, task_model, verbosity
+from tamt_cli import (
+    artifacts,
+    maskfile,
+    masking,
+    models,
+    progress,
+    subjects,
+    task_data,
+    task_model,
+    verbosity,
+)
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -57,7 +66,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     doc_stride = spec.doc_stride or tuned_with.get("doc_stride") or task.defaults.doc_stride
     batch_size = spec.batch_size or tuned_with.get("eval_batch_size") or task.defaults.batch_size
     splits = task.splits(spec.split)
-    tokenizer = task_model.load_tokenizer(ref)
+    tokenizer = models.load_tokenizer(ref)
     models.check_positions(ref, max_length)
     from tamt_cli.engine import Engine
 
@@ -67,8 +76,9 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
             sets = task_data.eval_sets(
                 task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
             )
-        model = load_trained(task, ref).to(engine.device)
-        with eval_progress(console, sets, engine.is_main) as advance:
+        model = models.load_task_model(ref, task, trained=True).to(engine.device)
+        totals = {eval_set.split: len(eval_set.features) for eval_set in sets}
+        with progress.scoring(console, totals, engine.is_main) as advance:
             scores = task_model.score(task, model, sets, batch_size, advance, engine)
     finally:
         engine.end()
@@ -76,7 +86,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
         sparsity = (manifest.get("subnetwork") or {}).get("mask_sparsity")
     elif (Path(location) / artifacts.MASK_FILE).is_file():
         sparsity = masking.pruned_fraction(
-            artifacts.load_masks(Path(location) / artifacts.MASK_FILE)
+            maskfile.load_masks(Path(location) / artifacts.MASK_FILE)
         )
     else:
         sparsity = task_model.measured_sparsity(model)
@@ -98,63 +108,12 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     }
 
 
-def load_trained(task: Any, ref: Any) -> Any:
-    """The checkpoint as the task's model; its head must be there and fit the task."""
-    import torch
-    from transformers import AutoConfig
-
-    config = models.pretrained(AutoConfig.from_pretrained, ref, "the model config")
-    if task.head != "span":
-        wanted = task.model_config()["num_labels"]
-        if config.num_labels != wanted:
-            raise UserError(
-                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
-                f"needs {wanted}"
-            )
-    cls = task.auto_model_class()
-
-    def load(location: str, **kw: Any) -> Any:
-        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
-
-    model, info = models.pretrained(load, ref, "model")
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise UserError(
-            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
-            "checkpoint); fine-tune it first with tamt finetune"
-        )
-    return model.eval()
-
-
-@contextlib.contextmanager
-def eval_progress(console: Console, sets: list[task_data.EvalSet], show: bool = True) -> Any:
-    """A progress bar over the features of every split; yields ``advance(split, n)``."""
-    if not show or not verbosity.live(console):
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        ids = {
-            eval_set.split: bar.add_task(f"scoring {eval_set.split}", total=len(eval_set.features))
-            for eval_set in sets
-        }
-        yield lambda split, n: bar.advance(ids[split], n)
-
-
 def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     """The held-out pre-training loss of a subnetwork. For MLM every subnetwork of a model is
     scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
     fitted once on the dense model; ``--head own`` scores a search run with the head it
     trained along with its mask."""
-    from tamt_cli import objectives, pretraining
+    from tamt_cli import mlm_head, objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
@@ -186,7 +145,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         data = pretraining.prepare(subject.ref, model, data_spec, engine, console)
         head, head_record = None, None
         if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
-            head, head_record = pretraining.shared_head(
+            head, head_record = mlm_head.shared_head(
                 subject.ref,
                 model,
                 weights,

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, registry
+from tamt_cli import artifacts, files, maskfile, registry
 from tamt_cli.errors import UserError
 from tamt_cli.specs import ExtractSpec
 
@@ -32,7 +32,7 @@ def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict
         )
     entry = artifacts.choose_mask(manifest, spec.run, step=spec.step, sparsity=spec.sparsity)
     mask_path = Path(spec.run) / entry["file"]
-    masks = masking_cpu(artifacts.load_masks(mask_path))
+    masks = masking_cpu(maskfile.load_masks(mask_path))
     infos = [SimpleNamespace(**m) for m in manifest["sparsity_report"]["matrices"]]
     masking.check_fits(masks, {m.name: m.shape for m in infos}, f"mask file '{mask_path}'")
     targets = {m.name: m.target for m in infos}
@@ -102,7 +102,7 @@ def export(
     )
     with (
         console.status(f"writing {spec.export}"),
-        artifacts.staged_dir(spec.export, replace=replace) as stage,
+        files.staged_dir(spec.export, replace=replace) as stage,
     ):
         # weights the checkpoint lacked (an MLM checkpoint's pooler) stay out of the export too
         absent = models.absent_keys(model)
@@ -114,5 +114,5 @@ def export(
         else:
             model.save_pretrained(str(stage), state_dict=state)
         models.save_tokenizer(ref, stage)
-        artifacts.save_masks(stage / artifacts.MASK_FILE, masks)
-        artifacts.write_json(stage / artifacts.MANIFEST, sub_manifest)
+        maskfile.save_masks(stage / artifacts.MASK_FILE, masks)
+        files.write_json(stage / artifacts.MANIFEST, sub_manifest)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, models, registry, task_data, task_model, verbosity
+from tamt_cli import artifacts, files, maskfile, models, registry, task_data, task_model, verbosity
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
@@ -135,10 +135,10 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 hyperparameters["doc_stride"],
                 console,
             )
-        staged = artifacts.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
+        staged = files.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
         with staged as stage:
             if stage is not None:
-                artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
+                files.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
             job = FinetuneJob(
                 spec=spec,
                 task=task,
@@ -163,8 +163,8 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 runs.append(record)
             result = summarise(task, spec, out, subject, link, runs, notes)
             if stage is not None:
-                artifacts.write_json(stage / artifacts.SUMMARY, result)
-                artifacts.write_json(
+                files.write_json(stage / artifacts.SUMMARY, result)
+                files.write_json(
                     stage / artifacts.MANIFEST,
                     artifacts.new_manifest(
                         "finetune",
@@ -187,12 +187,12 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
 def tokenizer_for(subject: Any) -> Any:
     """The subject's tokenizer; an exported subnetwork saved without one uses its model's."""
     try:
-        return task_model.load_tokenizer(subject.ref)
+        return models.load_tokenizer(subject.ref)
     except UserError:
         record = (subject.manifest or {}).get("model")
         if subject.kind != "subnetwork" or not record:
             raise
-        return task_model.load_tokenizer(models.resolve(record["id"]))
+        return models.load_tokenizer(models.resolve(record["id"]))
 
 
 class Tracker(Hooks):
@@ -301,7 +301,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - t0
     job.engine.stop_tracking()  # each seed is a run of its own
-    job.engine.accelerator.free_memory()
+    job.engine.free_memory()
     model = model_and_masks.model
     masking.detach_masks(model_and_masks.weights)
     if model_and_masks.masks is not None:
@@ -324,8 +324,8 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         model.save_pretrained(str(folder))
         job.tokenizer.save_pretrained(str(folder))
         if model_and_masks.masks is not None:
-            artifacts.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
-        artifacts.write_json(
+            maskfile.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
+        files.write_json(
             folder / artifacts.SEED_METRICS,
             {
                 "task": task.name,
@@ -339,7 +339,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
                 "evaluations": tracker.history,
             },
         )
-        artifacts.write_json(
+        files.write_json(
             folder / artifacts.MANIFEST,
             artifacts.new_manifest(
                 "finetune",

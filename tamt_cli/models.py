@@ -1,4 +1,7 @@
-"""Finding and loading pre-trained models: hub ids, local folders and the offline `demo` model."""
+"""Finding and loading pre-trained models: hub ids, local folders and the offline `demo` model.
+
+Every load goes through :func:`pretrained` (one-line errors; a hub id from the local cache
+first): the encoder, its MLM head, a task model, the tokenizer and the config."""
 
 from __future__ import annotations
 
@@ -214,6 +217,71 @@ def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
     return head, not missing
 
 
+def load_task_model(ref: ModelRef, task: Any, seed: int = 0, *, trained: bool = False) -> Any:
+    """``task``'s model (``task.auto_model_class()``) from ``ref``'s weights, in float32.
+
+    For fine-tuning (the default), a new head: configured by ``task.model_config()`` and
+    initialised from ``seed`` (the global torch seed is set to it), a head of another shape in
+    the checkpoint replaced; the weights the checkpoint lacks are recorded on the base model
+    (:func:`mark_absent`). ``trained=True`` scores a fine-tuned checkpoint: its head must be in
+    it and fit the task (a one-line error otherwise); the model is in eval mode."""
+    import torch
+
+    from tamt_cli.verbosity import quiet_libraries
+
+    cls = task.auto_model_class()
+    if trained:
+        return _load_trained(ref, task, cls)
+    config = task.model_config()
+    torch.manual_seed(seed)
+
+    def load(location: str, **kw: Any) -> Any:
+        return cls.from_pretrained(
+            location,
+            **config,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **kw,
+        )
+
+    with quiet_libraries():
+        model, info = pretrained(load, ref, "model")
+    base = model.base_model
+    prefix = f"{model.base_model_prefix}." if base is not model else ""
+    mark_absent(base, info["missing_keys"], prefix)
+    return model
+
+
+def _load_trained(ref: ModelRef, task: Any, cls: Any) -> Any:
+    import torch
+    from transformers import AutoConfig
+
+    from tamt_cli.verbosity import quiet_libraries
+
+    config = pretrained(AutoConfig.from_pretrained, ref, "the model config")
+    if task.head != "span":
+        wanted = task.model_config()["num_labels"]
+        if config.num_labels != wanted:
+            raise UserError(
+                f"'{ref.given}' has a head with {config.num_labels} outputs; task '{task.name}' "
+                f"needs {wanted}"
+            )
+
+    def load(location: str, **kw: Any) -> Any:
+        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
+
+    with quiet_libraries():
+        model, info = pretrained(load, ref, "model")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(
+            f"'{ref.given}' has no trained {task.name} head ('{missing[0]}' is not in the "
+            "checkpoint); fine-tune it first with tamt finetune"
+        )
+    return model.eval()
+
+
 def check_weights(
     model: Any, expected: str | None, given: str, source: str, *, sha: str | None = None
 ) -> None:
@@ -227,12 +295,24 @@ def check_weights(
         )
 
 
-def save_tokenizer(ref: ModelRef, out: Path) -> bool:
-    """Copy the model's tokenizer into ``out``; False when the model has none."""
+def load_tokenizer(ref: ModelRef, *, padding: bool = True, mask: bool = False) -> Any:
+    """The model's tokenizer. A one-line error when it cannot be loaded, or lacks a token the
+    caller needs: a padding token (``padding``: task batches are padded), a mask token
+    (``mask``: for MLM)."""
     from transformers import AutoTokenizer
 
+    tokenizer = pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
+    if padding and tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of '{ref.given}' has no padding token")
+    if mask and tokenizer.mask_token_id is None:
+        raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
+    return tokenizer
+
+
+def save_tokenizer(ref: ModelRef, out: Path) -> bool:
+    """Copy the model's tokenizer into ``out``; False when the model has none."""
     try:
-        tokenizer = pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
+        tokenizer = load_tokenizer(ref, padding=False)
     except UserError:
         return False
     tokenizer.save_pretrained(str(out))

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tamt_cli import masking
+from tamt_cli.specs import OBJECTIVES
 
-Objective = Literal["mlm", "kd", "mlm-kd"]
-OBJECTIVES: tuple[str, ...] = ("mlm", "kd", "mlm-kd")
 IGNORE = -100
 
 

@@ -1,41 +1,22 @@
 """Plumbing shared by everything that trains or scores on a pre-training objective: the corpus
-as token blocks, the MLM head (and its warm-up when a checkpoint has none), the loss module,
-held-out loss, and the trainable state that checkpoints carry."""
+as token blocks, checked before any compute, in the batches an objective reads, and the loss on
+held-out blocks. The MLM head lives in :mod:`tamt_cli.mlm_head`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts, objectives
+from tamt_cli import objectives
 from tamt_cli.errors import UserError
 
-DEFAULT_HEAD_WARMUP = 300
-DEFAULT_HEAD_WARMUP_LR = 1e-3
-#: the MLM head's learning rate in the paper's and the reference code's mask training
-PAPER_HEAD_LR = 5e-5
-#: a head fitted on the dense model (a checkpoint without one) is frozen by default: see README
-DEFAULT_FITTED_HEAD_LR = 0.0
-#: a fitted head does not depend on a search's seed: every search of a model shares it
-HEAD_SEED = 0
-HEAD_CACHE_VERSION = 1
-#: held-out blocks on which a fitted head is compared with the corpus's token frequencies
-HEAD_CHECK_BLOCKS = 64
 #: the seed of the MLM corruption of held-out blocks: every evaluation masks the same tokens
 HELD_OUT_SEED = 12_345
-#: the batch size of that comparison (the held-out MLM positions depend on it)
-HEAD_CHECK_BATCH = 16
-#: a fitted head whose held-out MLM loss is not this many nats below the frequency baseline's
-#: reads too little from the encoder for MLM mask training to learn from: a warning says so
-HEAD_MARGIN = 0.5
 
 
 class CorpusSettings(Protocol):
@@ -82,17 +63,12 @@ class PretrainingData:
 def check_inputs(ref: Any, model: Any, spec: CorpusSettings, engine: Any) -> Any:
     """What can be checked without computing (length, corpus files, tokenizer, batch split);
     returns the tokenizer. Runs before a run directory is made."""
-    from transformers import AutoTokenizer
-
     from tamt_cli import corpora, models
 
     models.check_positions(ref, spec.max_length, model.config)
     corpora.describe_corpus(spec.corpus)
     engine.micro_batch(spec.batch_size, spec.grad_accum)
-    tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
-    if tokenizer.mask_token_id is None:
-        raise UserError(f"the tokenizer of '{ref.given}' has no mask token; MLM is impossible")
-    return tokenizer
+    return models.load_tokenizer(ref, padding=False, mask=True)
 
 
 def prepare(
@@ -104,7 +80,7 @@ def prepare(
     from tamt_cli import corpora
 
     tokenizer = check_inputs(ref, model, spec, engine)
-    with engine.accelerator.main_process_first():
+    with engine.main_first():
         blocks = corpora.load_blocks(
             spec.corpus, tokenizer, spec.max_length, held_out=spec.held_out, console=console
         )
@@ -120,289 +96,6 @@ def prepare(
     return PretrainingData(
         blocks.train, blocks.held_out, blocks.source, blocks.fingerprint, info, notes
     )
-
-
-def shared_head(
-    ref: Any,
-    model: nn.Module,
-    weights: list[Any],
-    data: PretrainingData,
-    engine: Any,
-    console: Console,
-    *,
-    steps: int | None,
-    lr: float | None,
-    batch_size: int,
-    run_dir: Path | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The MLM head every subnetwork of ``model`` is scored with, and mask training starts from:
-    the checkpoint's pre-trained head, or for a checkpoint without one a head fitted once on the
-    frozen dense model (seeded; cached by model, corpus and fit settings, so every search and
-    evaluation with the same settings gets the identical head). Call before masks are attached.
-
-    Returns the head (frozen, its decoder tied to the encoder's word embeddings) and a record
-    of where it came from."""
-    from tamt_cli import models
-
-    head, pretrained = models.load_mlm_head(ref, model)
-    for p in head.parameters():
-        p.requires_grad_(False)
-    if pretrained:
-        return head, {"kind": "pretrained", "about": "the checkpoint's pre-trained head"}
-    steps = DEFAULT_HEAD_WARMUP if steps is None else steps
-    if steps == 0:
-        raise UserError(
-            f"model '{ref.given}' has no MLM head weights and --head-warmup-steps is 0; give "
-            "it steps to fit a head on the frozen model, or use --method kd"
-        )
-    lr = lr or DEFAULT_HEAD_WARMUP_LR
-    fit = {
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": HEAD_SEED,
-        "max_length": int(data.train.shape[1]),
-        "corpus_fingerprint": data.fingerprint,
-        "model_sha256": models.weights_hash(model),
-        "version": HEAD_CACHE_VERSION,
-    }
-    key = hashlib.sha256(json.dumps(fit, sort_keys=True).encode()).hexdigest()[:32]
-    path = heads_cache() / f"{key}.safetensors"
-    record = {
-        "kind": "fitted",
-        "about": f"fitted on the dense model for {steps} steps (lr {lr:g})",
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": HEAD_SEED,
-        "cache": str(path),
-    }
-    trainable = {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}
-    cached = _load_cached_head(trainable, path) if engine.broadcast(path.is_file()) else None
-    if cached is not None:
-        quality = head_quality(model, weights, head, data, engine, _stored_quality(cached))
-        _warn_if_weak(ref, quality, console)
-        return head, {**record, **quality, "reused": True}
-    console.print(
-        f"model '{ref.given}' has no MLM head: fitting one on the frozen model for {steps} "
-        f"steps (lr {lr:g}; --head-warmup-steps, --head-warmup-lr); it is cached"
-    )
-    fit_head(head, trainable, model, weights, data, engine, steps, lr, batch_size, run_dir)
-    quality = head_quality(model, weights, head, data, engine, None)
-    _warn_if_weak(ref, quality, console)
-    if engine.is_main:
-        from safetensors.torch import save as st_save
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in trainable.items()}
-        meta = {k: str(v) for k, v in {**fit, **quality}.items()}
-        artifacts.write_bytes(path, st_save(tensors, metadata=meta))
-    engine.barrier()
-    return head, {**record, **quality, "reused": False}
-
-
-def head_quality(
-    model: nn.Module,
-    weights: list[Any],
-    head: nn.Module,
-    data: PretrainingData,
-    engine: Any,
-    cached: dict[str, float] | None,
-) -> dict[str, float]:
-    """How much a fitted head reads from the encoder: the dense model's held-out MLM loss with
-    it (``head_heldout_mlm``, the first :data:`HEAD_CHECK_BLOCKS` held-out blocks) against the
-    loss of predicting every masked token from the training blocks' token frequencies
-    (``frequency_heldout_mlm``, the same positions). ``cached``: figures stored with the head."""
-    if cached is not None:
-        return cached
-    blocks = min(HEAD_CHECK_BLOCKS, int(data.held_out.shape[0]))
-    if blocks == 0:
-        return {}
-    module = objectives.PretrainingLoss(model, weights, "mlm", head)
-    loss = mean_held_out_loss(module, data, "mlm", blocks, HEAD_CHECK_BATCH, engine.device)
-    return {
-        "head_heldout_mlm": round(loss, 4),
-        "frequency_heldout_mlm": round(frequency_loss(data, blocks, HEAD_CHECK_BATCH), 4),
-    }
-
-
-def frequency_loss(data: PretrainingData, blocks: int, batch_size: int) -> float:
-    """Cross-entropy of the masked tokens of the first ``blocks`` held-out blocks (the positions
-    :func:`held_out_loss` scores at ``batch_size``) under the training blocks' token frequencies
-    (add-one smoothed): what a head that ignores the encoder can reach."""
-    vocab = int(data.tokenizer_info["vocab_size"])
-    counts = torch.zeros(vocab, dtype=torch.float64)
-    for start in range(0, data.train.shape[0], 65_536):
-        ids = data.train[start : start + 65_536].reshape(-1).long()
-        counts += torch.bincount(ids[ids < vocab], minlength=vocab).double()
-    log_p = torch.log((counts + 1) / (counts.sum() + vocab))
-    total, count = 0.0, 0
-    for _, inputs in held_out_batches(data, "mlm", blocks, batch_size):
-        labels = inputs["labels"]
-        chosen = labels[labels != objectives.IGNORE]
-        total += float(-log_p[chosen].sum())
-        count += int(chosen.numel())
-    return total / max(count, 1)
-
-
-def _stored_quality(meta: dict[str, str]) -> dict[str, float] | None:
-    """The head-quality figures stored in a cached head's metadata (None: an older cache)."""
-    keys = ("head_heldout_mlm", "frequency_heldout_mlm")
-    try:
-        return {k: float(meta[k]) for k in keys}
-    except (KeyError, ValueError):
-        return None
-
-
-def _warn_if_weak(ref: Any, quality: dict[str, float], console: Console) -> None:
-    if not quality:
-        return
-    head, frequency = quality["head_heldout_mlm"], quality["frequency_heldout_mlm"]
-    if head > frequency - HEAD_MARGIN:
-        console.print(
-            f"warning: the MLM head fitted on '{ref.given}' predicts masked tokens hardly better "
-            f"than token frequencies do (held-out loss {head:.2f} against {frequency:.2f} "
-            "nats), so the MLM loss says little about a subnetwork of it; prefer --method kd "
-            "(see the README: TAMT-MLM on a model without an MLM head)",
-            highlight=False,
-        )
-
-
-def search_head(
-    job: Any, data: PretrainingData, engine: Any
-) -> tuple[nn.Module, list[nn.Parameter], float]:
-    """The MLM head of a search (mask training, IMP): the shared head, its own parameters
-    trainable at the resolved ``--head-lr`` (none when 0); returns (head, its trained
-    parameters, that lr) and records the head's origin in the run's notes."""
-    spec = job.spec
-    head, record = shared_head(
-        job.ref,
-        job.model,
-        job.weights,
-        data,
-        engine,
-        job.console,
-        steps=spec.head_warmup_steps,
-        lr=spec.head_warmup_lr,
-        batch_size=spec.batch_size,
-        run_dir=job.run.root,
-    )
-    lr = head_lr(spec.head_lr, record)
-    job.notes["mlm_head"] = record
-    return head, train_head(head, job.model, lr), lr
-
-
-def heads_cache() -> Path:
-    from tamt_cli import corpora
-
-    return corpora.cache_root() / "heads"
-
-
-def _load_cached_head(params: dict[str, nn.Parameter], path: Path) -> dict[str, str] | None:
-    """Copy a cached head into ``params`` and return its metadata; None (refit) when the file
-    is unreadable or stale."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not iterable)
-            meta = fh.metadata() or {}
-    except Exception:
-        return None
-    if set(state) != set(params) or any(state[n].shape != p.shape for n, p in params.items()):
-        return None
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
-    return meta
-
-
-def fit_head(
-    head: nn.Module,
-    trainable: dict[str, nn.Parameter],
-    model: nn.Module,
-    weights: list[Any],
-    data: PretrainingData,
-    engine: Any,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    run_dir: Path | None,
-) -> None:
-    """Train the head's own parameters on the MLM loss of the frozen dense ``model``."""
-    from tamt_cli.engine import Loop, linear_schedule
-
-    frozen = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in trainable.values():
-        p.requires_grad_(True)
-    module = objectives.PretrainingLoss(model, weights, "mlm", head)
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
-    scheduler = linear_schedule(optimizer, steps)
-    loop = Loop(max_steps=steps, batch_size=batch_size, seed=HEAD_SEED, description="MLM head fit")
-    try:
-        engine.fit(
-            module,
-            optimizer,
-            scheduler,
-            data.train.shape[0],
-            data.batch_maker("mlm"),
-            loop,
-            run_dir=run_dir,
-            metrics_name=artifacts.HEAD_WARMUP_LOG,
-        )
-    finally:
-        engine.accelerator.free_memory()
-        for p in trainable.values():
-            p.requires_grad_(False)
-        for p, was in zip(model.parameters(), frozen, strict=True):
-            p.requires_grad_(was)
-
-
-def head_lr(given: float | None, record: dict[str, Any]) -> float:
-    """The learning rate of the MLM head while a mask (or IMP's weights) trains: ``given``, or
-    the paper's 5e-5 for a pre-trained head and :data:`DEFAULT_FITTED_HEAD_LR` for a fitted one
-    (0 freezes the head)."""
-    if given is not None:
-        return given
-    return PAPER_HEAD_LR if record["kind"] == "pretrained" else DEFAULT_FITTED_HEAD_LR
-
-
-def head_settings(spec: Any) -> dict[str, Any]:
-    """The MLM-head values a search of ``spec`` uses (for ``--dry-run``); what the head lr is
-    depends on whether the checkpoint has a head, which only loading it tells."""
-    fitted = f"{DEFAULT_FITTED_HEAD_LR:g} (frozen) for a head fitted on the dense model"
-    return {
-        "head_lr": spec.head_lr
-        if spec.head_lr is not None
-        else f"{PAPER_HEAD_LR:g} for a pre-trained head, {fitted}",
-        "head_warmup_steps": DEFAULT_HEAD_WARMUP
-        if spec.head_warmup_steps is None
-        else spec.head_warmup_steps,
-        "head_warmup_lr": spec.head_warmup_lr or DEFAULT_HEAD_WARMUP_LR,
-    }
-
-
-def train_head(head: nn.Module, model: nn.Module, lr: float) -> list[nn.Parameter]:
-    """Let the head's own parameters (not the tied decoder) train when ``lr`` > 0; returns them."""
-    params = [p for n, p in head.named_parameters() if not _tied(head, n, model)]
-    for p in params:
-        p.requires_grad_(lr > 0)
-    return params if lr > 0 else []
-
-
-def _tied(head: nn.Module, name: str, encoder: nn.Module) -> bool:
-    """Whether head parameter ``name`` is the encoder's word-embedding matrix (the decoder)."""
-    param = dict(head.named_parameters())[name]
-    embeddings: Any = encoder.get_input_embeddings()  # type: ignore[operator]
-    from torch.nn.utils import parametrize
-
-    if parametrize.is_parametrized(embeddings, "weight"):
-        original = embeddings.parametrizations.weight.original
-    else:
-        original = embeddings.weight
-    return param is original
 
 
 @torch.no_grad()
@@ -451,78 +144,3 @@ def mean_held_out_loss(
     finally:
         module.train(was)
     return total / count
-
-
-def held_out_eval(
-    module: nn.Module, data: PretrainingData, objective: str, spec: CorpusSettings, engine: Any
-) -> dict[str, float]:
-    """The held-out figures a training search logs at every evaluation."""
-    return {"eval_loss": held_out_loss(module, data, objective, spec, engine.device)}
-
-
-def optimizer(
-    params: list[Any], lr: float, head_params: list[Any], head_lr: float | None
-) -> torch.optim.Optimizer:
-    """AdamW without weight decay over ``params`` at ``lr`` and, when there are any, the MLM
-    head's trained parameters at ``head_lr``."""
-    groups = [{"params": params, "lr": lr}]
-    if head_params:
-        groups.append({"params": head_params, "lr": head_lr})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-
-
-def run_notes(
-    objective: str, data: PretrainingData, spec: Any, engine: Any, **method: Any
-) -> dict[str, Any]:
-    """What a training search records in its manifest's notes: the objective, the method's own
-    facts (``method``), then the corpus, block length, batch and processes."""
-    return {
-        "objective": objective,
-        **method,
-        "corpus": data.source,
-        "corpus_fingerprint": data.fingerprint,
-        "max_length": spec.max_length,
-        "batch_size": spec.batch_size,
-        "processes": engine.world,
-        **data.notes,
-    }
-
-
-def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Everything a checkpoint must carry: trainable parameters and mask thresholds."""
-    state: dict[str, torch.Tensor] = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    state.update({n: b for n, b in module.named_buffers() if n.endswith(".tau")})
-    return state
-
-
-def record_corpus(job: Any, data: PretrainingData) -> None:
-    """Record a digest of the token blocks a run trains on; resuming it refuses other blocks
-    (changed text, tokenizer, --max-length or --held-out)."""
-    if job.run is None:
-        return
-    digest = hashlib.sha256()
-    for blocks in (data.train, data.held_out):
-        digest.update(f"{tuple(blocks.shape)}|{blocks.dtype}".encode())
-        for start in range(0, blocks.shape[0], 65_536):  # in slices: no second copy in memory
-            digest.update(blocks[start : start + 65_536].contiguous().numpy().tobytes())
-    job.run.record_input("corpus_blocks_sha256", digest.hexdigest(), "the corpus")
-
-
-@torch.no_grad()
-def restore_trainable(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    own = trainable_state(module)
-    if set(own) != set(tensors):
-        missing = sorted(set(own) - set(tensors))[:1] or sorted(set(tensors) - set(own))[:1]
-        raise UserError(f"checkpoint does not match this run's model ('{missing[0]}')")
-    for name, value in tensors.items():
-        if own[name].shape != value.shape:
-            raise UserError(
-                f"checkpoint tensor '{name}' has shape {list(value.shape)}; this run's model "
-                f"needs {list(own[name].shape)}"
-            )
-        own[name].copy_(value)
-
-
-def head_state(head: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The head's own parameters (not the decoder weight tied to ``model``'s embeddings)."""
-    return {n: p for n, p in head.named_parameters() if not _tied(head, n, model)}

@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, maskfile
 from tamt_cli.display import plus_minus
 from tamt_cli.errors import UserError
-from tamt_cli.sweep import HELDOUT_PREFIX
 from tamt_cli.tasks.metrics import over_seeds
 
 FORMAT = "tamt.report"
 VERSION = 1
-DENSE = "dense"  # as the sweep names the dense model
+DENSE = artifacts.DENSE  # as the sweep names the dense model
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 #: methods in this order first, then the others by name
 METHOD_ORDER = ("dense", "mlm", "kd", "mlm-kd", "imp", "omp", "random")
@@ -64,7 +63,7 @@ def read(paths: Iterable[Path]) -> Inputs:
             inputs.mask_files.append(path)
         elif path.is_file() and path.suffix == ".json":
             inputs.heldout.append(_heldout(path, _load_json(path), None))
-        elif path.is_dir() and (path / "sweep.json").is_file():
+        elif path.is_dir() and (path / artifacts.SWEEP_INDEX).is_file():
             _read_sweep(path, inputs)
         elif path.is_dir() and (path / artifacts.MANIFEST).is_file():
             _read_run(path, inputs)
@@ -88,20 +87,20 @@ def _load_json(path: Path) -> Any:
 def _read_sweep(path: Path, inputs: Inputs) -> None:
     """A sweep directory's runs, found by its layout: what is on disk counts, as for the sweep
     itself (runs still in progress are hidden or incomplete, and left out)."""
-    for kind in ("search", "finetune"):
+    for kind in (artifacts.SWEEP_SEARCHES, artifacts.SWEEP_FINETUNES):
         folder = path / kind
         runs = sorted(folder.iterdir()) if folder.is_dir() else []
         for run in runs:
             if not run.name.startswith(".") and (run / artifacts.MANIFEST).is_file():
                 _read_run(run, inputs)
-    for file in sorted(path.glob(f"{HELDOUT_PREFIX}*.json")):
+    for file in artifacts.sweep_heldout_files(path):
         result = _load_json(file)
         objective = result.get("objective") if isinstance(result, dict) else None
-        name = file.name.removeprefix(HELDOUT_PREFIX).removesuffix(f"-{objective}.json")
+        name = artifacts.heldout_subnetwork(file.name, objective)
         if name == DENSE:
             inputs.heldout.append(_heldout(file, result, {"method": DENSE}))
             continue
-        search = path / "search" / name
+        search = path / artifacts.sweep_search(name)
         if not (search / artifacts.MANIFEST).is_file():
             inputs.notes.append(f"'{file}' scores no search run of the sweep; left out")
             continue
@@ -405,7 +404,7 @@ def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dic
         for label, path, _ in members:
             file = path / artifacts.MASK_FILE
             if file.is_file():
-                masks[label] = artifacts.load_masks(file)
+                masks[label] = maskfile.load_masks(file)
         overlap += compare(masks, sparsity)
     return subnetworks, overlap
 
@@ -457,7 +456,7 @@ def compare_files(paths: list[Path]) -> dict[str, Any]:
     masks = {}
     for path in paths:
         label = str(path)
-        masks[label] = artifacts.load_masks(path)
+        masks[label] = maskfile.load_masks(path)
     from tamt_cli.masking import pruned_fraction
 
     rows = compare(masks)

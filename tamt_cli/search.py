@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import __version__, artifacts, registry, specs
+from tamt_cli import __version__, artifacts, files, registry, specs
 from tamt_cli.errors import Interrupted, UserError, environment_fault
 from tamt_cli.specs import SearchSpec
 
@@ -78,7 +78,7 @@ def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -
         )
     if not saved_path.is_file():
         raise UserError(f"'{run_dir}' has no {artifacts.SPEC_FILE}; it cannot be resumed")
-    if artifacts.busy(run_dir):
+    if files.busy(run_dir):
         raise UserError(
             f"run '{run_dir}' is being written by another tamt process that is still running; "
             "wait for it to end (or stop it) before resuming"
@@ -139,9 +139,9 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
     masks, report = _checked(spec, job, masks)
     manifest = _manifest(spec, ref, model, weights_sha, job)
     writer = artifacts.RunWriter(out, manifest, enabled=True, started=started)
-    with artifacts.staged_dir(out) as stage:
+    with files.staged_dir(out) as stage:
         writer.root = stage
-        artifacts.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
+        files.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
         writer.finish(masks, report, job.notes)
     return {"run": str(out), "method": spec.method, "model": spec.model, "report": report}
 
@@ -205,11 +205,11 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         job.run = writer
         if engine.is_main:
             if resume:
-                lock = artifacts.lock_run_dir(out)
+                lock = files.lock_run_dir(out)
             else:  # a resumed run's files change only once it trains again
-                lock = artifacts.create_run_dir(out)
+                lock = files.create_run_dir(out)
                 created = True
-                artifacts.write_text(out / artifacts.SPEC_FILE, spec.to_yaml())
+                files.write_text(out / artifacts.SPEC_FILE, spec.to_yaml())
                 writer.write_manifest()
         engine.barrier()
         engine.track(out, out.name, spec.model_dump(mode="json"))
@@ -222,7 +222,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             _stopped(exc, out, created=created, resumed=resume)
         raise
     finally:
-        artifacts.release(lock, remove=True)
+        files.release(lock, remove=True)
         engine.end()
     return {"run": str(out), "method": spec.method, "model": spec.model, "report": report}
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tamt_cli.errors import UserError, did_you_mean
+from tamt_cli.trackers import Tracker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +41,10 @@ class Spec(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "all", "none"]
+#: the pre-training objectives (:mod:`tamt_cli.objectives` computes them): the mask-training
+#: methods of these names, IMP's ``-o objective`` and ``tamt eval --objective``
+Objective = Literal["mlm", "kd", "mlm-kd"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 def split_commas(value: Any) -> Any:
@@ -226,7 +230,7 @@ class EvalSpec(Spec):
 
     checkpoint: str
     task: str | None = None
-    objective: Literal["mlm", "kd", "mlm-kd"] | None = None
+    objective: Objective | None = None
     data_dir: Path | None = None
     split: str = "validation"
     max_length: int | None = Field(None, gt=0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts, compressed, models
+from tamt_cli import artifacts, compressed, maskfile, models
 from tamt_cli.errors import UserError
 
 
@@ -57,7 +57,7 @@ def resolve(
             raise UserError(
                 f"mask file '{checkpoint}' needs --model, the model whose weights it masks"
             )
-        masks = artifacts.load_masks(path)
+        masks = maskfile.load_masks(path)
         return Subject(
             ref=models.resolve(model),
             masks=masks,
@@ -75,7 +75,7 @@ def resolve(
         if kind not in {"search", "subnetwork"}:
             raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
         entry = artifacts.choose_mask(manifest, path, step=step)
-        masks = artifacts.load_masks(path / entry["file"])
+        masks = maskfile.load_masks(path / entry["file"])
         head = path / artifacts.HEAD_FILE
         record = manifest["model"]
         # a compressed export's weights are its model's with the mask's zeros: that model

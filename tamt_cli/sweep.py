@@ -30,17 +30,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from rich.console import Console
 
-from tamt_cli import __version__, artifacts, specs
+from tamt_cli import __version__, artifacts, files, specs
 from tamt_cli.display import duration
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
-INDEX = "sweep.json"
-HELDOUT_PREFIX = "heldout-"
-GRID = "grid.yaml"
 INDEX_FORMAT = "tamt.sweep"
 INDEX_VERSION = 1
-DENSE = "dense"
 
 #: spec fields the grid itself sets; a section naming one is refused
 SET_BY_GRID = {
@@ -191,7 +187,7 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
     from tamt_cli import registry
 
     grid = load_grid(grid_file)
-    sweep_dir = Path(out or grid.out or Path("sweeps") / grid_file.stem)
+    sweep_dir = Path(out or grid.out or Path(artifacts.SWEEPS) / grid_file.stem)
     for section, reserved in SET_BY_GRID.items():
         given = getattr(grid, section) or {}
         for name in reserved:
@@ -214,10 +210,10 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
     _check_tasks(grid, grid_file)
     cells: list[Cell] = []
     for task in grid.tasks if grid.dense else []:
-        cells += _finetune_cells(grid, task, None, DENSE, None)
+        cells += _finetune_cells(grid, task, None, artifacts.DENSE, None)
     objectives = _objectives(grid, grid_file)
     if grid.dense:
-        cells += [_heldout_cell(grid, DENSE, None, None, o) for o in objectives]
+        cells += [_heldout_cell(grid, artifacts.DENSE, None, None, o) for o in objectives]
     for method in grid.methods:
         for sparsity in grid.sparsities:
             search = _search_cell(grid, method, sparsity)
@@ -322,7 +318,7 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
         method_obj, spec = searching.resolve(spec)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
-    cell_id = f"search/{method}-s{sparsity:g}"
+    cell_id = artifacts.sweep_search(artifacts.sweep_subnetwork(method, sparsity))
     return Cell(cell_id, "search", spec, method, sparsity, method_obj=method_obj)
 
 
@@ -331,10 +327,10 @@ def _heldout_cell(
 ) -> Cell:
     data = {k: v for k, v in (grid.heldout or {}).items() if k != "objective"}
     data.update(objective=objective, checkpoint=grid.model)
-    name = DENSE if search is None else search.id.removeprefix("search/")
+    name = artifacts.sweep_subnetwork(method, sparsity)
     spec = specs.validate(EvalSpec, data, f"grid, heldout of {name}")
     return Cell(
-        f"{HELDOUT_PREFIX}{name}-{objective}.json",
+        artifacts.sweep_heldout(name, objective),
         "heldout",
         spec,
         method,
@@ -347,7 +343,7 @@ def _heldout_cell(
 def _finetune_cells(
     grid: GridSpec, task: str, search: Cell | None, method: str, sparsity: float | None
 ) -> list[Cell]:
-    name = DENSE if search is None else search.id.removeprefix("search/")
+    name = artifacts.sweep_subnetwork(method, sparsity)
     cells = []
     for seed in grid.seeds:
         data = dict(grid.finetune)
@@ -357,7 +353,7 @@ def _finetune_cells(
         spec = specs.validate(FinetuneSpec, data, f"grid, finetune {task} {name} seed {seed}")
         cells.append(
             Cell(
-                f"finetune/{task}-{name}-seed{seed}",
+                artifacts.sweep_finetune(task, name, seed),
                 "finetune",
                 spec,
                 method,
@@ -393,7 +389,7 @@ def comparable(spec: Any) -> dict[str, Any]:
 def _read_index(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     import json
 
-    path = sweep_dir / INDEX
+    path = sweep_dir / artifacts.SWEEP_INDEX
     if not path.is_file():
         return {}
     try:
@@ -463,7 +459,7 @@ def shard_of(plan_: Plan, shard: tuple[int, int] | None) -> set[str]:
     k, n = shard
 
     def group(c: Cell) -> str:
-        return c.needs or (c.id if c.kind == "search" else DENSE)
+        return c.needs or (c.id if c.kind == "search" else artifacts.DENSE)
 
     groups = list(dict.fromkeys(group(c) for c in plan_.cells))  # in grid order
     mine = set(groups[k - 1 :: n])
@@ -492,10 +488,10 @@ def run(
                 index["cells"] = [
                     c if c["id"] in mine else recorded.get(c["id"], c) for c in index["cells"]
                 ]
-            artifacts.write_json(out / INDEX, index)
+            files.write_json(out / artifacts.SWEEP_INDEX, index)
 
     with _index_lock(out):
-        artifacts.write_text(out / GRID, plan_.grid.to_yaml())
+        files.write_text(out / artifacts.SWEEP_GRID, plan_.grid.to_yaml())
     save()
     todo = [c for c in plan_.cells if c.status != "done" and c.id in mine]
     total, finished = len(mine), len(mine) - len(todo)
@@ -528,13 +524,15 @@ def run(
         _line(console, finished, total, cell, cell.status, todo, timings)
         save()
         if cell.status == "failed" and fail_fast:
-            raise CellsFailed(f"{cell.label} failed: {cell.error} (--fail-fast; see {out / INDEX})")
+            index_file = out / artifacts.SWEEP_INDEX
+            raise CellsFailed(f"{cell.label} failed: {cell.error} (--fail-fast; see {index_file})")
     index = plan_.index()
     failed = [c for c in plan_.cells if c.status in {"failed", "skipped"} and c.id in mine]
     if failed:
         raise CellsFailed(
             f"{len(failed)} of {len(mine)} cells did not finish, first {failed[0].label}: "
-            f"{failed[0].error}; run the sweep again to retry them (see {out / INDEX})"
+            f"{failed[0].error}; run the sweep again to retry them "
+            f"(see {out / artifacts.SWEEP_INDEX})"
         )
     return index
 
@@ -544,7 +542,7 @@ def _index_lock(out: Path) -> Iterator[None]:
     """Serialises writes of the index by the processes of one sweep (its shards)."""
     from filelock import FileLock
 
-    with FileLock(str(out / ".sweep.lock")):
+    with FileLock(str(out / artifacts.SWEEP_LOCK)):
         yield
 
 
@@ -559,7 +557,7 @@ def _run_cell(cell: Cell, out: Path, console: Console) -> None:
         from tamt_cli import evaluate
 
         result = evaluate.run_objective(cell.spec, console)
-        artifacts.write_json(out / cell.id, result)
+        files.write_json(out / cell.id, result)
     else:
         from tamt_cli import finetune
 

@@ -4,7 +4,7 @@ the training examples, batches of model inputs and the eval sets a model is scor
 ``tamt finetune`` tokenises its training examples once for all its seeds (with
 ``--train-size``, the examples any of the seeds draws) and every dev split once; ``tamt eval
 --task`` tokenises the dev splits it scores. The features are cached under ``features/`` in
-tamt's cache (:func:`tamt_cli.corpora.cache_root`), one folder per set of features, written by
+tamt's cache (:mod:`tamt_cli.cache`), one folder per set of features, written by
 ``datasets``' ``save_to_disk`` and read back memory-mapped with ``load_from_disk``::
 
     <cache>/features/<key>/
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tamt_cli import corpora, verbosity
+from tamt_cli import cache, corpora, verbosity
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.tasks.base import MODEL_INPUTS
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 FORMAT = "tamt.features"
 FORMAT_VERSION = "1"  # bump when what is stored, or how the key is made, changes
-FOLDER = "features"
 META_FILE = "tamt-features.json"
 #: the feature column a task may add: the row of the raw examples a feature was made from
 EXAMPLE_INDEX = "example_index"
@@ -71,7 +70,7 @@ class Tokenised:
 
 def cache_folder(cache_dir: Path | None = None) -> Path:
     """Where features are cached: ``features/`` in tamt's cache."""
-    return corpora.cache_root(cache_dir) / FOLDER
+    return cache.folder(cache.FEATURES, cache_dir)
 
 
 # -- tokenising, through the cache ------------------------------------------------------------
@@ -270,17 +269,17 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
     complete) and return them read back from it; None when the cache cannot be written."""
     from datasets import Dataset
 
-    from tamt_cli import artifacts
+    from tamt_cli import files
 
     try:
-        with artifacts.staged_dir(folder) as stage, verbosity.quiet_libraries():
+        with files.staged_dir(folder) as stage, verbosity.quiet_libraries():
             features.save_to_disk(str(stage))
-            files = {
+            digests = {
                 path.name: _sha256(path)
                 for path in sorted(stage.iterdir())
-                if path.is_file() and path.name != artifacts.LOCK_FILE
+                if path.is_file() and path.name != files.LOCK_FILE
             }
-            artifacts.write_json(stage / META_FILE, {**meta, "files": files})
+            files.write_json(stage / META_FILE, {**meta, "files": digests})
     except UserError:  # another process stored the same features meanwhile: use theirs
         return _read(folder, meta["key"], console)
     except OSError as exc:  # caching is an optimisation: a read-only or full cache is not fatal

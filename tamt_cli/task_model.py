@@ -28,7 +28,6 @@ from tamt_cli.task_data import subset as subset
 from tamt_cli.task_data import subset_rows as subset_rows
 
 if TYPE_CHECKING:
-    from tamt_cli.models import ModelRef
     from tamt_cli.subjects import Subject
 
 #: a measured fraction of exactly-zero prunable weights below this means "dense"
@@ -40,13 +39,8 @@ DENSE_BELOW = 1e-3
 quiet = verbosity.quiet_libraries
 
 
-def load_tokenizer(ref: ModelRef) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = models.pretrained(AutoTokenizer.from_pretrained, ref, "the tokenizer")
-    if tokenizer.pad_token_id is None:
-        raise UserError(f"the tokenizer of '{ref.given}' has no padding token")
-    return tokenizer
+#: :func:`tamt_cli.models.load_tokenizer`, where plugins of API 1 reach it (``api.transfer``)
+load_tokenizer = models.load_tokenizer
 
 
 # -- the task model -------------------------------------------------------------------------
@@ -69,25 +63,8 @@ class TaskModel:
 def build(task: Any, subject: Subject, seed: int) -> TaskModel:
     """The task's model (``task.auto_model_class()``) from the subject's weights, a new head
     initialised from ``seed``, its mask held fixed."""
-    cls = task.auto_model_class()
-    config = task.model_config()
-    torch.manual_seed(seed)
-
-    def load(location: str, **kw: Any) -> Any:
-        return cls.from_pretrained(
-            location,
-            **config,
-            dtype=torch.float32,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            **kw,
-        )
-
-    with verbosity.quiet_libraries():
-        model, info = models.pretrained(load, subject.ref, "model")
+    model = models.load_task_model(subject.ref, task, seed)
     base = model.base_model
-    prefix = f"{model.base_model_prefix}." if base is not model else ""
-    models.mark_absent(base, info["missing_keys"], prefix)
     notes: list[str] = []
     if subject.weights_sha256 is not None and models.weights_hash(base) != subject.weights_sha256:
         # the task model may lack part of the encoder (a QA model: the pooler)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, files, maskfile
 from tamt_cli.errors import UserError
 
 ODD_SHAPES = {
@@ -55,25 +55,25 @@ def assert_same_masks(got, want):
 def test_mask_file_round_trip_is_bit_exact(tmp_path, seed, p):
     masks = random_masks(ODD_SHAPES, seed, p)
     path = tmp_path / "masks.safetensors"
-    artifacts.save_masks(path, masks)
-    loaded = artifacts.load_masks(path)
+    maskfile.save_masks(path, masks)
+    loaded = maskfile.load_masks(path)
     assert set(loaded) == set(masks)
     assert_same_masks(loaded, masks)
 
 
 def test_encode_masks_bytes_load_back_and_accept_numpy(tmp_path):
     masks = random_masks(ODD_SHAPES, 3)
-    data = artifacts.encode_masks(masks)
+    data = maskfile.encode_masks(masks)
     assert isinstance(data, bytes)
     path = tmp_path / "m.safetensors"
     path.write_bytes(data)
-    assert_same_masks(artifacts.load_masks(path), masks)
+    assert_same_masks(maskfile.load_masks(path), masks)
     # numpy input encodes the same masks (bytes may differ: safetensors does not fix the order
     # of metadata keys in the header)
     as_numpy = {n: m.numpy() for n, m in masks.items()}
     path_np = tmp_path / "np.safetensors"
-    path_np.write_bytes(artifacts.encode_masks(as_numpy))
-    assert_same_masks(artifacts.load_masks(path_np), masks)
+    path_np.write_bytes(maskfile.encode_masks(as_numpy))
+    assert_same_masks(maskfile.load_masks(path_np), masks)
 
 
 def test_mask_file_is_readable_with_plain_safetensors_and_numpy(tmp_path):
@@ -81,11 +81,11 @@ def test_mask_file_is_readable_with_plain_safetensors_and_numpy(tmp_path):
 
     masks = random_masks(ODD_SHAPES, 4)
     path = tmp_path / "m.safetensors"
-    artifacts.save_masks(path, masks, metadata={"method": "omp"})
+    maskfile.save_masks(path, masks, metadata={"method": "omp"})
     with safe_open(str(path), framework="np") as fh:
         meta = fh.metadata()
         assert meta["format"] == "tamt.masks"
-        assert meta["version"] == artifacts.MASK_FORMAT_VERSION
+        assert meta["version"] == maskfile.MASK_FORMAT_VERSION
         assert meta["method"] == "omp"
         shapes = json.loads(meta["shapes"])
         for name, mask in masks.items():
@@ -103,21 +103,21 @@ def test_mask_file_size_is_about_one_bit_per_weight(tmp_path):
     assert total >= 1_000_000
     masks = random_masks(shapes, 5, 0.3)
     path = tmp_path / "big.safetensors"
-    artifacts.save_masks(path, masks)
+    maskfile.save_masks(path, masks)
     bits_per_weight = path.stat().st_size * 8 / total
     assert bits_per_weight <= 1.05
-    assert_same_masks(artifacts.load_masks(path), masks)
+    assert_same_masks(maskfile.load_masks(path), masks)
 
 
 def test_load_masks_missing_file(tmp_path):
     with pytest.raises(UserError, match="does not exist") as e:
-        artifacts.load_masks(tmp_path / "nope.safetensors")
+        maskfile.load_masks(tmp_path / "nope.safetensors")
     assert "\n" not in str(e.value)
 
 
 def test_load_masks_directory_is_not_a_file(tmp_path):
     with pytest.raises(UserError):
-        artifacts.load_masks(tmp_path)
+        maskfile.load_masks(tmp_path)
 
 
 @pytest.mark.parametrize("size", [0, 3, 8, 100, 4096])
@@ -126,17 +126,17 @@ def test_load_masks_random_bytes(tmp_path, size):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
     with pytest.raises(UserError) as e:
-        artifacts.load_masks(path)
+        maskfile.load_masks(path)
     assert "\n" not in str(e.value)
     assert str(path) in str(e.value)
 
 
 def test_load_masks_truncated_file(tmp_path):
-    data = artifacts.encode_masks(random_masks(ODD_SHAPES, 6))
+    data = maskfile.encode_masks(random_masks(ODD_SHAPES, 6))
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) - 10])
     with pytest.raises(UserError) as e:
-        artifacts.load_masks(path)
+        maskfile.load_masks(path)
     assert "\n" not in str(e.value)
 
 
@@ -146,21 +146,21 @@ def test_load_masks_plain_safetensors_without_header(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"w": np.zeros((2, 3), dtype=np.float32)}, str(path))
     with pytest.raises(UserError, match="not a tamt mask file") as e:
-        artifacts.load_masks(path)
+        maskfile.load_masks(path)
     assert "\n" not in str(e.value)
 
     other = tmp_path / "meta.safetensors"
     save_file({"w": np.zeros(3, dtype=np.uint8)}, str(other), metadata={"format": "pt"})
     with pytest.raises(UserError, match="not a tamt mask file"):
-        artifacts.load_masks(other)
+        maskfile.load_masks(other)
 
 
 @pytest.mark.parametrize("version", ["2", "0", ""])
 def test_load_masks_other_version(tmp_path, version):
     path = tmp_path / "v.safetensors"
-    artifacts.save_masks(path, random_masks(ODD_SHAPES, 7), metadata={"version": version})
+    maskfile.save_masks(path, random_masks(ODD_SHAPES, 7), metadata={"version": version})
     with pytest.raises(UserError, match="version") as e:
-        artifacts.load_masks(path)
+        maskfile.load_masks(path)
     assert "\n" not in str(e.value)
 
 
@@ -171,10 +171,10 @@ def test_load_masks_without_shapes_metadata(tmp_path):
     save_file(
         {"w": np.zeros(2, dtype=np.uint8)},
         str(path),
-        metadata={"format": artifacts.MASK_FORMAT, "version": artifacts.MASK_FORMAT_VERSION},
+        metadata={"format": maskfile.MASK_FORMAT, "version": maskfile.MASK_FORMAT_VERSION},
     )
     with pytest.raises(UserError) as e:
-        artifacts.load_masks(path)
+        maskfile.load_masks(path)
     assert "\n" not in str(e.value)
 
 
@@ -183,23 +183,23 @@ def test_load_masks_without_shapes_metadata(tmp_path):
 
 def test_write_bytes_creates_parents_and_replaces(tmp_path):
     path = tmp_path / "a" / "b" / "file.bin"
-    artifacts.write_bytes(path, b"first")
+    files.write_bytes(path, b"first")
     assert path.read_bytes() == b"first"
-    artifacts.write_bytes(path, b"second")
+    files.write_bytes(path, b"second")
     assert path.read_bytes() == b"second"
     assert sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
 
 
 def test_write_bytes_uses_normal_permissions(tmp_path):
     path = tmp_path / "perm.bin"
-    artifacts.write_bytes(path, b"x")
+    files.write_bytes(path, b"x")
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 class _FailingReplaceOS:
-    """Stands in for the ``os`` module inside tamt_cli.artifacts with a failing os.replace."""
+    """Stands in for the ``os`` module inside tamt_cli.files with a failing os.replace."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -212,9 +212,9 @@ class _FailingReplaceOS:
 def test_write_bytes_is_atomic_when_replace_fails(tmp_path, monkeypatch):
     path = tmp_path / "masks.safetensors"
     path.write_bytes(b"old content")
-    monkeypatch.setattr(artifacts, "os", _FailingReplaceOS())
+    monkeypatch.setattr(files, "os", _FailingReplaceOS())
     with pytest.raises(OSError, match="disk on fire"):
-        artifacts.write_bytes(path, b"new content that never lands")
+        files.write_bytes(path, b"new content that never lands")
     monkeypatch.undo()
     assert path.read_bytes() == b"old content"
     assert [p.name for p in tmp_path.iterdir()] == ["masks.safetensors"]
@@ -223,24 +223,24 @@ def test_write_bytes_is_atomic_when_replace_fails(tmp_path, monkeypatch):
 def test_save_masks_failure_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "masks.safetensors"
     old = random_masks(ODD_SHAPES, 8)
-    artifacts.save_masks(path, old)
+    maskfile.save_masks(path, old)
     before = path.read_bytes()
-    monkeypatch.setattr(artifacts, "os", _FailingReplaceOS())
+    monkeypatch.setattr(files, "os", _FailingReplaceOS())
     with pytest.raises(OSError):
-        artifacts.save_masks(path, random_masks(ODD_SHAPES, 9))
+        maskfile.save_masks(path, random_masks(ODD_SHAPES, 9))
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert_same_masks(artifacts.load_masks(path), old)
+    assert_same_masks(maskfile.load_masks(path), old)
     assert [p.name for p in tmp_path.iterdir()] == ["masks.safetensors"]
 
 
 def test_write_json_and_text(tmp_path):
-    artifacts.write_json(tmp_path / "x.json", {"a": [1, 2], "b": "é"})
+    files.write_json(tmp_path / "x.json", {"a": [1, 2], "b": "é"})
     assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8")) == {
         "a": [1, 2],
         "b": "é",
     }
-    artifacts.write_text(tmp_path / "t.txt", "héllo")
+    files.write_text(tmp_path / "t.txt", "héllo")
     assert (tmp_path / "t.txt").read_bytes() == "héllo".encode()
 
 
@@ -253,7 +253,7 @@ def _leftovers(parent: Path, final_name: str) -> list[str]:
 
 def test_staged_dir_success(tmp_path):
     final = tmp_path / "runs" / "run-1"
-    with artifacts.staged_dir(final) as stage:
+    with files.staged_dir(final) as stage:
         assert stage != final
         assert stage.parent == final.parent
         assert not final.exists()
@@ -268,7 +268,7 @@ def test_staged_dir_success(tmp_path):
 
 def test_staged_dir_failure_leaves_nothing(tmp_path):
     final = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="boom"), artifacts.staged_dir(final) as stage:
+    with pytest.raises(RuntimeError, match="boom"), files.staged_dir(final) as stage:
         (stage / "half.txt").write_text("partial")
         raise RuntimeError("boom")
     assert not final.exists()
@@ -281,7 +281,7 @@ def test_staged_dir_existing_without_overwrite(tmp_path):
     final.mkdir()
     (final / "keep.txt").write_text("precious")
     entered = False
-    with pytest.raises(UserError, match="already exists"), artifacts.staged_dir(final):
+    with pytest.raises(UserError, match="already exists"), files.staged_dir(final):
         entered = True
     assert not entered
     assert (final / "keep.txt").read_text() == "precious"
@@ -292,7 +292,7 @@ def test_staged_dir_existing_without_overwrite(tmp_path):
 def test_staged_dir_existing_file_without_overwrite(tmp_path):
     final = tmp_path / "run"
     final.write_text("a file")
-    with pytest.raises(UserError), artifacts.staged_dir(final):
+    with pytest.raises(UserError), files.staged_dir(final):
         pass
     assert final.read_text() == "a file"
 
@@ -301,7 +301,7 @@ def test_staged_dir_overwrite_replaces(tmp_path):
     final = tmp_path / "run"
     final.mkdir()
     (final / "old.txt").write_text("old")
-    with artifacts.staged_dir(final, replace=True) as stage:
+    with files.staged_dir(final, replace=True) as stage:
         assert (final / "old.txt").exists()  # old run untouched while the new one is built
         (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
@@ -315,7 +315,7 @@ def test_staged_dir_overwrite_failure_keeps_old(tmp_path):
     (final / "old.txt").write_text("old")
     with (
         pytest.raises(KeyError),
-        artifacts.staged_dir(final, replace=True) as stage,
+        files.staged_dir(final, replace=True) as stage,
     ):
         (stage / "new.txt").write_text("new")
         raise KeyError("x")
@@ -325,7 +325,7 @@ def test_staged_dir_overwrite_failure_keeps_old(tmp_path):
 
 def test_staged_dir_files_get_normal_permissions(tmp_path):
     final = tmp_path / "run"
-    with artifacts.staged_dir(final) as stage:
+    with files.staged_dir(final) as stage:
         private = stage / "private.bin"
         private.write_bytes(b"x")
         os.chmod(private, 0o600)
@@ -340,7 +340,7 @@ def test_staged_dir_files_get_normal_permissions(tmp_path):
 
 def test_read_manifest_ok(tmp_path):
     manifest = {"tamt_version": "0.1.0", "kind": "search", "masks": []}
-    artifacts.write_json(tmp_path / artifacts.MANIFEST, manifest)
+    files.write_json(tmp_path / artifacts.MANIFEST, manifest)
     assert artifacts.read_manifest(tmp_path) == manifest
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tamt_cli import artifacts, masking, models
+from tamt_cli import maskfile, masking, models
 from tests.test_finetune import sst2  # noqa: F401  (the tiny SST-2 fixture)
 from tests.tiny import interrupt_mask_training, make_mlm_checkpoint
 
@@ -95,7 +95,7 @@ def test_one_shot_pipeline(cli, checkpoint, sst2):  # noqa: F811
     report = res.json()["report"]
     assert sorted(report["not_prunable"]) == LAYOUTS[layout]
     assert report["overall"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    masks = artifacts.load_masks(Path("o/masks.safetensors"))
+    masks = maskfile.load_masks(Path("o/masks.safetensors"))
     assert not set(masks) & set(LAYOUTS[layout])
     assert cli("extract", "o", "--export", "sub").code == 0
     with safe_open("sub/model.safetensors", "pt") as fh:
@@ -129,7 +129,7 @@ def test_training_methods_run_and_resume(cli, mlm_checkpoint, corpus, method, mo
     args = (*steps, "--save-every", "2", "--head-warmup-steps", "2")
     res = cli(*train(path, corpus, method, "full", *args))
     assert res.code == 0, res.err
-    masks = artifacts.load_masks(Path("full/masks.safetensors"))
+    masks = maskfile.load_masks(Path("full/masks.safetensors"))
     assert not set(masks) & set(LAYOUTS[layout])
     assert all(int((~m).sum()) == m.numel() // 2 for m in masks.values())
     if method == "kd":  # an interrupted run resumes on the same model and ends the same
@@ -138,7 +138,7 @@ def test_training_methods_run_and_resume(cli, mlm_checkpoint, corpus, method, mo
         resume_normally()
         res = cli("search", "--resume", "part")
         assert res.code == 0, res.err
-        again = artifacts.load_masks(Path("part/masks.safetensors"))
+        again = maskfile.load_masks(Path("part/masks.safetensors"))
         assert all(torch.equal(masks[k], again[k]) for k in masks)
     manifest = json.loads(Path("full/manifest.json").read_text())
     assert manifest["status"] == "complete"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tamt_cli import artifacts, masking
+from tamt_cli import maskfile, masking
 
 
 def load(path):
@@ -43,7 +43,7 @@ def test_omp_search_writes_a_complete_run(cli, tiny_bert):
     assert manifest["model"]["id"] == str(tiny_bert)
     assert len(manifest["model"]["weights_sha256"]) == 64
     assert manifest["environment"]["torch"] == torch.__version__
-    masks = artifacts.load_masks(run / "masks.safetensors")
+    masks = maskfile.load_masks(run / "masks.safetensors")
     model = load(tiny_bert)
     weights = masking.prunable_weights(model)
     assert set(masks) == {p.name for p in weights} and len(masks) == 14
@@ -102,7 +102,7 @@ def test_random_seeds(cli, tiny_bert):
             out,
         )
         assert res.code == 0, res.err
-        return artifacts.load_masks(Path(out) / "masks.safetensors")
+        return maskfile.load_masks(Path(out) / "masks.safetensors")
 
     a, b, c = mask(3, "a"), mask(3, "b"), mask(4, "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -128,8 +128,8 @@ def test_random_like_copies_per_matrix_counts(cli, tiny_bert, other_bert):
         "--json",
     )
     assert res.code == 0, res.err
-    like = artifacts.load_masks(Path("g/masks.safetensors"))
-    got = artifacts.load_masks(Path("r/masks.safetensors"))
+    like = maskfile.load_masks(Path("g/masks.safetensors"))
+    got = maskfile.load_masks(Path("r/masks.safetensors"))
     for name in like:
         assert int((~got[name]).sum()) == int((~like[name]).sum())
         assert not torch.equal(got[name], like[name])
@@ -175,7 +175,7 @@ def test_extract_exports_a_plain_checkpoint(cli, tiny_bert):
     exported = load(subnet).eval()
     masked = load(tiny_bert).eval()
     weights = masking.prunable_weights(masked)
-    masks = artifacts.load_masks(Path("run/masks.safetensors"))
+    masks = maskfile.load_masks(Path("run/masks.safetensors"))
     masking.attach_masks(weights, masks)
     state = exported.state_dict()
     for p in weights:

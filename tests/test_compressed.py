@@ -146,7 +146,7 @@ def test_format_needs_export(cli, tiny_bert):
 
 def test_a_compressed_export_stands_for_its_model_and_mask(cli, tiny_bert):
     """finetune and eval read a compressed export as the model its manifest names, masked."""
-    from tamt_cli import artifacts, subjects
+    from tamt_cli import maskfile, subjects
 
     assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "run").code == 0
     assert cli("extract", "run", "--export", "dense").code == 0
@@ -155,6 +155,6 @@ def test_a_compressed_export_stands_for_its_model_and_mask(cli, tiny_bert):
     small = subjects.resolve("small", own_weights=True)
     assert plain.ref.given == "dense" and plain.weights_sha256 is None  # the folder itself
     assert small.ref.given == str(tiny_bert) and small.weights_sha256 is not None
-    masks = artifacts.load_masks(Path("run/masks.safetensors"))
+    masks = maskfile.load_masks(Path("run/masks.safetensors"))
     assert small.masks is not None
     assert all(torch.equal(small.masks[k], masks[k]) for k in masks)

@@ -209,9 +209,9 @@ def test_console_status_and_descriptions(tok, tmp_path, cache):
 def test_second_call_reads_the_cache(tok, tmp_path, cache, monkeypatch):
     path = write(tmp_path / "t.txt", lines(60))
     first = load_blocks(str(path), tok, 16, cache_dir=cache)
-    cached = cache / f"{first.fingerprint}.safetensors"
+    cached = cache / "blocks" / f"{first.fingerprint}.safetensors"
     assert cached.is_file()
-    assert [p.name for p in cache.iterdir()] == [cached.name]  # no datasets leftovers
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no datasets leftovers
 
     def boom(*args, **kwargs):
         raise AssertionError("tokenised again")
@@ -230,7 +230,7 @@ def test_second_call_reads_the_cache(tok, tmp_path, cache, monkeypatch):
 def test_cache_dir_from_environment(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "env-cache"))
     blocks = load_blocks(str(write(tmp_path / "t.txt", lines(40))), tok, 16)
-    assert (tmp_path / "env-cache" / f"{blocks.fingerprint}.safetensors").is_file()
+    assert (tmp_path / "env-cache" / "blocks" / f"{blocks.fingerprint}.safetensors").is_file()
 
 
 def test_fingerprint_follows_inputs(tok, tmp_path, cache):
@@ -250,7 +250,7 @@ def test_fingerprint_follows_inputs(tok, tmp_path, cache):
     assert changed.fingerprint != base.fingerprint
     assert bodies(changed) == stream(tok, path.read_text().splitlines())[: len(bodies(changed))]
     assert bodies(changed) != bodies(base)
-    assert len(list(cache.glob("*.safetensors"))) == 5
+    assert len(list(cache.glob("blocks/*.safetensors"))) == 5
 
 
 @pytest.mark.parametrize(
@@ -265,7 +265,7 @@ def test_fingerprint_follows_inputs(tok, tmp_path, cache):
 def test_corrupt_cache_is_rebuilt(tok, tmp_path, cache, damage):
     path = write(tmp_path / "t.txt", lines(60))
     first = load_blocks(str(path), tok, 16, cache_dir=cache)
-    cached = cache / f"{first.fingerprint}.safetensors"
+    cached = cache / "blocks" / f"{first.fingerprint}.safetensors"
     damage(cached)
     again = load_blocks(str(path), tok, 16, cache_dir=cache)
     assert torch.equal(again.train, first.train) and torch.equal(again.held_out, first.held_out)
@@ -279,7 +279,7 @@ def test_cache_of_another_shape_is_rebuilt(tok, tmp_path, cache):
 
     path = write(tmp_path / "t.txt", lines(60))
     first = load_blocks(str(path), tok, 16, cache_dir=cache)
-    cached = cache / f"{first.fingerprint}.safetensors"
+    cached = cache / "blocks" / f"{first.fingerprint}.safetensors"
     bogus = torch.zeros(3, 5, dtype=torch.int32)
     save_file({"train": bogus, "held_out": bogus.clone()}, str(cached), metadata={"format": "x"})
     assert torch.equal(load_blocks(str(path), tok, 16, cache_dir=cache).train, first.train)

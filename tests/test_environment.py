@@ -106,6 +106,16 @@ def test_env_reports_versions_plugins_caches_and_the_hub(cli, tmp_path):
     assert res.code == 0 and "offline mode" in res.out and "transformers" in res.out
 
 
+def test_a_manifest_records_the_versions_env_shows(cli):
+    from tamt_cli import artifacts
+
+    shown = cli("env", "--json", "--no-hub").json()
+    recorded = artifacts.new_manifest("search", {})["environment"]
+    assert {"datasets", "accelerate"} <= set(shown["libraries"])
+    assert {name: recorded[name] for name in shown["libraries"]} == shown["libraries"]
+    assert (recorded["tamt"], recorded["python"]) == (shown["tamt"], shown["python"])
+
+
 def test_env_checks_the_hub_when_online(cli, local_server, fresh_hub_session):
     import huggingface_hub.constants as constants
 
@@ -128,19 +138,20 @@ def test_cache_lists_and_clears_token_blocks_by_corpus(cli, corpus, tmp_path, mo
 
     monkeypatch.delenv("TAMT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    root = tmp_path / "xdg" / "tamt" / "blocks"
+    root = tmp_path / "xdg" / "tamt"
+    blocks = root / "blocks"
     tok = make_tokenizer(tmp_path / "tok")
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text()[:4000])
     for text, length in ((corpus, 16), (corpus, 24), (other, 16)):
         load_blocks(str(text), tok, length)
-    (root / "notes.safetensors").write_bytes(b"not a block file")  # never listed or removed
+    (blocks / "notes.safetensors").write_bytes(b"not a block file")  # never listed or removed
 
     listed = cli("cache", "list", "--json").json()
     assert listed["path"] == str(root)
     by_corpus = {row["corpus"]: row for row in listed["corpora"]}  # named as the runs name them
     assert by_corpus[str(corpus)]["files"] == 2 and by_corpus["other.txt"]["files"] == 1
-    assert listed["bytes"] == sum(f.stat().st_size for f in root.iterdir()) - 16
+    assert listed["bytes"] == sum(f.stat().st_size for f in blocks.iterdir()) - 16
     assert {f["max_length"] for f in listed["files"] if f["corpus"] == str(corpus)} == {16, 24}
     assert cli("cache").out == cli("cache", "list").out
 
@@ -150,7 +161,7 @@ def test_cache_lists_and_clears_token_blocks_by_corpus(cli, corpus, tmp_path, mo
     assert res.json()["files"] == 2
     assert [row["corpus"] for row in cli("cache", "--json").json()["corpora"]] == ["other.txt"]
     assert cli("cache", "clear").code == 0
-    assert sorted(p.name for p in root.iterdir()) == ["notes.safetensors"]
+    assert sorted(p.name for p in blocks.iterdir()) == ["notes.safetensors"]
 
 
 def test_cache_lists_and_clears_fitted_heads(cli, corpus, tiny_bert, tmp_path, monkeypatch):

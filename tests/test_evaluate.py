@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tamt_cli import artifacts, evaluate, masking, subjects
+from tamt_cli import artifacts, evaluate, files, maskfile, masking, subjects
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -41,7 +41,7 @@ def test_kd_loss_is_zero_for_the_dense_model_and_grows_with_pruning(cli, tiny_be
         )
         result = held_out(out, corpus)
         assert result["subject"] == f"omp mask of {tiny_bert}"
-        masks = artifacts.load_masks(Path(out) / artifacts.MASK_FILE)
+        masks = maskfile.load_masks(Path(out) / artifacts.MASK_FILE)
         assert result["mask_sparsity"] == masking.pruned_fraction(masks)
         assert result["mask_sparsity"] == pytest.approx(float(sparsity), abs=1e-2)
         losses.append(result["loss"])
@@ -56,11 +56,11 @@ def test_fine_tuned_names_the_model_folder_of_a_one_seed_run(tmp_path):
     run = tmp_path / "ft"
     (run / "seed-3").mkdir(parents=True)
     plugins: dict[str, str] = {}
-    artifacts.write_json(
+    files.write_json(
         run / artifacts.MANIFEST,
         artifacts.new_manifest("finetune", plugins, task="sst2", members=["seed-3"]),
     )
-    artifacts.write_json(
+    files.write_json(
         run / "seed-3" / artifacts.MANIFEST,
         artifacts.new_manifest("finetune", plugins, task="sst2", seed=3),
     )
@@ -68,7 +68,7 @@ def test_fine_tuned_names_the_model_folder_of_a_one_seed_run(tmp_path):
     assert location == str(run / "seed-3")
     assert manifest is not None and manifest["seed"] == 3
     assert subjects.fine_tuned(str(tmp_path / "plain")) == (str(tmp_path / "plain"), None)
-    artifacts.write_json(
+    files.write_json(
         run / artifacts.MANIFEST,
         artifacts.new_manifest("finetune", plugins, task="sst2", members=["seed-1", "seed-2"]),
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, files, maskfile
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -269,7 +269,7 @@ def live_lock(path: str) -> Callable[[Env], None]:
     """A live process holds ``path`` (this test process, through a second file handle)."""
 
     def make(env: Env) -> None:
-        lock = artifacts.try_lock(Path(path))
+        lock = files.try_lock(Path(path))
         assert lock is not None
         env.held.append(lock)
 
@@ -280,7 +280,7 @@ def live_stage(name: str) -> Callable[[Env], None]:
     def make(env: Env) -> None:
         stage = Path(f".{name}.x1y2.partial")
         stage.mkdir()
-        live_lock(str(stage / artifacts.LOCK_FILE))(env)
+        live_lock(str(stage / files.LOCK_FILE))(env)
 
     return make
 
@@ -336,7 +336,7 @@ def disk_full(monkeypatch) -> None:
 
 
 def interrupt_saving(monkeypatch) -> None:
-    monkeypatch.setattr(artifacts, "save_masks", interrupt)
+    monkeypatch.setattr(maskfile, "save_masks", interrupt)
 
 
 def interrupt_at_step_1(monkeypatch) -> None:
@@ -520,7 +520,7 @@ def test_bad_input(case: Case, env: Env, cli, monkeypatch):
         res = cli(*[a.format(**fields) for a in case.args])
     finally:
         for lock in env.held:
-            artifacts.release(lock)
+            files.release(lock)
         env.held.clear()
     lines = [line for line in res.err.splitlines() if line.strip()]
     assert res.code == case.code, res.err
@@ -549,8 +549,8 @@ def test_interrupted_training_says_how_to_resume_and_resumes(cli, env):
         manifest["inputs"]["corpus_blocks_sha256"]
         == json.loads((env.kd / "manifest.json").read_text())["inputs"]["corpus_blocks_sha256"]
     )
-    assert not Path("part", artifacts.LOCK_FILE).exists()
-    assert not (env.kd / artifacts.LOCK_FILE).exists()
+    assert not Path("part", files.LOCK_FILE).exists()
+    assert not (env.kd / files.LOCK_FILE).exists()
 
 
 def test_a_full_disk_keeps_the_checkpoint_and_says_how_to_resume(
@@ -581,13 +581,13 @@ def test_a_full_disk_keeps_the_checkpoint_and_says_how_to_resume(
 def test_a_run_folder_is_made_exclusively(cli, tiny_bert, corpus, monkeypatch):
     """Between the first check and the making of the folder another run may have made it: the
     exclusive mkdir still refuses, and that run's folder is left alone."""
-    lock = artifacts.create_run_dir(Path("r"))  # another live run's folder
+    lock = files.create_run_dir(Path("r"))  # another live run's folder
     (Path("r") / "spec.yaml").write_text("theirs\n")
     monkeypatch.setattr(artifacts, "check_output", lambda *a, **kw: None)
     try:
         res = cli(*[a.format(bert=tiny_bert, corpus=corpus) for a in KD], "--out", "r")
     finally:
-        artifacts.release(lock, remove=True)
+        files.release(lock, remove=True)
     assert res.code == 2 and "already exists" in res.err.splitlines()[-1]
     assert sorted(p.name for p in Path("r").iterdir()) == ["spec.yaml"]
     assert (Path("r") / "spec.yaml").read_text() == "theirs\n"
@@ -623,8 +623,8 @@ def test_what_a_killed_run_left_is_cleaned_by_the_next(cli, tiny_bert):
     Path("runs").mkdir()
     script = (
         "import sys, time\n"
-        "from tamt_cli import artifacts\n"
-        "with artifacts.staged_dir(sys.argv[1]) as stage:\n"
+        "from tamt_cli import files\n"
+        "with files.staged_dir(sys.argv[1]) as stage:\n"
         "    (stage / 'half.bin').write_bytes(b'x' * 1000)\n"
         "    print(stage, flush=True)\n"
         "    time.sleep(120)\n"
@@ -632,7 +632,7 @@ def test_what_a_killed_run_left_is_cleaned_by_the_next(cli, tiny_bert):
     dead = subprocess.Popen([sys.executable, "-c", script, "runs/ft"], stdout=subprocess.PIPE,
                             text=True)  # fmt: skip
     dead_stage = Path(dead.stdout.readline().strip())  # type: ignore[union-attr]
-    live = artifacts.staged_dir(Path("runs/other"))
+    live = files.staged_dir(Path("runs/other"))
     live_stage = live.__enter__()
     try:
         dead.send_signal(signal.SIGKILL)

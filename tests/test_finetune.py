@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tamt_cli import artifacts
+from tamt_cli import maskfile
 from tests.tiny import SENTENCES, sentence, write_sst2, write_tsv
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -167,8 +167,8 @@ def test_masked_weights_stay_zero_and_the_rest_trains(cli, tiny_bert, omp_run, s
     # a plain transformers load: zeros where the mask prunes, trained values elsewhere
     tuned = state(folder)
     before = pretrained(tiny_bert)
-    masks = artifacts.load_masks(omp_run / "masks.safetensors")
-    assert set(artifacts.load_masks(folder / "masks.safetensors")) == set(masks)
+    masks = maskfile.load_masks(omp_run / "masks.safetensors")
+    assert set(maskfile.load_masks(folder / "masks.safetensors")) == set(masks)
     for name, keep in masks.items():
         weight = tuned[f"bert.{name}"]
         assert torch.all(weight[~keep] == 0), name
@@ -252,7 +252,7 @@ def test_mnli_mask_file_reports_matched_and_mismatched(cli, tiny_bert, omp_run, 
     assert set(result["best"]) == {"validation_matched", "validation_mismatched"}
     assert result["selected_by"] == "validation_matched/accuracy"
     tuned = state(Path("ft/seed-1"))
-    keep = artifacts.load_masks(omp_run / "masks.safetensors")[Q]
+    keep = maskfile.load_masks(omp_run / "masks.safetensors")[Q]
     assert torch.all(tuned[f"bert.{Q}"][~keep] == 0) and tuned["classifier.weight"].shape[0] == 3
     out = cli("eval", "ft", "--task", "mnli", "--data-dir", mnli, "--json").json()
     assert out["split"] == "validation_matched,validation_mismatched" and out["examples"] == 21
@@ -287,7 +287,7 @@ def test_exported_subnetwork_is_its_own_model(cli, omp_run, sst2):
     assert res.code == 0, res.err
     result = res.json()
     assert result["kind"] == "subnetwork" and result["mask_sparsity"] == pytest.approx(0.5)
-    keep = artifacts.load_masks(Path("sub/masks.safetensors"))
+    keep = maskfile.load_masks(Path("sub/masks.safetensors"))
     tuned = state(Path("ft/seed-1"))
     for name, mask in keep.items():
         assert torch.all(tuned[f"bert.{name}"][~mask] == 0), name
@@ -315,7 +315,7 @@ def test_squad_fine_tunes_and_reports_em_and_f1(cli, omp_run, squad):
     from transformers import AutoModelForQuestionAnswering
 
     model = AutoModelForQuestionAnswering.from_pretrained("ft/seed-1")
-    keep = artifacts.load_masks(omp_run / "masks.safetensors")[Q]
+    keep = maskfile.load_masks(omp_run / "masks.safetensors")[Q]
     assert torch.all(model.state_dict()[f"bert.{Q}"][~keep] == 0)
     out = cli("eval", "ft", "--task", "squad", "--data-dir", squad, "--json").json()
     assert out["metrics"] == result["runs"][0]["final"]["metrics"]["validation"]

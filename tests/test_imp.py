@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tamt_cli import artifacts, masking, objectives
+from tamt_cli import maskfile, masking, objectives
 from tamt_cli.methods import imp
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -35,7 +35,7 @@ def pretrained(tiny_bert):
 def round_masks(run: Path) -> list[tuple[dict, dict[str, torch.Tensor]]]:
     manifest = json.loads((run / "manifest.json").read_text())
     rounds = [m for m in manifest["masks"] if not m["final"]]
-    return [(m, artifacts.load_masks(run / m["file"])) for m in rounds]
+    return [(m, maskfile.load_masks(run / m["file"])) for m in rounds]
 
 
 def pruned(mask: torch.Tensor) -> int:
@@ -68,7 +68,7 @@ def test_kd_rounds_prune_exactly_r_tenths_per_matrix(cli, tiny_bert, corpus):
                 assert not torch.any(~previous[p.name] & masks[p.name]), p.name
         assert entry["achieved"] == pytest.approx(level, abs=1e-3)
         previous = masks
-    final = artifacts.load_masks(run / "masks.safetensors")
+    final = maskfile.load_masks(run / "masks.safetensors")
     assert all(torch.equal(final[k], rounds[-1][1][k]) for k in final)
     notes = manifest["notes"]
     assert notes["objective"] == "kd" and notes["rounds"] == 3 and notes["steps"] == 4
@@ -258,8 +258,8 @@ def interrupted(cli, monkeypatch, args, crash_at):
 
 def assert_same_run(full: Path, part: Path) -> None:
     for name in ("masks.safetensors", *(e["file"] for e, _ in round_masks(full))):
-        a = artifacts.load_masks(full / name)
-        b = artifacts.load_masks(part / name)
+        a = maskfile.load_masks(full / name)
+        b = maskfile.load_masks(part / name)
         assert all(torch.equal(a[k], b[k]) for k in a), (part, name)
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (full, part)]
     assert [m["file"] for m in manifests[1]["masks"]] == [m["file"] for m in manifests[0]["masks"]]

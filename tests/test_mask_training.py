@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tamt_cli import artifacts, masking, objectives
+from tamt_cli import maskfile, masking, objectives
 from tests.tiny import interrupt_mask_training
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -48,7 +48,7 @@ def test_kd_run_saves_exact_masks_at_every_checkpoint(cli, tiny_bert, corpus):
     changed = False
     init = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
     for entry in manifest["masks"]:
-        masks = artifacts.load_masks(run / entry["file"])
+        masks = maskfile.load_masks(run / entry["file"])
         for p in weights:
             assert int((~masks[p.name]).sum()) == p.numel // 2, (entry["file"], p.name)
             changed |= not torch.equal(masks[p.name], init[p.name])
@@ -60,7 +60,7 @@ def test_kd_run_saves_exact_masks_at_every_checkpoint(cli, tiny_bert, corpus):
     # every saved mask is a normal mask artifact
     assert cli("extract", "run", "--step", "4", "--export", "sub4").code == 0
     exported = loaded_model("sub4")
-    mask4 = artifacts.load_masks(run / "masks/step-000004.safetensors")
+    mask4 = maskfile.load_masks(run / "masks/step-000004.safetensors")
     q = "encoder.layer.0.attention.self.query.weight"
     assert torch.all(exported.state_dict()[q][~mask4[q]] == 0)
 
@@ -109,8 +109,8 @@ def test_graded_scores_move_the_mask_where_binary_scores_cannot(cli, tiny_bert, 
     model = loaded_model(tiny_bert)
     weights = masking.prunable_weights(model)
     omp = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
-    binary = artifacts.load_masks(Path("binary/masks.safetensors"))
-    graded = artifacts.load_masks(Path("graded/masks.safetensors"))
+    binary = maskfile.load_masks(Path("binary/masks.safetensors"))
+    graded = maskfile.load_masks(Path("graded/masks.safetensors"))
     assert all(torch.equal(binary[n], omp[n]) for n in omp)
     flipped = {n: int((graded[n] != omp[n]).sum()) for n in omp}
     assert 0 < sum(flipped.values()) < 0.1 * sum(m.numel() for m in omp.values())
@@ -134,7 +134,7 @@ def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from tamt_cli import models, pretraining
+    from tamt_cli import mlm_head, models, pretraining
     from tamt_cli.corpora import load_blocks
     from tamt_cli.engine import Engine
 
@@ -160,8 +160,8 @@ def test_frequency_baseline_is_the_loss_of_a_head_that_ignores_the_encoder(tiny_
     engine = Engine("no", Console(stderr=True))
     n = min(8, blocks.held_out.shape[0])
     weights = masking.prunable_weights(model)
-    quality = pretraining.head_quality(model, weights, head, data, engine, None)
-    baseline = pretraining.frequency_loss(data, n, 16)
+    quality = mlm_head.head_quality(model, weights, head, data, engine, None)
+    baseline = mlm_head.frequency_loss(data, n, 16)
     module = objectives.PretrainingLoss(model, weights, "mlm", head)
     spec = SimpleNamespace(eval_blocks=n, batch_size=16)
     assert pretraining.held_out_loss(module, data, "mlm", spec, "cpu") == pytest.approx(baseline)
@@ -195,14 +195,15 @@ def train_scores(folder, pattern, looked_up_rows, steps=6):
     checkpoint from graded magnitude scores; batches hold padding tokens. Returns the scores, the
     masks they give, the initial masks and how often the embedding mask ran on the whole
     matrix."""
-    from tamt_cli import models, pretraining
+    from tamt_cli import mlm_head, models
+    from tamt_cli.methods import _common
 
     ref = models.resolve(str(folder))
     encoder = models.load_encoder(ref).train()
     head, _ = models.load_mlm_head(ref, encoder)
     for p in encoder.parameters():
         p.requires_grad_(False)
-    head_params = pretraining.train_head(head, encoder, 0.01)
+    head_params = mlm_head.train_head(head, encoder, 0.01)
     weights = masking.prunable_weights(encoder)
     vocab, pad = encoder.config.vocab_size, encoder.config.pad_token_id
     with torch.no_grad():  # a padding row that is not zero, so that a gradient would show
@@ -218,7 +219,7 @@ def train_scores(folder, pattern, looked_up_rows, steps=6):
     )
     module = objectives.PretrainingLoss(encoder, weights, "mlm-kd", head)
     trained = [m.score for n, m in scores.items() if not n.startswith("pooler")]
-    optimizer = pretraining.optimizer(trained, 0.01, head_params, 0.01)
+    optimizer = _common.optimizer(trained, 0.01, head_params, 0.01)
     # tokens (random replacements included) below vocab/2: the rows above are never looked up
     info = {"special_ids": [0, 1, 2, 3, 4], "mask_id": 4, "vocab_size": vocab // 2}
     for step in range(steps):
@@ -404,8 +405,8 @@ def test_resume_gives_the_same_mask(cli, tiny_bert, corpus, monkeypatch):
     assert res.code == 2 and "started with sparsity=0.5" in res.err
     res = cli("search", "--resume", "part")
     assert res.code == 0, res.err
-    a = artifacts.load_masks(Path("full/masks.safetensors"))
-    b = artifacts.load_masks(Path("part/masks.safetensors"))
+    a = maskfile.load_masks(Path("full/masks.safetensors"))
+    b = maskfile.load_masks(Path("part/masks.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(r)["step"] for r in Path("part/metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 8
@@ -465,7 +466,7 @@ def test_same_seed_same_mask_on_a_headless_model(cli, tiny_bert, corpus, method,
     for i in range(2):  # a fresh cache each time: the head is fitted again, identically
         monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / f"cache{i}"))
         assert cli(*train_args(tiny_bert, corpus, method, f"r{i}", *args)).code == 0
-        masks.append(artifacts.load_masks(Path(f"r{i}/masks.safetensors")))
+        masks.append(maskfile.load_masks(Path(f"r{i}/masks.safetensors")))
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
     init = masking.masks_from_scores(
         masking.magnitude_scores(masking.prunable_weights(loaded_model(tiny_bert))), 0.5
@@ -485,7 +486,7 @@ def test_same_seed_same_mask_on_a_headless_model(cli, tiny_bert, corpus, method,
     monkeypatch.setenv("TAMT_CACHE_DIR", str(tmp_path / "cache-resume-2"))
     res = cli("search", "--resume", "part")
     assert res.code == 0, res.err
-    resumed = artifacts.load_masks(Path("part/masks.safetensors"))
+    resumed = maskfile.load_masks(Path("part/masks.safetensors"))
     assert all(torch.equal(masks[0][k], resumed[k]) for k in resumed)
 
 
@@ -563,7 +564,7 @@ def test_two_processes_with_torchrun(tmp_path, tiny_bert, corpus):
     assert [p.name for p in runs] == ["ddp"]
     manifest = json.loads((tmp_path / "ddp/manifest.json").read_text())
     assert manifest["notes"]["processes"] == 2 and manifest["status"] == "complete"
-    masks = artifacts.load_masks(tmp_path / "ddp/masks.safetensors")
+    masks = maskfile.load_masks(tmp_path / "ddp/masks.safetensors")
     assert all(int((~m).sum()) == m.numel() // 2 for m in masks.values())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tamt_cli import engine, verbosity
+from tamt_cli import engine, progress, trackers, verbosity
 from tests.tiny import write_sst2
 
 
@@ -100,8 +100,8 @@ def test_tracker_choices_are_checked_before_anything_runs(cli, tiny_bert, corpus
         "(pip install tensorboard)"
     )
     assert not Path("run").exists()
-    assert engine.installed_trackers(["all"]) == []  # all: those installed, here none
-    assert engine.installed_trackers(["none"]) == []
+    assert trackers.installed_trackers(["all"]) == []  # all: those installed, here none
+    assert trackers.installed_trackers(["none"]) == []
 
 
 def test_quiet_prints_the_result_only_and_verbose_adds_debug_lines(cli, tiny_bert, tmp_path):
@@ -127,8 +127,8 @@ def test_tamt_no_progress_is_a_yes_no_variable(monkeypatch, value, terminal, mod
     monkeypatch.setenv("TAMT_NO_PROGRESS", value)
     console = Console(file=io.StringIO(), force_terminal=terminal)
     loop = engine.Loop(max_steps=4, batch_size=2)
-    assert engine.Progress(console, loop, 0, enabled=True).mode == mode
-    assert engine.Progress(Console(file=io.StringIO(), quiet=True), loop, 0, True).mode is None
+    assert progress.Progress(console, loop, 0, enabled=True).mode == mode
+    assert progress.Progress(Console(file=io.StringIO(), quiet=True), loop, 0, True).mode is None
 
 
 @pytest.mark.parametrize(
@@ -150,9 +150,9 @@ def test_plain_lines_carry_the_time_left():
     out = io.StringIO()
     console = Console(file=out, width=40)
     loop = engine.Loop(max_steps=100, batch_size=2, description="a long description of a loop")
-    progress = engine.Progress(console, loop, 50, enabled=True)
-    progress.t0 -= 10.0  # 10 s for 25 steps: 10 s for the 25 left
-    progress.line(75, {"loss": 0.5, "sparsity": 0.7, "lr": 1e-3, "seconds": 10.0})
+    shown = progress.Progress(console, loop, 50, enabled=True)
+    shown.t0 -= 10.0  # 10 s for 25 steps: 10 s for the 25 left
+    shown.line(75, {"loss": 0.5, "sparsity": 0.7, "lr": 1e-3, "seconds": 10.0})
     line = out.getvalue()
     assert line.count("\n") == 1, line  # one line, although longer than the console
     assert line.startswith("a long description of a loop  step 75/100  loss 0.5000  sparsity")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tamt_cli import artifacts, masking
+from tamt_cli import maskfile, masking
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
@@ -71,20 +71,20 @@ def test_every_group_of_every_masked_matrix_keeps_exactly_n(cli, tiny_bert, corp
     assert res.code == 0, res.err
     manifest = json.loads(Path("run/manifest.json").read_text())
     assert manifest["pattern"] == "2:4" and manifest["sparsity"] == 0.5
-    masks = artifacts.load_masks(Path("run/masks.safetensors"))
+    masks = maskfile.load_masks(Path("run/masks.safetensors"))
     assert len(masks) == 14
     every_group_keeps(masks, 2, 4)
     assert manifest["sparsity_report"]["overall"]["sparsity"] == 0.5
     if method == "imp":  # round 1 keeps 3 of every 4, round 2 the target 2
         steps = [m for m in manifest["masks"] if m.get("round") == 1]
-        every_group_keeps(artifacts.load_masks(Path("run") / steps[0]["file"]), 3, 4)
+        every_group_keeps(maskfile.load_masks(Path("run") / steps[0]["file"]), 3, 4)
     # extract and its export carry the pattern and the mask unchanged
     assert cli("extract", "run", "--export", "sub").code == 0
     sub = json.loads(Path("sub/manifest.json").read_text())
     assert sub["pattern"] == "2:4"
     assert all(
         torch.equal(a, masks[n])
-        for n, a in artifacts.load_masks(Path("sub/masks.safetensors")).items()
+        for n, a in maskfile.load_masks(Path("sub/masks.safetensors")).items()
     )
 
 
@@ -99,8 +99,8 @@ def test_kd_moves_away_from_the_magnitude_pattern(cli, tiny_bert, corpus):
     res = cli("search", "-m", "kd", "--pattern", "2:4", "--model", tiny_bert, "--out", "kd",
               "--max-steps", "8", *extra)  # fmt: skip
     assert res.code == 0, res.err
-    omp = artifacts.load_masks(Path("omp/masks.safetensors"))
-    kd = artifacts.load_masks(Path("kd/masks.safetensors"))
+    omp = maskfile.load_masks(Path("omp/masks.safetensors"))
+    kd = maskfile.load_masks(Path("kd/masks.safetensors"))
     every_group_keeps(kd, 2, 4)
     changed = {n: int((kd[n] != omp[n]).sum()) for n in omp}
     trained = [n for n in changed if not n.startswith("pooler")]

@@ -253,7 +253,17 @@ def test_api_1_module_attributes_keep_resolving():
     """Plugins of API 1 reach whole modules as ``api.<name>``, ``api.transfer`` among them (the
     task model's module under its earlier name)."""
     import tamt_cli.api as api
-    from tamt_cli import artifacts, engine, finetune, masking, objectives, pretraining, task_model
+    from tamt_cli import (
+        artifacts,
+        engine,
+        files,
+        finetune,
+        maskfile,
+        masking,
+        objectives,
+        pretraining,
+        task_model,
+    )
 
     assert api.transfer is task_model
     assert api.transfer.quiet is task_model.quiet
@@ -262,9 +272,14 @@ def test_api_1_module_attributes_keep_resolving():
     from tamt_cli.api import transfer  # as a plugin of API 1 may import it
 
     assert transfer is task_model
-    modules = (masking, engine, objectives, pretraining, artifacts, finetune)
+    modules = (masking, engine, objectives, pretraining, finetune)
     for module in modules:
         assert getattr(api, module.__name__.rsplit(".", 1)[1]) is module
+    # what artifacts held when API 1 began, now in three modules
+    for module in (artifacts, files, maskfile):
+        for name in (n for n in vars(module) if not n.startswith("_")):
+            assert getattr(api.artifacts, name) is getattr(module, name), name
+    assert api.artifacts.load_masks is api.load_masks
     assert "transfer" not in api.__all__
     with pytest.raises(AttributeError):
         api.task_model  # noqa: B018  (not part of the plugin API)

@@ -53,7 +53,7 @@ def test_saved_spec_repeats_the_run(cli, tiny_bert, tmp_path):
     assert res.code == 0, res.err
     import torch
 
-    from tamt_cli.artifacts import load_masks
+    from tamt_cli.maskfile import load_masks
 
     a, b = load_masks(Path("a/masks.safetensors")), load_masks(Path("b/masks.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

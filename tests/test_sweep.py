@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tamt_cli import artifacts
+from tamt_cli import artifacts, maskfile
 from tests.tiny import SENTENCES
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -176,8 +176,8 @@ def test_killed_sweep_continues_and_ends_with_the_uninterrupted_mask(
     )
     monkeypatch.setattr(Engine, "save_checkpoint", save)
     assert cli("sweep", path, "--out", "out").code == 0
-    resumed = artifacts.load_masks(run / "masks.safetensors")
-    whole = artifacts.load_masks(full / "search/kd-s0.7/masks.safetensors")
+    resumed = maskfile.load_masks(run / "masks.safetensors")
+    whole = maskfile.load_masks(full / "search/kd-s0.7/masks.safetensors")
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
@@ -465,7 +465,7 @@ def test_report_over_runs_equals_report_over_the_sweep(swept, cli):
 def test_mask_overlap_is_the_jaccard_of_kept_weights(swept, cli):
     _, out = swept
     a, b = out / "search/kd-s0.7/masks.safetensors", out / "search/omp-s0.7/masks.safetensors"
-    ma, mb = artifacts.load_masks(a), artifacts.load_masks(b)
+    ma, mb = maskfile.load_masks(a), maskfile.load_masks(b)
     both = sum(int((ma[k] & mb[k]).sum()) for k in ma)
     either = sum(int((ma[k] | mb[k]).sum()) for k in ma)
     res = cli("report", a, b, "--format", "json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamt_cli import artifacts, masking, models, subjects, task_data, task_model
+from tamt_cli import maskfile, masking, models, subjects, task_data, task_model
 from tamt_cli.errors import UserError
 from tamt_cli.registry import create_task
 
@@ -18,7 +18,7 @@ def mask_file(tiny_bert, tmp_path):
     weights = masking.prunable_weights(encoder)
     masks = masking.masks_from_scores(masking.magnitude_scores(weights), 0.5)
     path = tmp_path / "omp.safetensors"
-    artifacts.save_masks(path, masks)
+    maskfile.save_masks(path, masks)
     return path, masks
 
 

@@ -6,8 +6,11 @@ A method is a class registered under the ``tamt.methods`` entry-point group::
     omp = "tamt_cli.methods.magnitude:OneShotMagnitude"
 
 A one-shot method (omp, random) only computes. A method with ``trains = True`` runs the
-training engine (``job.engine``), writes masks at checkpoints through ``job.run`` and resumes
-when ``job.resume`` is set; its run directory exists from the start.
+training engine (``job.engine``: the loop, values reduced over processes with
+``job.engine.reduce``, checkpoints), writes masks at checkpoints through ``job.run`` and resumes
+when ``job.resume`` is set; its run directory exists from the start. It loads what else it needs
+(a task model, the tokenizer) from ``job.ref`` through ``tamt_cli.api``, never straight from
+transformers, so that offline use and errors behave as everywhere in tamt.
 
 It has a one-line ``summary``, an ``Options`` pydantic model for its own settings (unknown
 options are rejected; given on the command line as ``-o name=value`` or in a spec's
@@ -42,8 +45,12 @@ from tamt_cli.errors import UserError
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
+    from transformers import PreTrainedModel
 
+    from tamt_cli.artifacts import RunWriter
+    from tamt_cli.engine import Engine
     from tamt_cli.masking import Prunable
+    from tamt_cli.models import ModelRef
     from tamt_cli.specs import SearchSpec
 
 
@@ -55,18 +62,19 @@ class NoOptions(BaseModel):
 
 @dataclass
 class SearchJob:
-    """Everything a method's ``search`` may use."""
+    """Everything a method's ``search`` may use. ``engine`` and ``run`` are given to training
+    methods (``trains = True``) only: a one-shot method's are None."""
 
     spec: SearchSpec
-    model: Any  # the pre-trained encoder (a transformers PreTrainedModel), float32
+    model: PreTrainedModel  # the pre-trained encoder, float32
     weights: list[Prunable]  # the matrices to mask, in model order
     console: Console
+    ref: ModelRef  # the resolved --model: where the model (and its tokenizer) loads from
     notes: dict[str, Any] = field(default_factory=dict)  # method facts to record in the manifest
     targets: dict[str, float] | None = None  # per-matrix target sparsity, if not spec.sparsity
     # for training methods (``trains = True``) only:
-    ref: Any = None  # the resolved --model (tamt_cli.models.ModelRef)
-    engine: Any = None  # tamt_cli.engine.Engine: processes, the loop, checkpoints
-    run: Any = None  # tamt_cli.artifacts.RunWriter: masks at steps, extra files, the manifest
+    engine: Engine | None = None  # processes, the loop, reductions over processes, checkpoints
+    run: RunWriter | None = None  # masks at steps, extra files, the manifest (set after preflight)
     resume: bool = False  # continue from the run's last checkpoint
 
     @property

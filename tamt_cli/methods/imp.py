@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob, sparsity_of
+from tamt_cli.specs import Objective
 
 if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
@@ -59,7 +60,7 @@ REWIND_PREFIX = "imp.rewind."
 class IMPOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["mlm", "kd", "mlm-kd"] = Field(
+    objective: Objective = Field(
         "mlm", description="training objective between prunings: mlm (the paper), kd, mlm-kd"
     )
     steps_per_round: int = Field(
@@ -177,7 +178,7 @@ def round_pattern(pattern: tuple[int, int] | None, r: int) -> tuple[int, int] | 
 
 def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
     """Rounds, steps, learning rate and intervals of a run: the spec's, else the defaults."""
-    from tamt_cli import pretraining
+    from tamt_cli import mlm_head
 
     levels = round_levels(sparsity_of(spec), fraction_of(spec, opts))
     total = (len(levels) - 1) * opts.steps_per_round
@@ -193,7 +194,7 @@ def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
         "save_every": spec.save_every or max(1, total // 10),
     }
     if "mlm" in opts.objective:
-        out.update(pretraining.head_settings(spec))
+        out.update(mlm_head.head_settings(spec))
     return out
 
 
@@ -249,7 +250,9 @@ class IMPSession:
         self.spec = job.spec
         self.options = options
         self.objective = options.objective
+        assert job.engine is not None and job.run is not None, "a training method's job"
         self.engine = job.engine
+        self.run_writer = job.run
         self.settings = settings(job.spec, options)
         self.levels = self.settings["round_sparsities"]
         self.rounds = len(self.levels)
@@ -267,15 +270,16 @@ class IMPSession:
         import torch
 
         from tamt_cli import artifacts, masking, objectives, pretraining
+        from tamt_cli.methods import _common
 
         spec, job, engine = self.spec, self.job, self.engine
         self.data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
-        pretraining.record_corpus(job, self.data)
-        last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
+        _common.record_corpus(job, self.data)
+        last = artifacts.checkpoints(self.run_writer.root)[-1:] if job.resume else []
         head = None
         self.head_lr: float | None = None
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
-            head, _, self.head_lr = pretraining.search_head(job, self.data, engine)
+            head, _, self.head_lr = _common.search_head(job, self.data, engine)
         teacher = None
         if "kd" in self.objective:  # the weights train: the teacher is a frozen pre-trained copy
             teacher = copy.deepcopy(job.model).eval()
@@ -294,7 +298,7 @@ class IMPSession:
         self.loss_module = objectives.PretrainingLoss(
             job.model, job.weights, self.objective, head, teacher=teacher
         )
-        self.params = pretraining.trainable_state(self.loss_module)
+        self.params = _common.trainable_state(self.loss_module)
         encoder_ids = {id(p) for p in job.model.parameters()}
         self.head_names = {n for n, p in self.params.items() if id(p) not in encoder_ids}
         self.head_params = [self.params[n] for n in sorted(self.head_names)]
@@ -314,12 +318,10 @@ class IMPSession:
         return self.masks
 
     def new_optimizer(self) -> tuple[Any, Any]:
-        from tamt_cli import pretraining
         from tamt_cli.engine import linear_schedule
+        from tamt_cli.methods import _common
 
-        optimizer = pretraining.optimizer(
-            self.encoder_params, self.lr, self.head_params, self.head_lr
-        )
+        optimizer = _common.optimizer(self.encoder_params, self.lr, self.head_params, self.head_lr)
         horizon = self.total_steps if self.options.schedule == "run" else self.per_round
         return optimizer, linear_schedule(optimizer, horizon)
 
@@ -337,7 +339,7 @@ class IMPSession:
         apply_masks(job.weights, masks)
         if self.options.rewind:
             rewind(self.params, self.snapshot)
-        job.run.save_masks(masks, step=step, sparsity=level, round=r)
+        self.run_writer.save_masks(masks, step=step, sparsity=level, round=r)
         report = masking.sparsity_report(job.weights, masks)["overall"]
         self.say(
             f"IMP round {r}/{self.rounds} at step {step}: pruned {report['pruned']:,} of "
@@ -367,11 +369,11 @@ class IMPSession:
             self.data.train.shape[0],
             self.data.batch_maker(self.objective),
             loop,
-            run_dir=self.job.run.root,
+            run_dir=self.run_writer.root,
             hooks=_Hooks(self),
             start_step=start,
         )
-        self.engine.accelerator.free_memory()  # drop the round's optimiser from Accelerate
+        self.engine.free_memory()  # drop the round's optimiser from Accelerate
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, step: int) -> None:
@@ -385,7 +387,7 @@ class IMPSession:
             if (self.options.rewind_step > 0 and self.rewound_taken) or name in self.head_names:
                 tensors[REWIND_PREFIX + name] = value
         self.engine.save_checkpoint(
-            self.job.run.root,
+            self.run_writer.root,
             step,
             tensors,
             self.optimizer,
@@ -396,7 +398,7 @@ class IMPSession:
     def resume_from(self, folder: Any) -> int:
         import torch
 
-        from tamt_cli import pretraining
+        from tamt_cli.methods import _common
 
         job = self.job
         self.optimizer, self.scheduler = self.new_optimizer()
@@ -415,7 +417,7 @@ class IMPSession:
         own = {k: v for k, v in tensors.items() if not k.startswith("imp.")}
         if set(masks) != {p.name for p in job.weights} or set(rewound) - set(self.snapshot):
             raise UserError(f"checkpoint '{folder}' does not match this run's model")
-        pretraining.restore_trainable(self.loss_module, own)
+        _common.restore_trainable(self.loss_module, own)
         self.masks = masks
         apply_masks(job.weights, masks)
         with torch.no_grad():
@@ -425,7 +427,7 @@ class IMPSession:
             self.rewound_taken = True
         if self.round >= self.rounds:  # finished: write the run out again, train nothing
             self.say(
-                f"run '{job.run.root}' already reached sparsity {self.levels[-1]:g} (round "
+                f"run '{self.run_writer.root}' already reached sparsity {self.levels[-1]:g} (round "
                 f"{self.round} of {self.rounds}); nothing left to train"
             )
         else:
@@ -437,9 +439,9 @@ class IMPSession:
             self.job.console.print(text)
 
     def record_notes(self, head: Any) -> None:
-        from tamt_cli import pretraining
+        from tamt_cli.methods import _common
 
-        notes = pretraining.run_notes(
+        notes = _common.run_notes(
             self.objective,
             self.data,
             self.spec,
@@ -477,10 +479,10 @@ class _Hooks:
         return {"round": session.round, "sparsity": session.levels[session.round - 1]}
 
     def evaluate(self, step: int) -> dict[str, float]:
-        from tamt_cli import pretraining
+        from tamt_cli.methods import _common
 
         session = self.session
-        return pretraining.held_out_eval(
+        return _common.held_out_eval(
             session.loss_module, session.data, session.objective, session.spec, session.engine
         )
 

@@ -158,7 +158,7 @@ class MaskTraining:
 
 def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> dict[str, Any]:
     """Steps, learning rates and intervals of a run: the spec's, else the defaults."""
-    from tamt_cli import pretraining
+    from tamt_cli import mlm_head
 
     steps = spec.max_steps or DEFAULT_MAX_STEPS
     tenth = max(1, steps // 10)
@@ -171,7 +171,7 @@ def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> 
         "save_every": spec.save_every or tenth,
     }
     if "mlm" in objective:
-        out.update(pretraining.head_settings(spec))
+        out.update(mlm_head.head_settings(spec))
     return out
 
 
@@ -194,11 +194,13 @@ class TrainingSession:
     """One mask-training run: data, model, head warm-up, the loop, checkpoints, resume."""
 
     def __init__(self, job: SearchJob, objective: str, options: MaskTrainingOptions) -> None:
+        assert job.engine is not None and job.run is not None, "a training method's job"
         self.job = job
         self.spec = job.spec
         self.objective = objective
         self.options = options
         self.engine = job.engine
+        self.run_writer = job.run
         self.sparsity = job.sparsity
         self.settings = settings(objective, self.spec, options)
         self.max_steps = self.settings["max_steps"]
@@ -208,18 +210,19 @@ class TrainingSession:
         self.head_lr: float | None = None  # resolved once the head's origin is known
 
     def run(self) -> dict[str, Any]:
-        from tamt_cli import artifacts, masking, objectives, pretraining
+        from tamt_cli import artifacts, masking, mlm_head, objectives, pretraining
         from tamt_cli.engine import Loop, linear_schedule
+        from tamt_cli.methods import _common
 
-        spec, job, engine = self.spec, self.job, self.engine
+        spec, job, engine, run = self.spec, self.job, self.engine, self.run_writer
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
-        pretraining.record_corpus(job, data)
+        _common.record_corpus(job, data)
         for p in job.model.parameters():
             p.requires_grad_(False)
         head: Any = None
         head_params: list[Any] = []
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
-            head, head_params, self.head_lr = pretraining.search_head(job, data, engine)
+            head, head_params, self.head_lr = _common.search_head(job, data, engine)
         # the initial scores are copied into the parameters and not kept: a float per weight
         scores = masking.attach_scores(
             job.weights, self.initial_scores(), self.options.tau, self.pattern
@@ -229,17 +232,17 @@ class TrainingSession:
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
         loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
         trained = [m.score for m in scores.values() if m.score.requires_grad]
-        optimizer = pretraining.optimizer(trained, self.lr, head_params, self.head_lr)
+        optimizer = _common.optimizer(trained, self.lr, head_params, self.head_lr)
         scheduler = linear_schedule(optimizer, self.settings["decay_steps"])
 
         start = 0
-        last = artifacts.checkpoints(job.run.root)[-1:] if job.resume else []
+        last = artifacts.checkpoints(run.root)[-1:] if job.resume else []
         if last:
             start, tensors = engine.load_checkpoint(last[0], optimizer, scheduler)
-            pretraining.restore_trainable(loss_module, tensors)
+            _common.restore_trainable(loss_module, tensors)
             job.console.print(f"resuming from step {start} ({last[0]})")
         if start >= self.max_steps:
-            raise UserError(f"run '{job.run.root}' already reached step {start}; nothing to do")
+            raise UserError(f"run '{run.root}' already reached step {start}; nothing to do")
 
         hooks = _Hooks(self, scores, loss_module, data, optimizer, scheduler)
         loop = Loop.from_spec(
@@ -256,7 +259,7 @@ class TrainingSession:
             data.train.shape[0],
             data.batch_maker(self.objective),
             loop,
-            run_dir=job.run.root,
+            run_dir=run.root,
             hooks=hooks,
             start_step=start,
         )
@@ -264,9 +267,9 @@ class TrainingSession:
             masking.reset_thresholds(scores, self.sparsity, spec.scope)
         final = masking.exact_masks_from(scores, self.sparsity, spec.scope, self.pattern)
         if head is not None:
-            job.run.save_tensors(artifacts.HEAD_FILE, pretraining.head_state(head, job.model))
+            run.save_tensors(artifacts.HEAD_FILE, mlm_head.head_state(head, job.model))
         job.notes.update(
-            pretraining.run_notes(
+            _common.run_notes(
                 self.objective,
                 data,
                 spec,
@@ -327,28 +330,29 @@ class _Hooks:
         return {"sparsity": round(self._sparsity, 6)}
 
     def evaluate(self, step: int) -> dict[str, float]:
-        from tamt_cli import pretraining
+        from tamt_cli.methods import _common
 
         session = self.session
-        return pretraining.held_out_eval(
+        return _common.held_out_eval(
             self.loss_module, self.data, session.objective, session.spec, session.engine
         )
 
     def save(self, step: int) -> None:
-        from tamt_cli import masking, pretraining
+        from tamt_cli import masking
+        from tamt_cli.methods import _common
 
-        job = self.session.job
+        session = self.session
         # The exact top-k of the scores is the mask a threshold reset would give; τ itself is
         # left alone, so where checkpoints fall does not change the training.
         masks = masking.exact_masks_from(
-            self.scores, self.session.sparsity, self.session.spec.scope, self.session.pattern
+            self.scores, session.sparsity, session.spec.scope, session.pattern
         )
-        job.run.save_masks(masks, step=step)
-        self.session.engine.save_checkpoint(
-            job.run.root,
+        session.run_writer.save_masks(masks, step=step)
+        session.engine.save_checkpoint(
+            session.run_writer.root,
             step,
-            pretraining.trainable_state(self.loss_module),
+            _common.trainable_state(self.loss_module),
             self.optimizer,
             self.scheduler,
-            keep=self.session.spec.keep_checkpoints,
+            keep=session.spec.keep_checkpoints,
         )

@@ -43,13 +43,13 @@ class RandomPruning:
             raise UserError(f"--like mask file '{self.options.like}' does not exist")
 
     def search(self, job: SearchJob) -> dict[str, Any]:
-        from tamt_cli import artifacts, masking
+        from tamt_cli import maskfile, masking
 
         scores = masking.random_scores(job.weights, job.spec.seed)
         if self.options.like is None:
             return masking.masks_from_scores(scores, job.sparsity, job.spec.scope, job.pattern)
 
-        like = artifacts.load_masks(self.options.like)
+        like = maskfile.load_masks(self.options.like)
         masking.check_fits(like, masking.shapes(job.weights), f"--like mask '{self.options.like}'")
         counts = {name: int((~mask).sum()) for name, mask in like.items()}
         overall = masking.pruned_fraction(like) or 0.0

@@ -73,6 +73,7 @@ class MovementPruning:
             Loop,
             TaskLoss,
             linear_schedule,
+            load_task_model,
             load_tokenizer,
             magnitude_scores,
             masks_from_scores,
@@ -81,7 +82,8 @@ class MovementPruning:
             subset,
         )
 
-        spec, opts = job.spec, self.options
+        spec, opts, engine, run = job.spec, self.options, job.engine, job.run
+        assert engine is not None and run is not None  # a training method (trains = True)
         if job.resume:
             raise UserError("movement runs are short and do not resume; start a new run")
         task = create_task(opts.task, opts.task_options)
@@ -90,10 +92,7 @@ class MovementPruning:
             raw = subset(raw, opts.train_size, spec.seed, opts.task)
             tokenizer = load_tokenizer(job.ref)
             features = task.encode(raw, tokenizer, spec.max_length, None, train=True)
-            torch.manual_seed(spec.seed)
-            model = task.auto_model_class().from_pretrained(
-                job.ref.location, **task.model_config(), dtype=torch.float32
-            )
+        model = load_task_model(job.ref, task, spec.seed)  # the head initialised from the seed
         weights = prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
         expected = {p.name for p in job.weights}
         weights = [p for p in weights if p.name in expected]
@@ -107,19 +106,16 @@ class MovementPruning:
         loop = Loop.from_spec(
             spec, steps, f"movement ({opts.task})", eval_every=None, save_every=None
         )
-        job.engine.fit(
+        engine.fit(
             TaskLoss(model),
             optimizer,
             scheduler,
             len(batcher),
             lambda indices, generator: batcher(indices.tolist()),
             loop,
-            run_dir=job.run.root,
+            run_dir=run.root,
         )
-        scores = {
-            name: job.engine.accelerator.reduce(s.to(job.engine.device), reduction="mean").cpu()
-            for name, s in tracker.close().items()
-        }
+        scores = {name: engine.reduce(s).cpu() for name, s in tracker.close().items()}
         if missing:  # weights the task model lacks (a QA model has no pooler): magnitude
             scores.update(magnitude_scores(p for p in job.weights if p.name in missing))
         job.notes.update(
