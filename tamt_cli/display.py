@@ -287,13 +287,6 @@ def bench_table(result: dict[str, Any]) -> Group:
 # -- figures for people ---------------------------------------------------------------------
 
 
-def duration(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on (rounded to the second)."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
 def plus_minus(mean: float | None, std: float | None) -> str:
     """``81.25 ± 0.43``; the mean alone for one seed (``std`` None); ``-`` for no mean."""
     if mean is None:

@@ -12,7 +12,6 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from tamt_cli import verbosity
-from tamt_cli.display import duration as _duration
 
 
 class Steps(Protocol):
@@ -105,7 +104,7 @@ class Progress:
         done = step - self.start
         left = elapsed / done * (self.loop.max_steps - step) if done > 0 else None
         text = "  ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
-        eta = _duration(left) if left is not None else "?"
+        eta = duration(left) if left is not None else "?"
         line = (
             f"{self.loop.description}  step {step}/{self.loop.max_steps}  {text}  "
             f"{elapsed:.1f} s  ETA {eta}"
@@ -126,6 +125,14 @@ def scoring(
     with bar(console, transient=True) as shown:
         ids = {split: shown.add_task(f"scoring {split}", total=n) for split, n in totals.items()}
         yield lambda split, n: shown.advance(ids[split], n)
+
+
+def duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on (rounded to the second): the training loop's
+    time left, a sweep's cell times and time left."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _fmt(value: Any) -> str:

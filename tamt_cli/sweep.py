@@ -31,8 +31,8 @@ from pydantic import Field, field_validator
 from rich.console import Console
 
 from tamt_cli import __version__, artifacts, files, specs
-from tamt_cli.display import duration
 from tamt_cli.errors import UserError, first_line
+from tamt_cli.progress import duration
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
 INDEX_FORMAT = "tamt.sweep"
