@@ -9,7 +9,7 @@ of every seed and every dev split):
   drawn by the seed, or all) and of every dev split, the earlier code path (it still gets what
   ``datasets``' own cache gives a file-backed data set);
 * ``once, empty cache``: :func:`tamt_cli.task_data.train_data` and
-  :func:`tamt_cli.task_model.eval_sets` with an empty tamt cache (tokenise, then store);
+  :func:`tamt_cli.task_data.eval_sets` with an empty tamt cache (tokenise, then store);
 * ``once, cached``: the same again (every split read from the cache).
 
 Without ``--data-dir`` it writes a SQuAD-shaped data set made of the paragraphs of
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tamt-finetune-data-") as tmp:
         os.environ["TAMT_CACHE_DIR"] = str(Path(tmp) / "cache")  # an empty tamt cache
         from tamt_cli import models, task_data, task_model, verbosity
-        from tamt_cli.tasks.base import create_task
+        from tamt_cli.registry import create_task
 
         data = args.data_dir or squad_files(Path(tmp) / "squad", args.train, args.dev)
         task = create_task(args.task)
@@ -88,7 +88,7 @@ def main() -> None:
             def per_seed() -> str:
                 raw = task.load(task.train_split, data)
                 for seed in seeds:
-                    part = task_model.subset(raw, args.train_size, seed, task.name)
+                    part = task_data.subset(raw, args.train_size, seed, task.name)
                     task.encode(part, tokenizer, length, stride, train=True)
                 for split in task.eval_splits:
                     task.encode(task.load(split, data), tokenizer, length, stride, train=False)
@@ -102,7 +102,7 @@ def main() -> None:
                 )  # fmt: skip
                 for seed in seeds:
                     train.for_seed(seed)
-                sets = task_model.eval_sets(task, task.eval_splits, data, tokenizer, length, stride)
+                sets = task_data.eval_sets(task, task.eval_splits, data, tokenizer, length, stride)
                 return ", ".join([train.tokenised.cache, *(s.tokenised["cache"] for s in sets)])
 
             print(f"{task.name}, {data}, seeds {args.seeds}, train size {args.train_size or 'all'}")

@@ -63,10 +63,10 @@ def tamt_args(row: str, args: argparse.Namespace, work: Path) -> list[str]:
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The environment the ``tamt`` command would run a row with (its malloc settings on glibc,
-    :mod:`tamt_cli.launch`; ``TAMT_MALLOC=system`` measures glibc's defaults)."""
-    from tamt_cli import launch
+    :mod:`tamt_cli.allocator`; ``TAMT_MALLOC=system`` measures glibc's defaults)."""
+    from tamt_cli import allocator
 
-    return launch.allocator_env(env, launch.glibc()) or env
+    return allocator.allocator_env(env, allocator.glibc()) or env
 
 
 def child(row: str, argv: list[str], model: str, result: Path) -> None:

@@ -46,8 +46,8 @@ from typing import Any
 
 from tamt_cli.errors import UserError, did_you_mean
 from tamt_cli.methods.base import Method, NoOptions, SearchJob
-from tamt_cli.registry import API_VERSION
-from tamt_cli.tasks.base import Defaults, Task, TaskBase, create_task, model_inputs
+from tamt_cli.registry import API_VERSION, create_task
+from tamt_cli.tasks.base import Defaults, Task, TaskBase, model_inputs
 
 #: public name → the module that defines it (imported on first use)
 _NAMED = {
@@ -70,7 +70,8 @@ _NAMED = {
     **dict.fromkeys(("Engine", "Loop", "Hooks", "linear_schedule"), "tamt_cli.engine"),
     "PretrainingLoss": "tamt_cli.objectives",
     **dict.fromkeys(("load_task_model", "load_tokenizer"), "tamt_cli.models"),
-    **dict.fromkeys(("Batcher", "TaskLoss", "subset"), "tamt_cli.task_model"),
+    "TaskLoss": "tamt_cli.task_model",
+    **dict.fromkeys(("Batcher", "subset"), "tamt_cli.task_data"),
     "quiet_libraries": "tamt_cli.verbosity",
     **dict.fromkeys(("load_masks", "save_masks"), "tamt_cli.maskfile"),
 }

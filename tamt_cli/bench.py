@@ -111,17 +111,17 @@ DEFAULT_LENGTH = 128
 def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The first ``batch_size`` features of the task's first dev split, encoded as fine-tuning
     encodes them (truncated at ``max_length``, else the task's length) and padded as a batch."""
-    from tamt_cli import task_model
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli import task_data, task_model
+    from tamt_cli.registry import create_task
 
     task = create_task(str(spec.task), spec.task_options)
     split = task.eval_splits[0]
     tokenizer = task_model.load_tokenizer(subject.ref)
-    (eval_set,) = task_model.eval_sets(
+    (eval_set,) = task_data.eval_sets(
         task, [split], spec.data_dir, tokenizer, spec.max_length, None
     )
     count = min(spec.batch_size, len(eval_set.features))
-    batch = eval_set.batcher(range(count))  # the model inputs only (task_model.INPUTS)
+    batch = eval_set.batcher(range(count))  # the model inputs only (task_data.INPUTS)
     source = {"kind": "task", "task": task.name, "split": split, "features": count}
     return batch, source
 

@@ -1199,13 +1199,13 @@ def cache_clear(
 ) -> None:
     """Remove cached token blocks, fitted MLM heads and tokenised task data (rebuilt when next
     needed)."""
-    from tamt_cli import environment
+    from tamt_cli import display, environment
 
     result = environment.clear_cache(corpus, heads=heads, features=features)
     if as_json:
         _emit_json(result)
     else:
-        size = environment.human_bytes(result["bytes"])
+        size = display.human_bytes(result["bytes"])
         _out().print(f"removed {result['files']} file(s), {size}, from {result['path']}")
 
 

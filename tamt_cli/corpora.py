@@ -29,7 +29,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,7 +268,7 @@ def load_blocks(
 
     import torch
 
-    quiet = _quiet_datasets() if splits is not None or isinstance(spec, _Local) else None
+    quiet = verbosity.quiet_libraries() if splits is not None or isinstance(spec, _Local) else None
     with quiet or contextlib.nullcontext(), _status(console, f"Tokenising {source}…"):
         if splits is not None:
             train_ids = _dataset_ids(splits["train"], tokenizer, fingerprint + "-train")
@@ -434,7 +434,7 @@ def _hub_splits(spec: _Hub) -> dict[str, Any]:
     import datasets
 
     try:
-        with _quiet_datasets():
+        with verbosity.quiet_libraries():
             loaded = datasets.load_dataset(spec.name, spec.config)
         splits = {name: loaded[name] for name in ("train", "validation")}
     except Exception as exc:  # ConnectionError, DatasetNotFoundError, HTTP errors, …
@@ -551,20 +551,3 @@ def _status(console: Any, text: str) -> contextlib.AbstractContextManager[Any]:
     from rich.markup import escape
 
     return console.status(escape(text))
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No datasets progress bars while this module works; the previous setting is restored."""
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        yield
-        return
-    was_enabled = not datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()

@@ -164,7 +164,7 @@ def render_finetune(result: dict[str, Any], console: Console) -> None:
         for split, name in columns:
             for which in ("best", "final"):
                 stat = result[which][split][name]
-                cells.append(f"{stat['mean']:.2f} ± {stat['std']:.2f}")
+                cells.append(plus_minus(stat["mean"], stat["std"]))
         table.add_row(*cells, "", style="bold")
     console.print(table)
     console.print(f"fine-tuned models in [bold]{result['out']}[/bold]")
@@ -176,8 +176,6 @@ def _value(value: Any) -> str:
 
 def env_table(report: dict[str, Any]) -> Table:
     """`tamt env`: one section per concern, ready to paste into a bug report."""
-    from tamt_cli.environment import human_bytes
-
     table = Table(title="tamt environment", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("what", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -232,8 +230,6 @@ def env_table(report: dict[str, Any]) -> Table:
 def cache_table(summary: dict[str, Any]) -> Table:
     """`tamt cache list`: the size of the cached blocks per corpus, of the fitted heads and of
     the tokenised data per task."""
-    from tamt_cli.environment import human_bytes
-
     table = Table(title=f"tamt cache {summary['path']}", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("corpus", "files", "size"):
         table.add_column(col, justify="left" if col == "corpus" else "right")
@@ -286,3 +282,25 @@ def bench_table(result: dict[str, Any]) -> Group:
     parts: list[Any] = [head, table, kernels]
     parts += [Text(note) for note in result["notes"]]
     return Group(*parts)
+
+
+# -- figures for people ---------------------------------------------------------------------
+
+
+def plus_minus(mean: float | None, std: float | None) -> str:
+    """``81.25 ± 0.43``; the mean alone for one seed (``std`` None); ``-`` for no mean."""
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def human_bytes(n: int | None) -> str:
+    """``512 B``, ``1.5 KiB`` … ``2.0 GiB`` (``-`` for None)."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import cache, corpora, hub
+from tamt_cli import allocator, cache, corpora, hub
 from tamt_cli.artifacts import version, versions
 
 TRACKER_PACKAGES = ("tensorboard", "wandb", "mlflow", "trackio")
@@ -30,7 +30,7 @@ def report(check_hub: bool = True) -> dict[str, Any]:
         "libraries": libraries,
         "trackers": {name: version(name) for name in TRACKER_PACKAGES},
         "accelerators": accelerators(),
-        "allocator": allocator(),
+        "allocator": allocator.state(),
         "plugins": [
             {k: row[k] for k in ("kind", "name", "distribution", "version", "status", "error")}
             for kind in ("method", "task")
@@ -54,18 +54,6 @@ def accelerators() -> dict[str, Any]:
         else [],
         "mps": bool(mps is not None and mps.is_available()),
         "cpu_threads": torch.get_num_threads(),
-    }
-
-
-def allocator() -> dict[str, Any]:
-    """The C library and the malloc settings this process runs with (see
-    :mod:`tamt_cli.launch`)."""
-    from tamt_cli import launch
-
-    return {
-        "libc": launch.glibc(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "ld_preload": os.environ.get("LD_PRELOAD"),
     }
 
 
@@ -231,14 +219,3 @@ def clear_cache(
         except FileNotFoundError:
             pass
     return {"path": str(cache.root(root)), "files": len(entries), "bytes": removed}
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover

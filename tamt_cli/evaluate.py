@@ -10,7 +10,17 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, maskfile, masking, models, progress, subjects, task_model, verbosity
+from tamt_cli import (
+    artifacts,
+    maskfile,
+    masking,
+    models,
+    progress,
+    subjects,
+    task_data,
+    task_model,
+    verbosity,
+)
 from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
@@ -42,7 +52,7 @@ def run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
 
 
 def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     assert spec.task is not None
     location, manifest = subjects.fine_tuned(spec.checkpoint)
@@ -63,7 +73,7 @@ def _run_task(spec: EvalSpec, console: Console) -> dict[str, Any]:
     engine = Engine("no", console)  # several processes (torchrun): each scores its share
     try:
         with console.status(f"loading {task.name} data"), engine.main_first():
-            sets = task_model.eval_sets(
+            sets = task_data.eval_sets(
                 task, splits, spec.data_dir, tokenizer, max_length, doc_stride, console
             )
         model = models.load_task_model(ref, task, trained=True).to(engine.device)

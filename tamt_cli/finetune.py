@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tamt_cli import artifacts, files, maskfile, models, registry, task_data, ta
 from tamt_cli.engine import Hooks
 from tamt_cli.errors import UserError
 from tamt_cli.specs import FinetuneSpec
+from tamt_cli.tasks.metrics import over_seeds
 
 if TYPE_CHECKING:
     from tamt_cli.subjects import Subject
@@ -71,7 +71,8 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
     """The hyper-parameters a run of ``spec`` will use (for ``--dry-run``). The evaluation
     interval depends on the run's length: computed when it is known without tokenising (a
     classification task with ``--train-size`` or local data), else given as the rule."""
-    from tamt_cli.tasks.base import MAX_EVALUATIONS, create_task, eval_interval
+    from tamt_cli.registry import create_task
+    from tamt_cli.tasks.base import MAX_EVALUATIONS, eval_interval
 
     task = create_task(spec.task, spec.task_options)
     hyperparameters = settings(spec, task)
@@ -99,7 +100,7 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
 def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     from tamt_cli import subjects
     from tamt_cli.engine import Engine
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     task = create_task(spec.task, spec.task_options)
     subject = subjects.resolve(spec.subnetwork, model=spec.model, own_weights=True)
@@ -125,7 +126,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 doc_stride=hyperparameters["doc_stride"],
                 console=console,
             )
-            sets = task_model.eval_sets(
+            sets = task_data.eval_sets(
                 task,
                 task.eval_splits,
                 spec.data_dir,
@@ -231,7 +232,7 @@ class FinetuneJob:
     subject: Subject  # the subnetwork (or dense model) fine-tuned
     tokenizer: Any
     train: task_data.TrainData  # the training examples and their features, for every seed
-    sets: list[task_model.EvalSet]
+    sets: list[task_data.EvalSet]
     hyperparameters: dict[str, Any]  # :func:`settings`
     engine: Any
     stage: Path | None  # the run's folder while it is written (None off the main process)
@@ -254,7 +255,7 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         raise UserError(f"no training features for task '{task.name}'")
     model_and_masks = task_model.build(task, job.subject, seed)
     multiple = 8 if hyperparameters["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
-    batcher = task_model.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
+    batcher = task_data.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
     n, batch_size = len(batcher), hyperparameters["batch_size"]
     steps = max(1, math.ceil(hyperparameters["epochs"] * n / batch_size))
     module = task_model.TaskLoss(model_and_masks.model)
@@ -386,7 +387,7 @@ def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
 
 
 def data_record(
-    spec: FinetuneSpec, train: task_data.TrainData, sets: list[task_model.EvalSet]
+    spec: FinetuneSpec, train: task_data.TrainData, sets: list[task_data.EvalSet]
 ) -> dict[str, Any]:
     """Where the data came from, how much of it, and how it was tokenised (``tokenised``: the
     feature cache's ``hit``, ``miss`` or ``off`` and its key, per split)."""
@@ -405,16 +406,12 @@ def data_record(
 
 def aggregate(runs: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
     """Per split and metric: the values over seeds, their mean and sample standard deviation
-    (None for one seed)."""
+    (None for one seed) (:func:`tamt_cli.tasks.metrics.over_seeds`)."""
     out: dict[str, dict[str, Any]] = {}
     for split, metrics in runs[0][which]["metrics"].items():
         for name in metrics:
             values = [r[which]["metrics"][split][name] for r in runs]
-            out.setdefault(split, {})[name] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "values": values,
-            }
+            out.setdefault(split, {})[name] = over_seeds(values)
     return out
 
 

@@ -4,18 +4,16 @@ once with a clear message instead of after minutes of retries."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
+
+from tamt_cli import verbosity
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def offline() -> bool:
     """Whether the environment asks for offline mode."""
-    return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in OFFLINE_VARS
-    )
+    return any(verbosity.flag(var) for var in OFFLINE_VARS)
 
 
 def endpoint() -> str:

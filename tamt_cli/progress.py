@@ -104,7 +104,7 @@ class Progress:
         done = step - self.start
         left = elapsed / done * (self.loop.max_steps - step) if done > 0 else None
         text = "  ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
-        eta = _duration(left) if left is not None else "?"
+        eta = duration(left) if left is not None else "?"
         line = (
             f"{self.loop.description}  step {step}/{self.loop.max_steps}  {text}  "
             f"{elapsed:.1f} s  ETA {eta}"
@@ -127,7 +127,9 @@ def scoring(
         yield lambda split, n: shown.advance(ids[split], n)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on (rounded to the second): the training loop's
+    time left, a sweep's cell times and time left."""
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -9,14 +9,13 @@ for, unless ``TAMT_STRICT_PLUGINS=1`` makes every failure fatal.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from tamt_cli import __version__
+from tamt_cli import __version__, verbosity
 from tamt_cli.errors import UserError, unknown
 
 GROUPS = {"method": "tamt.methods", "task": "tamt.tasks"}
@@ -31,7 +30,7 @@ class PluginError(UserError):
 
 
 def strict() -> bool:
-    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return verbosity.flag(STRICT_ENV)
 
 
 @dataclass
@@ -194,6 +193,29 @@ def tasks() -> Registry:
 
 def registry(kind: str) -> Registry:
     return {"method": methods, "task": tasks}[kind]()
+
+
+def create_method(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The method registered as ``name``, constructed with its validated options:
+    ``cls(cls.Options(**options))``."""
+    from tamt_cli import specs
+
+    cls = methods().get(name)
+    return cls(specs.validate(cls.Options, dict(options or {}), f"options of method '{name}'"))
+
+
+def create_task(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The task registered as ``name``, constructed: ``cls()``, or ``cls(validated options)``
+    for a task class with an ``Options`` pydantic model."""
+    from tamt_cli import specs
+
+    cls = tasks().get(name)
+    model = getattr(cls, "Options", None)
+    if model is None:
+        if options:
+            raise UserError(f"task '{name}' takes no options (got {', '.join(options)})")
+        return cls()
+    return cls(specs.validate(model, dict(options or {}), f"options of task '{name}'"))
 
 
 def describe(name: str, kind: str | None = None) -> dict[str, Any]:

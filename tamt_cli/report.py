@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tamt_cli import artifacts, maskfile
+from tamt_cli.display import plus_minus
 from tamt_cli.errors import UserError
+from tamt_cli.tasks.metrics import over_seeds
 
 FORMAT = "tamt.report"
 VERSION = 1
@@ -210,16 +212,6 @@ def _order(key: Key) -> tuple[int, str, float]:
     return rank, method, sparsity if sparsity is not None else -1.0
 
 
-def aggregate(values: list[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (None for one value), as `tamt finetune` reports."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "n": len(values),
-        "values": values,
-    }
-
-
 def _all_metrics(seeds: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
     names = sorted(
         {f"{split}/{name}" for seed in seeds for split, ms in seed[which].items() for name in ms}
@@ -230,7 +222,7 @@ def _all_metrics(seeds: list[dict[str, Any]], which: str) -> dict[str, dict[str,
         values = [seed[which][split][name] for seed in seeds if name in seed[which].get(split, {})]
         values = [float(v) for v in values if isinstance(v, (int, float))]
         if values:
-            out[full] = aggregate(values)
+            out[full] = over_seeds(values)
     return out
 
 
@@ -269,7 +261,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
         ]
         if not values:
             continue
-        main = aggregate(values)
+        main = over_seeds(values)
         rows.append(
             {
                 "task": task,
@@ -480,12 +472,6 @@ def compare_files(paths: list[Path]) -> dict[str, Any]:
 # -- output ---------------------------------------------------------------------------------
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
 def _cell(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -510,7 +496,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 "-" if r["sparsity"] is None else f"{r['sparsity']:g}",
                 str(len(r["values"])),
                 r["metric"].split("/")[-1],
-                _pm(r["mean"], r["std"]),
+                plus_minus(r["mean"], r["std"]),
                 _cell(r["matching"]),
                 *[_cell(r["heldout"].get(o)) for o in objectives],
                 "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}",

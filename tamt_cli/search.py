@@ -19,11 +19,9 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     from tamt_cli import models
     from tamt_cli.methods.base import check_spec
 
-    method_cls = registry.methods().get(spec.method)
     if spec.budget == "paper":
-        spec = _paper_budget(spec, method_cls)
-    options = specs.validate(method_cls.Options, spec.options, f"options of method '{spec.method}'")
-    method = method_cls(options)
+        spec = _paper_budget(spec, registry.methods().get(spec.method))
+    method = registry.create_method(spec.method, spec.options)
     check_spec(method, spec)
     models.resolve(spec.model)
     if spec.out is None:

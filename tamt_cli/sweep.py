@@ -32,6 +32,7 @@ from rich.console import Console
 
 from tamt_cli import __version__, artifacts, files, specs
 from tamt_cli.errors import UserError, first_line
+from tamt_cli.progress import duration
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
 
 INDEX_FORMAT = "tamt.sweep"
@@ -257,7 +258,7 @@ def _check_variants(grid: GridSpec, grid_file: Path, methods: Any) -> None:
 
 def _check_tasks(grid: GridSpec, grid_file: Path) -> None:
     from tamt_cli import hub
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli.registry import create_task
 
     options = grid.finetune.get("task_options") or {}
     for task in grid.tasks:
@@ -573,12 +574,12 @@ def _line(
     timings: dict[str, list[float]],
 ) -> None:
     colour = {"done": "green", "failed": "red", "skipped": "yellow"}.get(status, "white")
-    took = f" in {_duration(cell.seconds)}" if cell.seconds is not None else ""
+    took = f" in {duration(cell.seconds)}" if cell.seconds is not None else ""
     error = f": {cell.error}" if cell.error else ""
     eta = _eta(todo, timings)
     console.print(
         f"\\[{finished}/{total}] [{colour}]{status}[/{colour}] {cell.label}{took}{error}"
-        + (f" · ETA {_duration(eta)}" if eta else "")
+        + (f" · ETA {duration(eta)}" if eta else "")
     )
 
 
@@ -592,17 +593,6 @@ def _eta(todo: list[Cell], timings: dict[str, list[float]]) -> float | None:
     means = {k: sum(v) / len(v) for k, v in timings.items()}
     overall = sum(every) / len(every)
     return sum(means.get(c.kind, overall) for c in left)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 # -- what would run -------------------------------------------------------------------------

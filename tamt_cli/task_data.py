@@ -1,4 +1,5 @@
-"""Task data as model features: tokenised once per run, cached across runs.
+"""Task data as model features: tokenised once per run, cached across runs; seeded subsets of
+the training examples, batches of model inputs and the eval sets a model is scored on.
 
 ``tamt finetune`` tokenises its training examples once for all its seeds (with
 ``--train-size``, the examples any of the seeds draws) and every dev split once; ``tamt eval
@@ -24,6 +25,7 @@ changed, missing or truncated) is removed and the features are tokenised again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -34,8 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from tamt_cli import cache, corpora, verbosity
 from tamt_cli.errors import UserError, first_line
+from tamt_cli.tasks.base import MODEL_INPUTS
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset
 
 FORMAT = "tamt.features"
@@ -44,6 +48,8 @@ META_FILE = "tamt-features.json"
 #: the feature column a task may add: the row of the raw examples a feature was made from
 EXAMPLE_INDEX = "example_index"
 
+#: encoded columns the model reads at prediction time (gold labels stay out)
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: what :func:`tokenise` did, for the run's manifest
 HIT, MISS, OFF = "hit", "miss", "off"
 
@@ -245,9 +251,7 @@ def _read(folder: Path, key: str, console: Any) -> Dataset | None:
                 raise ValueError(f"{META_FILE} names a file outside the entry")
             if _sha256(folder / name) != digest:
                 raise ValueError(f"{name} does not match its SHA-256")
-        from tamt_cli.tasks.files import quiet_datasets
-
-        with quiet_datasets():
+        with verbosity.quiet_libraries():
             features = Dataset.load_from_disk(str(folder))
         if len(features) != meta.get("rows") or features.column_names != meta.get("columns"):
             raise ValueError("its rows or columns are not those recorded")
@@ -266,10 +270,9 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
     from datasets import Dataset
 
     from tamt_cli import files
-    from tamt_cli.tasks.files import quiet_datasets
 
     try:
-        with files.staged_dir(folder) as stage, quiet_datasets():
+        with files.staged_dir(folder) as stage, verbosity.quiet_libraries():
             features.save_to_disk(str(stage))
             digests = {
                 path.name: _sha256(path)
@@ -283,7 +286,7 @@ def _write(folder: Path, features: Dataset, meta: dict[str, Any], console: Any) 
         verbosity.note(console, f"could not cache the tokenised features in {folder.parent} "
                        f"({exc.strerror or first_line(exc)})")  # fmt: skip
         return None
-    with quiet_datasets():
+    with verbosity.quiet_libraries():
         return Dataset.load_from_disk(str(folder))
 
 
@@ -385,15 +388,13 @@ def train_data(
 ) -> TrainData:
     """Tokenise the training examples every seed of a run needs, once (see :class:`TrainData`).
     ``--train-size`` larger than the data is a one-line error."""
-    from tamt_cli import task_model
-
     settings = {"max_length": max_length, "doc_stride": doc_stride}
     rows: list[int] | None = None
     picks: dict[int, list[int]] = {}
     part = raw
     if train_size is not None:
         for seed in seeds:
-            picks[seed] = task_model.subset_rows(len(raw), train_size, seed, task.name)
+            picks[seed] = subset_rows(len(raw), train_size, seed, task.name)
         rows = sorted(set().union(*picks.values()))
         if len(rows) < len(raw):  # else every example: the features of the whole set serve
             part = raw.select(rows, keep_in_memory=True)
@@ -408,6 +409,116 @@ def train_data(
         console=console,
     )
     return TrainData(raw, tokenised, rows, picks, task, tokenizer, settings, console)
+
+
+# -- subsets, batches and eval sets -----------------------------------------------------------
+
+
+def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
+    """``size`` examples drawn without replacement by ``seed`` (kept in file order)."""
+    if size is None:
+        return raw
+    return raw.select(subset_rows(len(raw), size, seed, task))
+
+
+def subset_rows(n: int, size: int, seed: int, task: str) -> list[int]:
+    """The rows of :func:`subset`: ``size`` of ``n`` drawn by ``seed``, sorted."""
+    if size > n:
+        raise UserError(
+            f"--train-size {size} is larger than the {n} training examples of task '{task}'"
+        )
+    import torch
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:size].tolist())
+
+
+class Batcher:
+    """Model inputs for given feature indices, padded per batch by transformers'
+    ``DataCollatorWithPadding`` (on the tokenizer's padding side; to a multiple of
+    ``pad_to_multiple_of``, e.g. 8 for tensor cores under mixed precision); scalars stacked."""
+
+    def __init__(
+        self,
+        features: Dataset,
+        tokenizer: Any,
+        keys: Sequence[str] = MODEL_INPUTS,
+        pad_to_multiple_of: int | None = None,
+    ):
+        from transformers import DataCollatorWithPadding
+
+        keep = [c for c in keys if c in features.column_names]
+        self.data = features.select_columns(keep).with_format(None)
+        self.collate = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.data[list(indices)]
+        examples = [
+            dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)
+        ]
+        return dict(self.collate(examples))
+
+
+@dataclass
+class EvalSet:
+    """One eval split: raw examples, their features, and batches of model inputs."""
+
+    split: str
+    raw: Dataset
+    features: Dataset
+    batcher: Batcher
+    tokenised: dict[str, Any] = field(default_factory=dict)  # the feature cache's record
+    loaders: dict[Any, Any] = field(default_factory=dict, repr=False)  # per engine, batch size
+
+    @property
+    def examples(self) -> int:
+        return len(self.raw)
+
+    @functools.cached_property
+    def by_length(self) -> list[int]:
+        """Feature indices from the shortest input to the longest (stable): scored in this order,
+        a batch pads to lengths close to its own, not to the longest of a random draw."""
+        lengths = [len(ids) for ids in self.features["input_ids"]]
+        return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+    def sorted_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The batch of the ``indices``-th features in :attr:`by_length` order."""
+        order = self.by_length
+        return self.batcher([order[i] for i in indices])
+
+
+def eval_sets(
+    task: Any,
+    splits: Sequence[str],
+    data_dir: Any,
+    tokenizer: Any,
+    max_length: int | None,
+    doc_stride: int | None,
+    console: Any = None,
+) -> list[EvalSet]:
+    """Every split's examples and features, tokenised through tamt's feature cache."""
+    out = []
+    for split in splits:
+        raw = task.load(split, data_dir)
+        tokenised = tokenise(
+            task,
+            raw,
+            tokenizer,
+            split=split,
+            max_length=max_length,
+            doc_stride=doc_stride,
+            train=False,
+            console=console,
+        )
+        features = tokenised.features
+        batcher = Batcher(features, tokenizer, INPUTS)
+        out.append(EvalSet(split, raw, features, batcher, tokenised.record()))
+    return out
 
 
 # -- output -----------------------------------------------------------------------------------

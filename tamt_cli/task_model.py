@@ -1,5 +1,5 @@
-"""The task model with a subnetwork's mask held fixed, task features in batches, and scores
-of a model on a task's eval splits.
+"""The task model with a subnetwork's mask held fixed, and scores of a model on a task's eval
+splits (the features and their batches: :mod:`tamt_cli.task_data`).
 
 Used by `tamt finetune` and `tamt eval --task` (:mod:`tamt_cli.finetune`). The mask is held
 fixed by writing its zeros into the weights and attaching it as a fixed parametrization
@@ -9,8 +9,6 @@ gradient, and (with no weight decay) stay exactly zero in the optimiser's parame
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,23 +18,25 @@ import torch
 
 from tamt_cli import masking, models, verbosity
 from tamt_cli.errors import UserError
-from tamt_cli.tasks.base import MODEL_INPUTS
+
+# task data lives in task_data; plugins of API 1 reach it here too (``api.transfer``)
+from tamt_cli.task_data import INPUTS as INPUTS
+from tamt_cli.task_data import Batcher as Batcher
+from tamt_cli.task_data import EvalSet as EvalSet
+from tamt_cli.task_data import eval_sets as eval_sets
+from tamt_cli.task_data import subset as subset
+from tamt_cli.task_data import subset_rows as subset_rows
 
 if TYPE_CHECKING:
-    from datasets import Dataset
-
     from tamt_cli.subjects import Subject
 
-#: encoded columns the model reads at prediction time (gold labels stay out)
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: a measured fraction of exactly-zero prunable weights below this means "dense"
 DENSE_BELOW = 1e-3
 
 
-def quiet() -> contextlib.AbstractContextManager[None]:
-    """:func:`tamt_cli.verbosity.quiet_libraries`, under the name plugins of API 1 reach it by
-    (``api.transfer.quiet``); tamt itself and newer plugins use ``quiet_libraries``."""
-    return verbosity.quiet_libraries()
+#: :func:`tamt_cli.verbosity.quiet_libraries`, under the name plugins of API 1 reach it by
+#: (``api.transfer.quiet``); tamt itself and newer plugins use ``quiet_libraries``
+quiet = verbosity.quiet_libraries
 
 
 #: :func:`tamt_cli.models.load_tokenizer`, where plugins of API 1 reach it (``api.transfer``)
@@ -126,116 +126,6 @@ class TaskLoss(torch.nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         return self.model(**batch).loss
-
-
-# -- data -----------------------------------------------------------------------------------
-
-
-def subset(raw: Dataset, size: int | None, seed: int, task: str) -> Dataset:
-    """``size`` examples drawn without replacement by ``seed`` (kept in file order)."""
-    if size is None:
-        return raw
-    return raw.select(subset_rows(len(raw), size, seed, task))
-
-
-def subset_rows(n: int, size: int, seed: int, task: str) -> list[int]:
-    """The rows of :func:`subset`: ``size`` of ``n`` drawn by ``seed``, sorted."""
-    if size > n:
-        raise UserError(
-            f"--train-size {size} is larger than the {n} training examples of task '{task}'"
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return sorted(order[:size].tolist())
-
-
-class Batcher:
-    """Model inputs for given feature indices, padded per batch by transformers'
-    ``DataCollatorWithPadding`` (on the tokenizer's padding side; to a multiple of
-    ``pad_to_multiple_of``, e.g. 8 for tensor cores under mixed precision); scalars stacked."""
-
-    def __init__(
-        self,
-        features: Dataset,
-        tokenizer: Any,
-        keys: Sequence[str] = MODEL_INPUTS,
-        pad_to_multiple_of: int | None = None,
-    ):
-        from transformers import DataCollatorWithPadding
-
-        keep = [c for c in keys if c in features.column_names]
-        self.data = features.select_columns(keep).with_format(None)
-        self.collate = DataCollatorWithPadding(
-            tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
-        )
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        rows = self.data[list(indices)]
-        examples = [
-            dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)
-        ]
-        return dict(self.collate(examples))
-
-
-@dataclass
-class EvalSet:
-    """One eval split: raw examples, their features, and batches of model inputs."""
-
-    split: str
-    raw: Dataset
-    features: Dataset
-    batcher: Batcher
-    tokenised: dict[str, Any] = field(default_factory=dict)  # the feature cache's record
-    loaders: dict[Any, Any] = field(default_factory=dict, repr=False)  # per engine, batch size
-
-    @property
-    def examples(self) -> int:
-        return len(self.raw)
-
-    @functools.cached_property
-    def by_length(self) -> list[int]:
-        """Feature indices from the shortest input to the longest (stable): scored in this order,
-        a batch pads to lengths close to its own, not to the longest of a random draw."""
-        lengths = [len(ids) for ids in self.features["input_ids"]]
-        return sorted(range(len(lengths)), key=lengths.__getitem__)
-
-    def sorted_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The batch of the ``indices``-th features in :attr:`by_length` order."""
-        order = self.by_length
-        return self.batcher([order[i] for i in indices])
-
-
-def eval_sets(
-    task: Any,
-    splits: Sequence[str],
-    data_dir: Any,
-    tokenizer: Any,
-    max_length: int | None,
-    doc_stride: int | None,
-    console: Any = None,
-) -> list[EvalSet]:
-    """Every split's examples and features, tokenised through tamt's feature cache."""
-    from tamt_cli import task_data
-
-    out = []
-    for split in splits:
-        raw = task.load(split, data_dir)
-        tokenised = task_data.tokenise(
-            task,
-            raw,
-            tokenizer,
-            split=split,
-            max_length=max_length,
-            doc_stride=doc_stride,
-            train=False,
-            console=console,
-        )
-        features = tokenised.features
-        batcher = Batcher(features, tokenizer, INPUTS)
-        out.append(EvalSet(split, raw, features, batcher, tokenised.record()))
-    return out
 
 
 # -- prediction and scores ------------------------------------------------------------------

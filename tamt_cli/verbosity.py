@@ -16,16 +16,17 @@ from typing import Any
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _level = NORMAL
 
-#: values of a yes/no environment variable that mean "no"
-FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
+#: values of a yes/no environment variable that mean "yes" (in any case, as Hugging Face's
+#: libraries read their own)
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 #: the libraries whose own warnings only ``-v`` shows
 LIBRARIES = r"(torch|transformers|datasets|accelerate|huggingface_hub|safetensors)\b"
 
 
 def flag(name: str) -> bool:
-    """Whether the yes/no environment variable ``name`` is set to yes (``0``, ``false``, ``no``,
-    ``off`` and the empty string are no)."""
-    return os.environ.get(name, "").strip().lower() not in FALSE_VALUES
+    """Whether the yes/no environment variable ``name`` is set to yes: ``1``, ``true``, ``yes``
+    or ``on``; unset, empty, ``0``, ``false``, ``no``, ``off`` or anything else is no."""
+    return os.environ.get(name, "").strip().lower() in TRUE_VALUES
 
 
 def level() -> int:
@@ -76,9 +77,10 @@ def debug(console: Any, message: str) -> None:
 
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """transformers and datasets at error level with no progress bars of their own (load
-    reports, download and tokenising bars), unless ``-v`` asked for them; a
-    ``TRANSFORMERS_VERBOSITY`` set by the user wins. Restored afterwards."""
+    """transformers at error level and datasets silent (it logs a file it cannot read at error
+    level, before tamt's one-line error), with no progress bars of their own (load reports,
+    download and tokenising bars), unless ``-v`` asked for them; a ``TRANSFORMERS_VERBOSITY``
+    set by the user wins. Restored afterwards."""
     import datasets
     from transformers.utils import logging as hf_logging
 
@@ -88,10 +90,13 @@ def quiet_libraries() -> Iterator[None]:
     user_set = bool(os.environ.get("TRANSFORMERS_VERBOSITY", "").strip())
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
+    datasets_logger = datasets.logging.get_logger("datasets")
+    datasets_level = datasets_logger.level
     datasets_bars = datasets.is_progress_bar_enabled()
     if not user_set:
         hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    datasets_logger.setLevel(datasets.logging.CRITICAL + 1)
     datasets.disable_progress_bars()
     try:
         yield
@@ -99,5 +104,6 @@ def quiet_libraries() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+        datasets_logger.setLevel(datasets_level)
         if datasets_bars:
             datasets.enable_progress_bars()

@@ -375,8 +375,8 @@ def test_eval_on_two_processes_gives_the_scores_of_one(cli, tiny_bert, mnli):
     seeded random head, whose predictions differ from sentence to sentence."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tamt_cli import task_model
-    from tamt_cli.tasks.base import create_task
+    from tamt_cli import task_data, task_model
+    from tamt_cli.registry import create_task
 
     task = create_task("mnli")
     raw = task.load("validation_matched", mnli)
@@ -392,7 +392,7 @@ def test_eval_on_two_processes_gives_the_scores_of_one(cli, tiny_bert, mnli):
         model.classifier.bias.copy_(-pooled.mean(0) @ model.classifier.weight.T)
     model.save_pretrained("clf")
     tokenizer.save_pretrained("clf")
-    sets = task_model.eval_sets(task, task.eval_splits, mnli, tokenizer, 24, None)
+    sets = task_data.eval_sets(task, task.eval_splits, mnli, tokenizer, 24, None)
     for data in sets:  # not one answer for all: the order of the predictions matters
         assert len(set(task_model.predict(model, data, 5, False).argmax(-1).tolist())) > 1
     args = ["eval", "clf", "--task", "mnli", "--data-dir", mnli, "--max-length", "24",
@@ -501,7 +501,7 @@ def test_batches_are_padded_per_batch_as_before(tiny_bert):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tamt_cli import task_model
+    from tamt_cli import task_data
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
     pad = tokenizer.pad_token_id
@@ -514,16 +514,16 @@ def test_batches_are_padded_per_batch_as_before(tiny_bert):
             "sentence": ["a", "b", "c"],  # not a model input: left out
         }
     )
-    batch = task_model.Batcher(features, tokenizer)([1, 0])
+    batch = task_data.Batcher(features, tokenizer)([1, 0])
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert batch["input_ids"].tolist() == [[2, 9, 3, pad], [2, 7, 8, 3]]
     assert batch["token_type_ids"].tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.long
-    eights = task_model.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
+    eights = task_data.Batcher(features, tokenizer, pad_to_multiple_of=8)([0, 2])
     assert eights["input_ids"].shape == (2, 8)
     assert eights["input_ids"][0].tolist() == [2, 7, 8, 3] + [pad] * 4
     tokenizer.padding_side = "left"
-    left = task_model.Batcher(features, tokenizer)([1, 2])
+    left = task_data.Batcher(features, tokenizer)([1, 2])
     assert left["input_ids"].tolist() == [[pad, pad, pad, 2, 9, 3], [2, 5, 6, 7, 8, 3]]
     assert left["attention_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]

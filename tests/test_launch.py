@@ -10,20 +10,20 @@ import sys
 
 import pytest
 
-from tamt_cli import launch
+from tamt_cli import allocator
 
 GLIBC = "glibc 2.36"
 
 
 def test_the_settings_are_added_to_a_plain_environment():
-    env = launch.allocator_env({"PATH": "/bin"}, GLIBC)
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": launch.TUNABLES}
+    env = allocator.allocator_env({"PATH": "/bin"}, GLIBC)
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": allocator.TUNABLES}
 
 
 def test_other_tunables_are_kept_and_ours_appended():
-    env = launch.allocator_env({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, GLIBC)
+    env = allocator.allocator_env({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, GLIBC)
     assert env is not None
-    assert env["GLIBC_TUNABLES"] == f"glibc.cpu.hwcaps=-AVX2:{launch.TUNABLES}"
+    assert env["GLIBC_TUNABLES"] == f"glibc.cpu.hwcaps=-AVX2:{allocator.TUNABLES}"
 
 
 @pytest.mark.parametrize(
@@ -33,14 +33,14 @@ def test_other_tunables_are_kept_and_ours_appended():
         ({"TAMT_MALLOC": "system"}, GLIBC),
         ({"TAMT_MALLOC": "SYSTEM"}, GLIBC),
         ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC),  # the user's own malloc settings
-        ({"GLIBC_TUNABLES": launch.TUNABLES}, GLIBC),  # the process already restarted once
+        ({"GLIBC_TUNABLES": allocator.TUNABLES}, GLIBC),  # the process already restarted once
         ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, GLIBC),
         ({"LD_PRELOAD": "libtcmalloc_minimal.so.4"}, GLIBC),
         ({"_TAMT_COMPLETE": "complete_bash"}, GLIBC),  # shell completion: answer at once
     ],
 )
 def test_left_alone(environ, libc):
-    assert launch.allocator_env(environ, libc) is None
+    assert allocator.allocator_env(environ, libc) is None
 
 
 def _tamt(args: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -54,11 +54,11 @@ def _tamt(args: list[str], **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(launch.glibc() is None, reason="needs glibc")
+@pytest.mark.skipif(allocator.glibc() is None, reason="needs glibc")
 def test_the_command_runs_with_the_settings_and_says_so():
     proc = _tamt(["env", "--no-hub", "--json"])
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["allocator"]["glibc_tunables"] == launch.TUNABLES
+    assert json.loads(proc.stdout)["allocator"]["glibc_tunables"] == allocator.TUNABLES
     proc = _tamt(["env", "--no-hub", "--json"], TAMT_MALLOC="system")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["allocator"]["glibc_tunables"] is None

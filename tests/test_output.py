@@ -131,6 +131,21 @@ def test_tamt_no_progress_is_a_yes_no_variable(monkeypatch, value, terminal, mod
     assert progress.Progress(Console(file=io.StringIO(), quiet=True), loop, 0, True).mode is None
 
 
+@pytest.mark.parametrize(
+    ("value", "yes"),
+    [("", False), ("0", False), ("off", False), ("No", False), ("maybe", False), ("1", True),
+     ("TRUE", True), (" yes ", True), ("on", True)],
+)  # fmt: skip
+def test_every_yes_no_variable_is_read_the_same_way(monkeypatch, value, yes):
+    from tamt_cli import hub, registry
+
+    for name in ("TAMT_NO_PROGRESS", "TAMT_STRICT_PLUGINS", *hub.OFFLINE_VARS):
+        monkeypatch.setenv(name, value)
+    assert verbosity.flag("TAMT_NO_PROGRESS") is yes
+    assert registry.strict() is yes
+    assert hub.offline() is yes
+
+
 def test_plain_lines_carry_the_time_left():
     out = io.StringIO()
     console = Console(file=out, width=40)

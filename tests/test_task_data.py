@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tamt_cli import task_data, task_model
-from tamt_cli.tasks.base import create_task
+from tamt_cli import task_data
+from tamt_cli.registry import create_task
 from tests.tiny import SENTENCES, make_tokenizer, write_sst2
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -208,7 +208,7 @@ def test_each_seed_gets_the_features_of_its_own_subset(
     size = 5 if name == "squad" else 15
     train = task_data.train_data(task, raw, tokenizer, seeds=[1, 2, 3], train_size=size, **settings)
     assert len(calls) == 1 and calls[0] == train.record()["examples"] < len(raw)
-    own = [task.encode(task_model.subset(raw, size, seed, name), tokenizer, train=True, **settings)
+    own = [task.encode(task_data.subset(raw, size, seed, name), tokenizer, train=True, **settings)
            for seed in (1, 2, 3)]  # fmt: skip
     del calls[:]
     for seed, expected in zip((1, 2, 3), own, strict=True):
@@ -241,7 +241,7 @@ def test_a_task_without_example_index_tokenises_each_seed_on_its_own(tokenizer, 
     for seed in (1, 2):
         examples, features = train.for_seed(seed)
         own = task.encode(
-            task_model.subset(raw, 4, seed, "squad"), tokenizer, train=True, **settings
+            task_data.subset(raw, 4, seed, "squad"), tokenizer, train=True, **settings
         )
         assert examples == 4 and rows(features) == rows(own)
     assert len(train.extra) == 2

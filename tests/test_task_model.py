@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamt_cli import maskfile, masking, models, subjects, task_model
+from tamt_cli import maskfile, masking, models, subjects, task_data, task_model
 from tamt_cli.errors import UserError
-from tamt_cli.tasks.base import create_task
+from tamt_cli.registry import create_task
 
 
 @pytest.fixture
@@ -88,13 +88,13 @@ def test_subset_is_seeded_and_keeps_file_order():
     from datasets import Dataset
 
     raw = Dataset.from_dict({"x": list(range(20))})
-    assert task_model.subset(raw, None, 0, "t") is raw
-    five = task_model.subset(raw, 5, 1, "t")["x"]
+    assert task_data.subset(raw, None, 0, "t") is raw
+    five = task_data.subset(raw, 5, 1, "t")["x"]
     assert len(five) == 5 and five == sorted(five)
-    assert five == task_model.subset(raw, 5, 1, "t")["x"]
-    assert five != task_model.subset(raw, 5, 2, "t")["x"]
+    assert five == task_data.subset(raw, 5, 1, "t")["x"]
+    assert five != task_data.subset(raw, 5, 2, "t")["x"]
     with pytest.raises(UserError, match="--train-size 21 is larger than the 20 training"):
-        task_model.subset(raw, 21, 0, "t")
+        task_data.subset(raw, 21, 0, "t")
 
 
 def test_flat_names_split_and_metric():
@@ -115,7 +115,7 @@ def test_scores_of_a_model_on_an_eval_set(tiny_bert, tmp_path):
     task = create_task("sst2")
     data = write_sst2(tmp_path / "SST-2", train=8, dev=12)
     tokenizer = task_model.load_tokenizer(models.resolve(str(tiny_bert)))
-    sets = task_model.eval_sets(task, ["validation"], data, tokenizer, 32, None)
+    sets = task_data.eval_sets(task, ["validation"], data, tokenizer, 32, None)
     assert [s.examples for s in sets] == [12]
     built = task_model.build(task, subjects.resolve(str(tiny_bert)), seed=0)
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_predictions_in_length_order_come_back_in_feature_order(tiny_bert, tmp_p
     task = create_task("sst2")
     data = write_sst2(tmp_path / "SST-2", train=8, dev=13, seed=4)
     tokenizer = task_model.load_tokenizer(models.resolve(str(tiny_bert)))
-    (dev,) = task_model.eval_sets(task, ["validation"], data, tokenizer, 32, None)
+    (dev,) = task_data.eval_sets(task, ["validation"], data, tokenizer, 32, None)
     lengths = [len(ids) for ids in dev.features["input_ids"]]
     assert len(set(lengths)) > 3 and lengths != sorted(lengths)  # an order to undo
     assert [lengths[i] for i in dev.by_length] == sorted(lengths)

@@ -59,8 +59,8 @@ The model to fine-tune is ``AutoModelForSequenceClassification`` for ``classific
 
 A task may take options (the columns of a generic data set, say): it then has an ``Options``
 pydantic model and is constructed with the validated options, ``cls(options)``
-(:func:`create_task`); its ``labels``/``num_labels`` may then be set per instance, at the latest
-by ``load``, which comes before the model is built.
+(:func:`tamt_cli.registry.create_task`); its ``labels``/``num_labels`` may then be set per
+instance, at the latest by ``load``, which comes before the model is built.
 
 Task modules are imported by ``tamt plugins`` to report their status, so they import torch,
 transformers, datasets, numpy and scikit-learn inside methods, never at module level.
@@ -69,7 +69,6 @@ transformers, datasets, numpy and scikit-learn inside methods, never at module l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -299,20 +298,6 @@ def check_task(obj: Any) -> str:
     if not tuple(getattr(obj, "eval_splits", ()) or ()):
         raise TypeError(f"{obj.__name__}.eval_splits is empty")
     return str(getattr(obj, "summary", "") or "")
-
-
-def create_task(name: str, options: Mapping[str, Any] | None = None) -> Any:
-    """The task registered as ``name``, constructed: ``cls()``, or ``cls(validated options)``
-    for a task class with an ``Options`` pydantic model."""
-    from tamt_cli import registry, specs
-
-    cls = registry.tasks().get(name)
-    model = getattr(cls, "Options", None)
-    if model is None:
-        if options:
-            raise UserError(f"task '{name}' takes no options (got {', '.join(options)})")
-        return cls()
-    return cls(specs.validate(model, dict(options or {}), f"options of task '{name}'"))
 
 
 # -- the hub --------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ one, on JSON lines with blank lines and a column of mixed types).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tamt_cli import verbosity
 from tamt_cli.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -118,8 +118,6 @@ class Table:
 
 def unreadable(path: Path, exc: Unreadable) -> None:
     """Say under ``tamt -v`` why ``path`` is read again line by line."""
-    from tamt_cli import verbosity
-
     verbosity.debug(verbosity.console(), f"{path}: read line by line ({exc})")
 
 
@@ -148,7 +146,7 @@ def convert(
 
     fingerprint = Hasher.hash([raw._fingerprint, CONVERSION_VERSION, *key, inputs])
     try:
-        with quiet_datasets():
+        with verbosity.quiet_libraries():
             converted = raw.map(
                 batch,
                 batched=True,
@@ -179,30 +177,6 @@ def per_row(
         return out
 
     return examples
-
-
-@contextlib.contextmanager
-def quiet_datasets() -> Iterator[None]:
-    """No progress bars and no log lines from ``datasets`` (it logs a file it cannot read at
-    error level, before tamt's one-line error), unless ``tamt -v`` asked for them."""
-    import datasets
-
-    from tamt_cli import verbosity
-
-    if verbosity.level() >= verbosity.VERBOSE:
-        yield
-        return
-    logger = datasets.logging.get_logger("datasets")
-    level = logger.level
-    bars = datasets.is_progress_bar_enabled()
-    logger.setLevel(datasets.logging.CRITICAL + 1)
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def _check_tsv(path: Path, width: int) -> None:
@@ -237,7 +211,7 @@ def _load(builder: str, path: Path, text_columns: list[str] | None, **options: A
             {name: datasets.Value("string") for name in text_columns}
         )
     try:
-        with quiet_datasets():
+        with verbosity.quiet_libraries():
             return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as exc:  # pandas, pyarrow and datasets raise many kinds; all mean this
         raise Unreadable(first_line(exc.__cause__ or exc)) from None

@@ -1,4 +1,4 @@
-"""Task metrics, every score in percent (×100).
+"""Task metrics, every score in percent (×100), and a score's mean ± std over seeds.
 
 GLUE scores come from scikit-learn and scipy (``accuracy_score``, binary ``f1_score`` with
 positive label 1, ``matthews_corrcoef``, ``pearsonr``, ``spearmanr``). SQuAD exact match and F1
@@ -176,3 +176,20 @@ def squad_scores(
 def _mean(values: Iterable[float]) -> float:
     items = list(values)
     return METRIC_SCALE * sum(items) / len(items)
+
+
+# -- over seeds -------------------------------------------------------------------------------
+
+
+def over_seeds(values: Sequence[float]) -> dict[str, Any]:
+    """A score's mean and sample standard deviation over seeds (None for one seed), how many
+    and which, as ``tamt finetune`` and ``tamt report`` give them."""
+    import statistics
+
+    items = list(values)
+    return {
+        "mean": statistics.fmean(items),
+        "std": statistics.stdev(items) if len(items) > 1 else None,
+        "n": len(items),
+        "values": items,
+    }
