@@ -33,8 +33,9 @@ Named functions and classes that load torch on first use — reach for them insi
 Plugins written for API 1 before these names existed reach whole modules as attributes
 (``api.masking``, ``api.engine``, ``api.objectives``, ``api.pretraining``, ``api.artifacts``,
 ``api.finetune``, ``api.transfer``); those keep working within API 1, but new plugins import the
-names above, which do not tie them to tamt's module layout. (``api.artifacts`` holds what the
-module of that name held when API 1 began: today's ``artifacts``, ``files`` and ``maskfile``.)
+names above, which do not tie them to tamt's module layout. (``api.artifacts`` and
+``api.pretraining`` hold what the modules of those names held when API 1 began: today's
+``artifacts``, ``files`` and ``maskfile``; ``pretraining``, ``mlm_head`` and ``methods._common``.)
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ _API1_MODULES = {
     "masking": "tamt_cli.masking",
     "engine": "tamt_cli.engine",
     "objectives": "tamt_cli.objectives",
-    "pretraining": "tamt_cli.pretraining",
     "finetune": "tamt_cli.finetune",
     "transfer": "tamt_cli.task_model",  # the task model's module, under its earlier name
 }
@@ -101,15 +101,19 @@ __all__ = [
 ]
 
 
-#: the modules that together hold what ``tamt_cli.artifacts`` held when API 1 began
-_API1_ARTIFACTS = ("tamt_cli.maskfile", "tamt_cli.files", "tamt_cli.artifacts")
+#: API 1 modules whose names now live in several modules: attribute → those modules
+_API1_SPLIT = {
+    "artifacts": ("tamt_cli.maskfile", "tamt_cli.files", "tamt_cli.artifacts"),
+    "pretraining": ("tamt_cli.methods._common", "tamt_cli.mlm_head", "tamt_cli.pretraining"),
+}
 
 
 @functools.cache
-def _api1_artifacts() -> types.ModuleType:
-    """``api.artifacts`` of API 1: the public names of :data:`_API1_ARTIFACTS` in one module."""
-    module = types.ModuleType("tamt_cli.api.artifacts", "tamt_cli.artifacts of API 1")
-    for source in map(importlib.import_module, _API1_ARTIFACTS):
+def _api1_split(name: str) -> types.ModuleType:
+    """``api.<name>`` of API 1: the public names of the modules in :data:`_API1_SPLIT` that now
+    hold what ``tamt_cli.<name>`` held when API 1 began, in one module."""
+    module = types.ModuleType(f"tamt_cli.api.{name}", f"tamt_cli.{name} of API 1")
+    for source in map(importlib.import_module, _API1_SPLIT[name]):
         module.__dict__.update((k, v) for k, v in vars(source).items() if not k.startswith("_"))
     return module
 
@@ -119,6 +123,6 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_NAMED[name]), name)
     if name in _API1_MODULES:
         return importlib.import_module(_API1_MODULES[name])
-    if name == "artifacts":
-        return _api1_artifacts()
+    if name in _API1_SPLIT:
+        return _api1_split(name)
     raise AttributeError(f"module 'tamt_cli.api' has no attribute '{name}'")

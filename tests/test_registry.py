@@ -272,7 +272,7 @@ def test_api_1_module_attributes_keep_resolving():
     from tamt_cli.api import transfer  # as a plugin of API 1 may import it
 
     assert transfer is task_model
-    modules = (masking, engine, objectives, pretraining, finetune)
+    modules = (masking, engine, objectives, finetune)
     for module in modules:
         assert getattr(api, module.__name__.rsplit(".", 1)[1]) is module
     # what artifacts held when API 1 began, now in three modules
@@ -280,6 +280,14 @@ def test_api_1_module_attributes_keep_resolving():
         for name in (n for n in vars(module) if not n.startswith("_")):
             assert getattr(api.artifacts, name) is getattr(module, name), name
     assert api.artifacts.load_masks is api.load_masks
+    # what pretraining held when API 1 began, now in three modules
+    from tamt_cli import mlm_head
+    from tamt_cli.methods import _common
+
+    for module in (pretraining, mlm_head, _common):
+        for name in (n for n in vars(module) if not n.startswith("_")):
+            assert getattr(api.pretraining, name) is getattr(module, name), name
+    assert api.pretraining.shared_head is mlm_head.shared_head
     assert "transfer" not in api.__all__
     with pytest.raises(AttributeError):
         api.task_model  # noqa: B018  (not part of the plugin API)
