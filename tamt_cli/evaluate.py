@@ -16,6 +16,7 @@ from tamt_cli import (
     masking,
     models,
     progress,
+    specs,
     subjects,
     task_data,
     task_model,
@@ -134,10 +135,10 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         )
         for p in model.parameters():
             p.requires_grad_(False)
-        batch = spec.batch_size or 16
+        batch = spec.batch_size or specs.OBJECTIVE_BATCH_SIZE
         data_spec = HeldOut(
             corpus=spec.corpus,
-            max_length=spec.max_length or 128,
+            max_length=spec.max_length or specs.OBJECTIVE_MAX_LENGTH,
             held_out=spec.held_out,
             batch_size=batch,
             eval_blocks=spec.eval_blocks,

@@ -218,11 +218,23 @@ def create_task(name: str, options: Mapping[str, Any] | None = None) -> Any:
     return cls(specs.validate(model, dict(options or {}), f"options of task '{name}'"))
 
 
+def builtin(kind: str) -> list[Plugin]:
+    """The methods or tasks tamt itself provides (those that load), in name order."""
+    found = registry(kind).all()
+    return [p for p in found if p.status == "ok" and p.target.startswith(f"{__package__}.")]
+
+
+def methods_with(attribute: str) -> list[str]:
+    """The installed methods whose class sets ``attribute`` (``patterns``: they take
+    ``--pattern``; ``paper_budget``: they have a ``--budget paper``), for help and errors."""
+    return [p.name for p in methods().all() if p.status == "ok" and getattr(p.obj, attribute, None)]
+
+
 def describe(name: str, kind: str | None = None) -> dict[str, Any]:
     """One method or task for ``tamt plugins NAME``: where it comes from, its summary and its
     options (name, type, default, description). ``kind`` is needed only when a method and a
     task share ``name``."""
-    from tamt_cli.specs import METHOD_OPTION_FLAGS, describe_options
+    from tamt_cli.specs import describe_options
 
     kinds = [kind] if kind else [k for k in GROUPS if name in registry(k).names()]
     if len(kinds) > 1:
@@ -238,8 +250,7 @@ def describe(name: str, kind: str | None = None) -> dict[str, Any]:
     if kinds[0] == "method":
         given = "-o name=value, or under options: in a spec file"
         for option in options:
-            if option["name"] in METHOD_OPTION_FLAGS:
-                option["flag"] = METHOD_OPTION_FLAGS[option["name"]]
+            option["flag"] = f"-o {option['name']}=..."
     else:
         given = "--task-option name=value, or under task_options: in a spec file"
     return {**doc, "options": options, "given_as": given}

@@ -22,6 +22,11 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     if spec.budget == "paper":
         spec = _paper_budget(spec, registry.methods().get(spec.method))
     method = registry.create_method(spec.method, spec.options)
+    if spec.pattern is not None and not getattr(method, "patterns", False):
+        raise UserError(
+            f"method '{spec.method}' does not take --pattern; "
+            f"{', '.join(registry.methods_with('patterns'))} do"
+        )
     check_spec(method, spec)
     models.resolve(spec.model)
     if spec.out is None:
@@ -51,7 +56,7 @@ def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
     if hook is None:
         raise UserError(
             f"--budget paper is a mask-training protocol; method '{spec.method}' has none "
-            "(mlm, kd and mlm-kd do)"
+            f"({', '.join(registry.methods_with('paper_budget'))} do)"
         )
     fields, options = hook(spec)
     update = {k: v for k, v in fields.items() if k not in spec.model_fields_set}

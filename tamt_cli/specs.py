@@ -79,56 +79,68 @@ class SearchSpec(Spec):
     """`tamt search`: find a mask over a pre-trained model's prunable weights."""
 
     method: str = Field(description="pruning method, a name from `tamt plugins --kind method`")
-    sparsity: float | None = Field(None, description="fraction of the masked weights pruned")
+    sparsity: float | None = Field(
+        None, description="fraction of the masked weights pruned, in (0, 1)"
+    )
     model: str = Field("bert-base-uncased", description="hub id, local folder, or `demo`")
     scope: Literal["local", "global"] = Field(
-        "local", description="`local`: every matrix has the target sparsity; `global`: overall"
+        "local", description="local: every matrix at the target sparsity; global: overall"
     )
     embeddings: bool = Field(True, description="mask the word-embedding matrix")
     pooler: bool = Field(True, description="mask the pooler dense layer")
-    seed: int = Field(0, ge=0)
-    out: Path | None = Field(None, description="run directory (default: runs/<method>-...)")
+    seed: int = Field(0, ge=0, description="random seed")
+    out: Path | None = Field(None, description="run directory")
     label: str | None = Field(
         None,
         max_length=LABEL_MAX,
         pattern=LABEL_PATTERN,
-        description="the name reports give this subnetwork in place of the method's, e.g. "
-        "kd-long (letters, digits, . _ + -)",
+        description="the name `tamt report` gives this subnetwork in place of the method's, "
+        "e.g. kd-long (letters, digits, . _ + -)",
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="method options, name=value (`tamt plugins METHOD`)"
+    )
     budget: Literal["default", "paper"] = Field(
         "default",
-        description="mask training: `paper` fills in what is not given with the paper's "
-        "protocol (lr, steps for the sparsity, binary scores, resets, lr decay, batch 16 × 512)",
+        description="paper: the paper's protocol where a value is not given (lr, steps for the "
+        "sparsity, binary scores, resets, lr decay, batch size and length; --dry-run shows them)",
     )
     # training methods (mlm, kd, mlm-kd, imp, plugins that train); one-shot methods ignore these
-    corpus: str = Field("wikitext-103", description="text: hub alias, files/globs, or `demo`")
-    max_length: int = Field(128, ge=8, description="tokens per block (the paper: 512)")
-    held_out: float = Field(0.05, gt=0, le=0.5, description="held-out fraction of local corpora")
-    max_steps: int | None = Field(None, gt=0, description="optimiser steps [method default]")
-    batch_size: int = Field(16, gt=0, description="blocks per optimiser step, all processes")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step")
-    lr: float | None = Field(None, gt=0, description="learning rate [method default]")
-    head_lr: float | None = Field(
-        None, ge=0, description="MLM-head learning rate while the mask trains (0: frozen)"
+    corpus: str = Field(
+        "wikitext-103",
+        description="training text: wikitext-103, wikitext-2, demo, or files/globs (quote "
+        "globs; comma-separated)",
     )
-    head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
+    max_length: int = Field(128, ge=8, description="tokens per block (the paper: 512)")
+    held_out: float = Field(0.05, gt=0, le=0.5, description="held-out fraction of a local corpus")
+    max_steps: int | None = Field(None, gt=0, description="optimiser steps")
+    batch_size: int = Field(16, gt=0, description="blocks per step, all processes")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per step")
+    lr: float | None = Field(None, gt=0, description="learning rate")
+    head_lr: float | None = Field(
+        None, ge=0, description="MLM-head learning rate while the mask trains, 0 freezes it"
+    )
+    head_warmup_steps: int | None = Field(
+        None, ge=0, description="steps fitting a missing MLM head on the frozen model"
+    )
     head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
-    clip: float | None = Field(1.0, gt=0, description="gradient-norm clipping (none: off)")
-    log_every: int = Field(10, gt=0)
-    eval_every: int | None = Field(None, gt=0, description="held-out loss every N [steps/10]")
+    clip: float | None = Field(1.0, gt=0, description="gradient-norm clip")
+    log_every: int = Field(10, gt=0, description="log (and print a progress line) every N steps")
+    eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
     eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
-    save_every: int | None = Field(None, gt=0, description="checkpoint + mask every N [steps/10]")
+    save_every: int | None = Field(None, gt=0, description="checkpoint and mask every N steps")
     keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     report_to: list[Tracker] = Field(
-        default_factory=list, description="experiment trackers of a training method's run"
+        default_factory=list,
+        description="experiment trackers for the metrics and the spec, comma-separated "
+        "(tensorboard writes into the run directory; all: those installed)",
     )
 
     pattern: str | None = Field(
         None,
-        description="N:M: keep exactly N of every M consecutive weights along each masked "
-        "matrix's input dimension (sparsity 1 − N/M)",
+        description="N:M keeps exactly N of every M consecutive weights along each masked "
+        "matrix's input dimension; implies --sparsity 1 − N/M",
     )
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
@@ -164,10 +176,14 @@ class SearchSpec(Spec):
 class ExtractSpec(Spec):
     """`tamt extract`: an exact-sparsity mask from a search run, optionally as a HF checkpoint."""
 
-    run: Path
-    sparsity: float | None = None
-    step: int | None = Field(None, ge=0)
-    export: Path | None = None
+    run: Path = Field(description="a search run directory")
+    sparsity: float | None = Field(
+        None, description="the run's mask at this sparsity (runs with several)"
+    )
+    step: int | None = Field(None, ge=0, description="the mask saved at this training step")
+    export: Path | None = Field(
+        None, description="write a plain Hugging Face folder with the zeros baked in"
+    )
     format: Literal["dense", "compressed"] = Field(
         "dense",
         description="--export weights: dense (zeros in float32, plain transformers loads it) or "
@@ -177,100 +193,99 @@ class ExtractSpec(Spec):
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
 
 
+TASK_OPTIONS = "an option of the task, name=value (repeatable)"
+
+
 class BenchSpec(Spec):
     """`tamt bench`: file sizes and inference latency of a subnetwork against its dense model."""
 
-    subnetwork: str
+    subnetwork: str = Field(
+        description="search run, exported subnetwork, or mask file (with --model)"
+    )
     model: str | None = Field(None, description="the model of a bare mask file")
     batch_size: int = Field(8, gt=0, description="sequences per forward pass")
-    max_length: int | None = Field(
-        None, ge=2, description="tokens per sequence [128; with a task, its truncation length]"
-    )
+    max_length: int | None = Field(None, ge=2, description="tokens per sequence")
     repeats: int = Field(10, gt=0, description="timed forward passes of each variant")
     warmup: int = Field(2, ge=0, description="untimed forward passes first")
     seed: int = Field(0, ge=0, description="seed of the random token ids")
     task: str | None = Field(
-        None, description="time the task's first dev examples instead of random token ids"
+        None,
+        description="time the first --batch-size dev examples of this task, encoded as "
+        "fine-tuning encodes them, instead of random token ids",
     )
-    data_dir: Path | None = Field(None, description="the task's local data [the hub]")
-    task_options: dict[str, Any] = Field(
-        default_factory=dict, description="options of a task that takes them (e.g. columns)"
-    )
+    data_dir: Path | None = Field(None, description="the task's local data")
+    task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
 
 
 class FinetuneSpec(Spec):
     """`tamt finetune`: fine-tune a subnetwork on a downstream task with its mask held fixed."""
 
-    subnetwork: str
-    task: str
-    model: str | None = None
-    data_dir: Path | None = None
-    seeds: list[int] = Field(default_factory=lambda: [1])
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    epochs: float | None = Field(None, gt=0)
-    max_length: int | None = Field(None, gt=0)
-    doc_stride: int | None = Field(None, gt=0)
-    train_size: int | None = Field(None, gt=0)
-    eval_every: int | None = Field(None, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    out: Path | None = None
-    task_options: dict[str, Any] = Field(
-        default_factory=dict, description="options of a task that takes them (e.g. columns)"
+    subnetwork: str = Field(
+        description="search run, exported subnetwork, mask file (with --model) or model"
     )
-    report_to: list[Tracker] = Field(default_factory=list, description="experiment trackers")
+    task: str = Field(description="downstream task, e.g. sst2, mnli, squad")
+    model: str | None = Field(None, description="model for a bare mask file")
+    data_dir: Path | None = Field(None, description="local task data (GLUE TSV, SQuAD JSON)")
+    seeds: list[int] = Field(default_factory=lambda: [1], description="fine-tuning seeds")
+    lr: float | None = Field(None, gt=0, description="learning rate")
+    batch_size: int | None = Field(None, gt=0, description="batch size")
+    epochs: float | None = Field(None, gt=0, description="epochs")
+    max_length: int | None = Field(None, gt=0, description="max tokens")
+    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
+    train_size: int | None = Field(None, gt=0, description="seeded training subset size")
+    eval_every: int | None = Field(None, gt=0, description="evaluate every N steps")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
+    out: Path | None = Field(None, description="output directory")
+    task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="experiment trackers for the metrics and the spec, comma-separated "
+        "(tensorboard writes into the run directory; all: those installed)",
+    )
 
     _report_to = field_validator("report_to", mode="before")(split_commas)
 
     _seeds = field_validator("seeds")(lambda v: check_seeds(v))
 
 
+#: `tamt eval --objective`: tokens per block and blocks per batch where the spec gives none
+OBJECTIVE_MAX_LENGTH = 128
+OBJECTIVE_BATCH_SIZE = 16
+
+
 class EvalSpec(Spec):
     """`tamt eval`: task metrics of a fine-tuned checkpoint, or the pre-training loss proxy."""
 
-    checkpoint: str
-    task: str | None = None
-    objective: Objective | None = None
-    data_dir: Path | None = None
-    split: str = "validation"
-    max_length: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    # --task: [the fine-tuning run's, else the task's]
-    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
-    task_options: dict[str, Any] = Field(
-        default_factory=dict, description="options of a task that takes them (e.g. columns)"
+    checkpoint: str = Field(description="fine-tuned run, subnetwork folder, or model")
+    task: str | None = Field(None, description="downstream task to score")
+    objective: Objective | None = Field(
+        None, description="pre-training loss proxy instead of a task"
     )
+    data_dir: Path | None = Field(None, description="local task data")
+    split: str = Field("validation", description="split to score")
+    # --task: the fine-tuning run's, else the task's; --objective: the OBJECTIVE_* values
+    max_length: int | None = Field(None, gt=0, description="max tokens")
+    batch_size: int | None = Field(None, gt=0, description="batch size")
+    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
+    task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
     # --objective: the held-out pre-training loss of a subnetwork
-    corpus: str = Field("wikitext-103", description="text whose held-out part is scored")
-    held_out: float = Field(0.05, gt=0, le=0.5)
-    eval_blocks: int = Field(256, gt=0, description="held-out blocks scored")
+    corpus: str = Field(
+        "wikitext-103", description="--objective: text whose held-out part is scored"
+    )
+    held_out: float = Field(
+        0.05, gt=0, le=0.5, description="--objective: held-out fraction of a local corpus"
+    )
+    eval_blocks: int = Field(256, gt=0, description="--objective: held-out blocks scored")
     step: int | None = Field(None, ge=0, description="a search run's mask at this step")
     head: Literal["shared", "own"] = Field(
         "shared",
-        description="MLM head: shared (the checkpoint's, or one fitted once on the dense model) "
-        "or own (the head a search run trained with its mask)",
+        description="--objective mlm: shared (the checkpoint's head, or one fitted once on the "
+        "dense model: the same for every subnetwork) or own (a search run's trained head)",
     )
-    head_warmup_steps: int | None = Field(None, ge=0, description="fit a missing MLM head first")
+    head_warmup_steps: int | None = Field(
+        None, ge=0, description="--objective mlm: steps fitting a missing head"
+    )
     head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
-
-
-#: method options that `tamt search` also takes as flags of their own (``--reset-every N`` is
-#: ``-o reset_every=N``): the options the built-in methods and the movement plugin use most
-METHOD_OPTION_FLAGS = {
-    "like": "--like",
-    "init": "--init",
-    "reset_every": "--reset-every",
-    "objective": "--objective",
-    "steps_per_round": "--steps-per-round",
-    "prune_fraction": "--prune-fraction",
-    "rewind_step": "--rewind-step",
-    "rewind": "--rewind",
-    "schedule": "--schedule",
-    "task": "--task",
-    "data_dir": "--data-dir",
-    "train_size": "--train-size",
-    "task_options": "--task-option",
-}
 
 
 def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:

@@ -112,12 +112,8 @@ def sparsity_of(spec: SearchSpec, alternative: str | None = None) -> float:
 
 def check_spec(method: Any, spec: SearchSpec) -> None:
     """Reject a spec the method cannot run, before any compute: the checks every method shares,
-    then the method's own ``check``."""
-    if spec.pattern is not None and not getattr(method, "patterns", False):
-        raise UserError(
-            f"method '{spec.method}' does not take --pattern; the built-in omp, random, mlm, "
-            "kd, mlm-kd and imp do"
-        )
+    then the method's own ``check`` (``--pattern`` support is checked by the caller, which
+    knows the methods that take it)."""
     needs = getattr(method, "needs_sparsity", None)
     if needs is None or needs():
         sparsity_of(spec, getattr(method, "sparsity_alternative", None))

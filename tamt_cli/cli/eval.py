@@ -1,0 +1,77 @@
+"""``tamt eval``: flags → :class:`~tamt_cli.specs.EvalSpec` → a checkpoint's task metrics, or a
+subnetwork's held-out pre-training loss (``--objective``) → a table or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from tamt_cli import specs
+from tamt_cli.cli import options, output
+from tamt_cli.cli.options import Flag
+from tamt_cli.errors import UserError
+from tamt_cli.specs import EvalSpec
+
+
+def _run_or_task(attribute: str, objective: int | None = None) -> Any:
+    """The fine-tuning run's value, else the task's; with --objective, ``objective``."""
+
+    def text() -> str:
+        task = f"--task: the fine-tuning run's, else {options.task_defaults(attribute)}"
+        return task if objective is None else f"{task}; --objective: {objective}"
+
+    return text
+
+
+def _head(key: str) -> Any:
+    return lambda: options.shown(options.head_defaults()[key])
+
+
+FLAGS = (
+    Flag("checkpoint", argument=True, complete=options.complete_models),
+    Flag("task", required=True, more="(or --objective)", complete=options.complete_tasks),
+    Flag("objective"),
+    Flag("data_dir", shown="the hub", complete=options.complete_paths),
+    Flag("corpus", complete=options.complete_corpora),
+    Flag("split"),
+    Flag("max_length", shown=_run_or_task("max_length", specs.OBJECTIVE_MAX_LENGTH)),
+    Flag("batch_size", shown=_run_or_task("batch_size", specs.OBJECTIVE_BATCH_SIZE)),
+    Flag("doc_stride", shown=_run_or_task("doc_stride")),
+    options.TASK_OPTION,
+    Flag("held_out"),
+    Flag("eval_blocks"),
+    Flag("step", shown="the final mask"),
+    Flag("head"),
+    Flag("head_warmup_steps", shown=_head("head_warmup_steps")),
+    Flag("head_warmup_lr", shown=_head("head_warmup_lr")),
+    *options.RUN,
+)
+
+
+def run(values: dict[str, Any]) -> None:
+    """Score a checkpoint on a task, or a subnetwork's pre-training loss (--objective)."""
+    flags = {
+        **options.spec_values(values, EvalSpec),
+        "task_options": options.parse_pairs(values["task_option"], "--task-option"),
+    }
+    spec = specs.build(EvalSpec, values["spec"], flags)
+    if (spec.task is None) == (spec.objective is None):
+        objectives = "|".join(specs.OBJECTIVES)
+        raise UserError(f"tamt eval needs either --task NAME or --objective {objectives}")
+    if values["dry_run"]:
+        output.show_spec(spec, values["as_json"])
+        return
+    from tamt_cli import evaluate
+
+    result = evaluate.run(spec, output.err())
+    if values["as_json"]:
+        output.emit_json(result)
+    else:
+        from tamt_cli.display import render_eval
+
+        render_eval(result, output.out())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", cls=options.Command)(options.command(run, FLAGS, EvalSpec))
