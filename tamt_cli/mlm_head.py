@@ -16,13 +16,13 @@ from torch import nn
 from tamt_cli import artifacts, files, objectives
 from tamt_cli.errors import UserError
 from tamt_cli.pretraining import PretrainingData, held_out_batches, mean_held_out_loss
+from tamt_cli.specs import (
+    DEFAULT_FITTED_HEAD_LR,
+    DEFAULT_HEAD_WARMUP,
+    DEFAULT_HEAD_WARMUP_LR,
+    PAPER_HEAD_LR,
+)
 
-DEFAULT_HEAD_WARMUP = 300
-DEFAULT_HEAD_WARMUP_LR = 1e-3
-#: the MLM head's learning rate in the paper's and the reference code's mask training
-PAPER_HEAD_LR = 5e-5
-#: a head fitted on the dense model (a checkpoint without one) is frozen by default: see README
-DEFAULT_FITTED_HEAD_LR = 0.0
 #: a fitted head does not depend on a search's seed: every search of a model shares it
 HEAD_SEED = 0
 HEAD_CACHE_VERSION = 1
@@ -256,21 +256,6 @@ def head_lr(given: float | None, record: dict[str, Any]) -> float:
     if given is not None:
         return given
     return PAPER_HEAD_LR if record["kind"] == "pretrained" else DEFAULT_FITTED_HEAD_LR
-
-
-def head_settings(spec: Any) -> dict[str, Any]:
-    """The MLM-head values a search of ``spec`` uses (for ``--dry-run``); what the head lr is
-    depends on whether the checkpoint has a head, which only loading it tells."""
-    fitted = f"{DEFAULT_FITTED_HEAD_LR:g} (frozen) for a head fitted on the dense model"
-    return {
-        "head_lr": spec.head_lr
-        if spec.head_lr is not None
-        else f"{PAPER_HEAD_LR:g} for a pre-trained head, {fitted}",
-        "head_warmup_steps": DEFAULT_HEAD_WARMUP
-        if spec.head_warmup_steps is None
-        else spec.head_warmup_steps,
-        "head_warmup_lr": spec.head_warmup_lr or DEFAULT_HEAD_WARMUP_LR,
-    }
 
 
 def train_head(head: nn.Module, model: nn.Module, lr: float) -> list[nn.Parameter]:

@@ -75,6 +75,31 @@ LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 LABEL_MAX = 64
 
 
+#: MLM-head defaults of mask training and IMP (resolved where a search leaves them open)
+DEFAULT_HEAD_WARMUP = 300
+DEFAULT_HEAD_WARMUP_LR = 1e-3
+#: the MLM head's learning rate in the paper's and the reference code's mask training
+PAPER_HEAD_LR = 5e-5
+#: a head fitted on the dense model (a checkpoint without one) is frozen by default (see
+#: docs/mask-training.md)
+DEFAULT_FITTED_HEAD_LR = 0.0
+
+
+def head_settings(spec: Any) -> dict[str, Any]:
+    """The MLM-head values a search of ``spec`` uses (for ``--dry-run``); what the head lr is
+    depends on whether the checkpoint has a head, which only loading it tells."""
+    fitted = f"{DEFAULT_FITTED_HEAD_LR:g} (frozen) for a head fitted on the dense model"
+    return {
+        "head_lr": spec.head_lr
+        if spec.head_lr is not None
+        else f"{PAPER_HEAD_LR:g} for a pre-trained head, {fitted}",
+        "head_warmup_steps": DEFAULT_HEAD_WARMUP
+        if spec.head_warmup_steps is None
+        else spec.head_warmup_steps,
+        "head_warmup_lr": spec.head_warmup_lr or DEFAULT_HEAD_WARMUP_LR,
+    }
+
+
 class SearchSpec(Spec):
     """`tamt search`: find a mask over a pre-trained model's prunable weights."""
 

@@ -236,10 +236,10 @@ def head_defaults() -> dict[str, Any]:
     """The MLM-head values a search or eval uses where the spec gives none."""
     from types import SimpleNamespace
 
-    from tamt_cli import mlm_head
-
     unset = SimpleNamespace(head_lr=None, head_warmup_steps=None, head_warmup_lr=None)
-    return mlm_head.head_settings(unset)
+    from tamt_cli import specs
+
+    return specs.head_settings(unset)
 
 
 # -- shell completion (`tamt --install-completion`) -----------------------------------------------

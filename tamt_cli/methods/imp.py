@@ -178,7 +178,7 @@ def round_pattern(pattern: tuple[int, int] | None, r: int) -> tuple[int, int] | 
 
 def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
     """Rounds, steps, learning rate and intervals of a run: the spec's, else the defaults."""
-    from tamt_cli import mlm_head
+    from tamt_cli import specs
 
     levels = round_levels(sparsity_of(spec), fraction_of(spec, opts))
     total = (len(levels) - 1) * opts.steps_per_round
@@ -194,7 +194,7 @@ def settings(spec: SearchSpec, opts: IMPOptions) -> dict[str, Any]:
         "save_every": spec.save_every or max(1, total // 10),
     }
     if "mlm" in opts.objective:
-        out.update(mlm_head.head_settings(spec))
+        out.update(specs.head_settings(spec))
     return out
 
 

@@ -158,7 +158,7 @@ class MaskTraining:
 
 def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> dict[str, Any]:
     """Steps, learning rates and intervals of a run: the spec's, else the defaults."""
-    from tamt_cli import mlm_head
+    from tamt_cli import specs
 
     steps = spec.max_steps or DEFAULT_MAX_STEPS
     tenth = max(1, steps // 10)
@@ -171,7 +171,7 @@ def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> 
         "save_every": spec.save_every or tenth,
     }
     if "mlm" in objective:
-        out.update(mlm_head.head_settings(spec))
+        out.update(specs.head_settings(spec))
     return out
 
 
