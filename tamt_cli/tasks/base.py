@@ -134,8 +134,8 @@ class Task(Protocol):
     name: ClassVar[str]
     summary: ClassVar[str]
     head: ClassVar[Head]
-    num_labels: ClassVar[int]
-    labels: ClassVar[tuple[str, ...]]
+    num_labels: int  # a task with options may set these two per instance
+    labels: tuple[str, ...]
     metric_names: ClassVar[tuple[str, ...]]
     main_metric: ClassVar[str]
     defaults: ClassVar[Defaults]
@@ -164,8 +164,8 @@ class TaskBase:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     head: ClassVar[Head] = "classification"
-    num_labels: ClassVar[int] = 2
-    labels: ClassVar[tuple[str, ...]] = ()
+    num_labels: int = 2  # a task with options may set these two per instance
+    labels: tuple[str, ...] = ()
     metric_names: ClassVar[tuple[str, ...]] = ()
     main_metric: ClassVar[str] = ""
     defaults: ClassVar[Defaults] = GLUE_DEFAULTS
