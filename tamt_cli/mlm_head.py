@@ -21,7 +21,8 @@ DEFAULT_HEAD_WARMUP = 300
 DEFAULT_HEAD_WARMUP_LR = 1e-3
 #: the MLM head's learning rate in the paper's and the reference code's mask training
 PAPER_HEAD_LR = 5e-5
-#: a head fitted on the dense model (a checkpoint without one) is frozen by default: see README
+#: a head fitted on the dense model (a checkpoint without one) is frozen by default: see
+#: docs/mask-training.md, "TAMT-MLM on a model without an MLM head"
 DEFAULT_FITTED_HEAD_LR = 0.0
 #: a fitted head does not depend on a search's seed: every search of a model shares it
 HEAD_SEED = 0
@@ -176,7 +177,7 @@ def _warn_if_weak(ref: Any, quality: dict[str, float], console: Console) -> None
             f"warning: the MLM head fitted on '{ref.given}' predicts masked tokens hardly better "
             f"than token frequencies do (held-out loss {head:.2f} against {frequency:.2f} "
             "nats), so the MLM loss says little about a subnetwork of it; prefer --method kd "
-            "(see the README: TAMT-MLM on a model without an MLM head)",
+            "(see docs/mask-training.md: TAMT-MLM on a model without an MLM head)",
             highlight=False,
         )
 
