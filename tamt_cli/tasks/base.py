@@ -69,7 +69,7 @@ transformers, datasets, numpy and scikit-learn inside methods, never at module l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -241,6 +241,17 @@ class TaskBase:
             f"data dir '{data_dir}' has no {split} data for task '{self.name}': "
             f"expected one of {expected}"
         )
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def check_columns(self, raw: Dataset, columns: Sequence[str]) -> None:
+        """A one-line error naming those of ``columns`` that the examples ``raw`` lack."""
+        missing = [c for c in columns if c not in raw.column_names]
+        if missing:
+            raise UserError(
+                f"task '{self.name}' needs column(s) {', '.join(missing)} in its examples; "
+                f"found {', '.join(raw.column_names)}"
+            )
 
     # -- models -------------------------------------------------------------------------------
 
