@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -483,15 +482,13 @@ def data_record(
 def aggregate(runs: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
     """Per split and metric: the values over seeds, their mean and sample standard deviation
     (None for one seed)."""
+    from tamt_cli.report import mean_std
+
     out: dict[str, dict[str, Any]] = {}
     for split, metrics in runs[0][which]["metrics"].items():
         for name in metrics:
             values = [r[which]["metrics"][split][name] for r in runs]
-            out.setdefault(split, {})[name] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "values": values,
-            }
+            out.setdefault(split, {})[name] = {**mean_std(values), "values": values}
     return out
 
 

@@ -210,14 +210,18 @@ def _order(key: Key) -> tuple[int, str, float]:
     return rank, method, sparsity if sparsity is not None else -1.0
 
 
-def aggregate(values: list[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (None for one value), as `tamt finetune` reports."""
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for one value): what `tamt finetune` and
+    `tamt report` give over seeds."""
     return {
         "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else None,
-        "n": len(values),
-        "values": values,
     }
+
+
+def aggregate(values: list[float]) -> dict[str, Any]:
+    """:func:`mean_std` of ``values``, their number and the values."""
+    return {**mean_std(values), "n": len(values), "values": values}
 
 
 def _all_metrics(seeds: list[dict[str, Any]], which: str) -> dict[str, dict[str, Any]]:
