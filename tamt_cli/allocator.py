@@ -8,8 +8,8 @@ much of what is freed: a `kd` search of a BERT-large-shaped model at batch 8 × 
 times the resident memory of fine-tuning it. Without the per-thread cache of small blocks
 (``tcache``: blocks held there are never merged with their free neighbours) and with blocks of
 4 MiB or more always mapped on their own (given back when freed, rather than left in the heap
-by glibc's rising threshold), it peaks at 1.21 times, for about 3% of a step's time (README:
-"Benchmarks: memory").
+by glibc's rising threshold), it peaks at 1.21 times, for about 3% of a step's time
+(docs/benchmarks.md: "Memory, and BERT-large's size").
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the process
 replaces itself once (``exec``: same process id, same arguments, same environment plus the

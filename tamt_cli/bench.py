@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -127,12 +128,10 @@ def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str
 
 
 def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
-    import copy
-
+    """Sizes and latency of ``spec.subnetwork`` against its dense model (see the module docs)."""
     import torch
-    from safetensors.torch import save
 
-    from tamt_cli import compressed, masking, models, subjects
+    from tamt_cli import masking, subjects
 
     subject = subjects.resolve(spec.subnetwork, model=spec.model)
     if not subject.masks:
@@ -140,101 +139,18 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
             f"'{spec.subnetwork}' is a dense model; bench takes a subnetwork (a search run, an "
             "export, or a mask file with --model)"
         )
-    with console.status(f"loading model {subject.ref.given}"):
-        dense = models.load_encoder(subject.ref).eval()
-    if subject.weights_sha256 is not None:
-        models.check_weights(dense, subject.weights_sha256, subject.ref.given, spec.subnetwork)
-    weights = masking.prunable_weights(dense, embeddings=subject.embeddings, pooler=subject.pooler)
-    masking.check_fits(subject.masks, masking.shapes(weights), f"the mask of '{spec.subnetwork}'")
-    masked = copy.deepcopy(dense)
-    masked_weights = masking.prunable_weights(
-        masked, embeddings=subject.embeddings, pooler=subject.pooler
-    )
-    masking.bake_masks(masked_weights, subject.masks)
+    dense, masked = _dense_and_masked(spec, subject, console)
     pattern = (subject.manifest or {}).get("pattern")
-
-    absent = models.absent_keys(masked)
-    state = {k: v for k, v in masked.state_dict().items() if k not in absent}
-    names = list(subject.masks)
-    dense_bytes = len(save({k: v.contiguous() for k, v in state.items()}))
-    compressed_bytes = len(save(compressed.compress_state(state, names)))
-    sizes = {
-        "dense_bytes": dense_bytes,
-        "compressed_bytes": compressed_bytes,
-        "ratio": compressed_bytes / dense_bytes,
-    }
-
-    if spec.task is not None:
-        batch, source = task_inputs(spec, subject)
-    else:
-        gen = torch.Generator().manual_seed(spec.seed)
-        vocab = int(dense.config.vocab_size)
-        length = spec.max_length or DEFAULT_LENGTH
-        ids = torch.randint(0, vocab, (spec.batch_size, length), generator=gen)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        source = {"kind": "random token ids", "seed": spec.seed}
-    source["shape"] = list(batch["input_ids"].shape)
-    source["tokens"] = int(batch["attention_mask"].sum())
+    sizes = _sizes(masked, list(subject.masks))
+    batch, source = _inputs(spec, subject, dense)
     threads = torch.get_num_threads()
 
-    def forward_of(model: Any, device: str) -> Callable[[], Any]:
-        inputs = {k: v.to(device) for k, v in batch.items()}
-
-        def forward() -> Any:
-            with torch.inference_mode():
-                return model(**inputs).last_hidden_state
-
-        return forward
-
-    def cpu_sync() -> None:
-        return None
-
-    rows: list[dict[str, Any]] = []
-
-    def measure(name: str, model: Any, device: str, reference: Any, sync: Callable) -> Any:
-        forward = forward_of(model, device)
-        with console.status(f"timing {name}"):
-            out = forward()
-            row = {
-                "name": name,
-                "device": device,
-                **timings(forward, spec.repeats, spec.warmup, sync),
-            }
-        row["max_abs_diff"] = (
-            None if reference is None else float((out.float() - reference.float()).abs().max())
-        )
-        rows.append(row)
-        return out
-
-    measure("dense", dense, "cpu", None, cpu_sync)
-    reference = measure("masked", masked, "cpu", None, cpu_sync)
-    csr = copy.deepcopy(masked)
-    for p in masking.prunable_weights(csr, embeddings=subject.embeddings, pooler=subject.pooler):
-        if isinstance(p.module, torch.nn.Linear):
-            _csr_linear(p.module)
-    measure("csr", csr, "cpu", reference, cpu_sync)
-
-    notes: list[str] = []
+    latency = Latency(batch, spec.repeats, spec.warmup, console)
+    latency.measure("dense", dense, "cpu")
+    reference = latency.measure("masked", masked, "cpu")
+    latency.measure("csr", _with_linears(masked, subject, _csr_linear), "cpu", reference)
     available = {k["name"]: k for k in kernels()}
-    if available["2:4 fp16"]["available"] and pattern == "2:4":
-        half = copy.deepcopy(masked).half().cuda().eval()
-        sync = torch.cuda.synchronize
-        half_out = measure("fp16", half, "cuda", None, sync)
-        sparse = copy.deepcopy(half)
-        for p in masking.prunable_weights(
-            sparse, embeddings=subject.embeddings, pooler=subject.pooler
-        ):
-            if isinstance(p.module, torch.nn.Linear):
-                _semi_structured_linear(p.module)
-        measure("2:4 fp16", sparse, "cuda", half_out, sync)
-    elif pattern != "2:4":
-        notes.append("the 2:4 kernels need a mask searched with --pattern 2:4")
-    else:
-        notes.append(f"no 2:4 kernel here: {available['2:4 fp16']['note']}")
-
-    base = {r["device"]: r["median_ms"] for r in rows if r["name"] in {"dense", "fp16"}}
-    for row in rows:
-        row["speedup"] = base.get(row["device"], rows[0]["median_ms"]) / row["median_ms"]
+    notes = _time_semi_structured(latency, masked, subject, pattern, available["2:4 fp16"])
     return {
         "subnetwork": spec.subnetwork,
         "model": subject.ref.given,
@@ -247,7 +163,158 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
         "threads": threads,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "sizes": sizes,
-        "latency": rows,
+        "latency": latency.with_speedups(),
         "kernels": list(available.values()),
         "notes": notes,
     }
+
+
+def _prunable(model: Any, subject: Any) -> list[Any]:
+    """The weights ``subject``'s mask covers in ``model``."""
+    from tamt_cli import masking
+
+    return masking.prunable_weights(model, embeddings=subject.embeddings, pooler=subject.pooler)
+
+
+def _dense_and_masked(spec: BenchSpec, subject: Any, console: Console) -> tuple[Any, Any]:
+    """The pre-trained encoder (checked against the weights the mask was found on, when they
+    are recorded) and a copy with the mask's zeros in its weights."""
+    import copy
+
+    from tamt_cli import masking, models
+
+    with console.status(f"loading model {subject.ref.given}"):
+        dense = models.load_encoder(subject.ref).eval()
+    if subject.weights_sha256 is not None:
+        models.check_weights(dense, subject.weights_sha256, subject.ref.given, spec.subnetwork)
+    weights = _prunable(dense, subject)
+    masking.check_fits(subject.masks, masking.shapes(weights), f"the mask of '{spec.subnetwork}'")
+    masked = copy.deepcopy(dense)
+    masking.bake_masks(_prunable(masked, subject), subject.masks)
+    return dense, masked
+
+
+def _sizes(masked: Any, names: list[str]) -> dict[str, Any]:
+    """Bytes of ``model.safetensors`` written dense and with the weights ``names`` in the
+    sparse-bitmask layout."""
+    from safetensors.torch import save
+
+    from tamt_cli import compressed, models
+
+    absent = models.absent_keys(masked)
+    state = {k: v for k, v in masked.state_dict().items() if k not in absent}
+    dense_bytes = len(save({k: v.contiguous() for k, v in state.items()}))
+    compressed_bytes = len(save(compressed.compress_state(state, names)))
+    return {
+        "dense_bytes": dense_bytes,
+        "compressed_bytes": compressed_bytes,
+        "ratio": compressed_bytes / dense_bytes,
+    }
+
+
+def _inputs(spec: BenchSpec, subject: Any, dense: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The batch every way is timed on, and where it came from: the task's dev features
+    (``--task``), else seeded random token ids."""
+    import torch
+
+    if spec.task is not None:
+        batch, source = task_inputs(spec, subject)
+    else:
+        gen = torch.Generator().manual_seed(spec.seed)
+        vocab = int(dense.config.vocab_size)
+        length = spec.max_length or DEFAULT_LENGTH
+        ids = torch.randint(0, vocab, (spec.batch_size, length), generator=gen)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        source = {"kind": "random token ids", "seed": spec.seed}
+    source["shape"] = list(batch["input_ids"].shape)
+    source["tokens"] = int(batch["attention_mask"].sum())
+    return batch, source
+
+
+def _with_linears(model: Any, subject: Any, convert: Callable[[Any], None]) -> Any:
+    """A copy of ``model`` with ``convert`` applied to every masked ``nn.Linear``."""
+    import copy
+
+    import torch
+
+    converted = copy.deepcopy(model)
+    for p in _prunable(converted, subject):
+        if isinstance(p.module, torch.nn.Linear):
+            convert(p.module)
+    return converted
+
+
+def _cpu_sync() -> None:
+    return None
+
+
+@dataclass
+class Latency:
+    """Times each way of running the encoder on the same batch; a row per way, in order."""
+
+    batch: dict[str, Any]
+    repeats: int
+    warmup: int
+    console: Console
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def measure(
+        self,
+        name: str,
+        model: Any,
+        device: str,
+        reference: Any = None,
+        sync: Callable[[], None] = _cpu_sync,
+    ) -> Any:
+        """Time ``model`` on ``device``; its row gives the largest difference of its outputs
+        from ``reference`` (if any). Returns the outputs."""
+        import torch
+
+        inputs = {k: v.to(device) for k, v in self.batch.items()}
+
+        def forward() -> Any:
+            with torch.inference_mode():
+                return model(**inputs).last_hidden_state
+
+        with self.console.status(f"timing {name}"):
+            out = forward()
+            row = {
+                "name": name,
+                "device": device,
+                **timings(forward, self.repeats, self.warmup, sync),
+            }
+        row["max_abs_diff"] = (
+            None if reference is None else float((out.float() - reference.float()).abs().max())
+        )
+        self.rows.append(row)
+        return out
+
+    def with_speedups(self) -> list[dict[str, Any]]:
+        """The rows, each with its speed-up over the dense way on its device (``dense`` on the
+        CPU, ``fp16`` on a GPU)."""
+        rows = self.rows
+        base = {r["device"]: r["median_ms"] for r in rows if r["name"] in {"dense", "fp16"}}
+        for row in rows:
+            row["speedup"] = base.get(row["device"], rows[0]["median_ms"]) / row["median_ms"]
+        return rows
+
+
+def _time_semi_structured(
+    latency: Latency, masked: Any, subject: Any, pattern: str | None, kernel: dict[str, Any]
+) -> list[str]:
+    """On a CUDA GPU with a 2:4 mask, the ``fp16`` and ``2:4 fp16`` rows; else a note why
+    there are none."""
+    import copy
+
+    import torch
+
+    if kernel["available"] and pattern == "2:4":
+        half = copy.deepcopy(masked).half().cuda().eval()
+        sync = torch.cuda.synchronize
+        half_out = latency.measure("fp16", half, "cuda", None, sync)
+        sparse = _with_linears(half, subject, _semi_structured_linear)
+        latency.measure("2:4 fp16", sparse, "cuda", half_out, sync)
+        return []
+    if pattern != "2:4":
+        return ["the 2:4 kernels need a mask searched with --pattern 2:4"]
+    return [f"no 2:4 kernel here: {kernel['note']}"]

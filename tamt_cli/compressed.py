@@ -13,7 +13,8 @@ Every other tensor is stored as it is. ``config.json`` carries a ``quantization_
 ``quant_method: compressed-tensors`` and a ``sparsity_config`` (``format: sparse-bitmask``), as
 compressed-tensors writes it. compressed-tensors dropped its sparse compressors in 0.15 and
 transformers 5 needs 0.15 or newer, so no released pair of the two reads such a folder with
-transformers 5: :func:`dense_state` (or the few lines of NumPy in the README) decodes it.
+transformers 5: :func:`dense_state` (or the few lines of NumPy in docs/runs.md, "Compressed
+exports") decodes it.
 """
 
 from __future__ import annotations

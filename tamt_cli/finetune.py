@@ -32,6 +32,7 @@ from tamt_cli.specs import FinetuneSpec
 from tamt_cli.tasks.metrics import over_seeds
 
 if TYPE_CHECKING:
+    from tamt_cli.engine import Loop
     from tamt_cli.subjects import Subject
 
 OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "warmup": 0}
@@ -111,30 +112,8 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     models.check_positions(subject.ref, hyperparameters["max_length"])
     link = subnetwork_link(spec, subject)
     engine = Engine(spec.mixed_precision, console, spec.report_to)
-    notes: list[str] = []
     try:
-        # tokenised once for every seed; the main process first, the others read its cache
-        with console.status(f"loading {task.name} data"), engine.main_first():
-            train_raw = task.load(task.train_split, spec.data_dir)
-            train = task_data.train_data(
-                task,
-                train_raw,
-                tokenizer,
-                seeds=spec.seeds,
-                train_size=spec.train_size,
-                max_length=hyperparameters["max_length"],
-                doc_stride=hyperparameters["doc_stride"],
-                console=console,
-            )
-            sets = task_data.eval_sets(
-                task,
-                task.eval_splits,
-                spec.data_dir,
-                tokenizer,
-                hyperparameters["max_length"],
-                hyperparameters["doc_stride"],
-                console,
-            )
+        train, sets = _load_data(spec, task, tokenizer, hyperparameters, engine, console)
         staged = files.staged_dir(out) if engine.is_main else contextlib.nullcontext(None)
         with staged as stage:
             if stage is not None:
@@ -152,25 +131,14 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 link=link,
                 run_name=out.name,
             )
-            runs = []
-            for seed in spec.seeds:
-                record = train_seed(job, seed)
-                for note in record.pop("notes"):
-                    if note not in notes:
-                        notes.append(note)
-                        console.print(f"[yellow]note:[/yellow] {note}")
-                hyperparameters["eval_every"] = record["eval_every"]  # the same for every seed
-                runs.append(record)
+            runs, notes = train_seeds(job, console)
             result = summarise(task, spec, out, subject, link, runs, notes)
             if stage is not None:
                 files.write_json(stage / artifacts.SUMMARY, result)
                 files.write_json(
                     stage / artifacts.MANIFEST,
-                    artifacts.new_manifest(
-                        "finetune",
-                        registry.installed_distributions(),
-                        task=task.name,
-                        task_options=spec.task_options,
+                    _manifest(
+                        job,
                         seeds=spec.seeds,
                         members=[artifacts.seed_folder(seed) for seed in spec.seeds],
                         subnetwork={**link, "mask_sparsity": result["mask_sparsity"]},
@@ -182,6 +150,40 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
     finally:
         engine.end()
     return result
+
+
+def _load_data(
+    spec: FinetuneSpec,
+    task: Any,
+    tokenizer: Any,
+    hyperparameters: dict[str, Any],
+    engine: Any,
+    console: Console,
+) -> tuple[task_data.TrainData, list[task_data.EvalSet]]:
+    """The training data and the eval sets, tokenised once for every seed (the main process
+    first, the others read its cache)."""
+    with console.status(f"loading {task.name} data"), engine.main_first():
+        train_raw = task.load(task.train_split, spec.data_dir)
+        train = task_data.train_data(
+            task,
+            train_raw,
+            tokenizer,
+            seeds=spec.seeds,
+            train_size=spec.train_size,
+            max_length=hyperparameters["max_length"],
+            doc_stride=hyperparameters["doc_stride"],
+            console=console,
+        )
+        sets = task_data.eval_sets(
+            task,
+            task.eval_splits,
+            spec.data_dir,
+            tokenizer,
+            hyperparameters["max_length"],
+            hyperparameters["doc_stride"],
+            console,
+        )
+    return train, sets
 
 
 def tokenizer_for(subject: Any) -> Any:
@@ -240,37 +242,72 @@ class FinetuneJob:
     run_name: str = ""
 
 
+def train_seeds(job: FinetuneJob, console: Console) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every seed's record, in order, and the notes they made (each printed once)."""
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for seed in job.spec.seeds:
+        record = train_seed(job, seed)
+        for note in record.pop("notes"):
+            if note not in notes:
+                notes.append(note)
+                console.print(f"[yellow]note:[/yellow] {note}")
+        job.hyperparameters["eval_every"] = record["eval_every"]  # the same for every seed
+        runs.append(record)
+    return runs, notes
+
+
+@dataclass
+class SeedRun:
+    """One seed of a fine-tuning run, as :func:`train_seed`'s steps pass it on."""
+
+    seed: int
+    examples: int  # training examples drawn for this seed
+    built: task_model.TaskModel  # the model, its mask and the notes on building it
+    batcher: task_data.Batcher  # the training features
+    steps: int
+    tracker: Tracker
+    loop: Loop
+    folder: Path | None  # the seed's folder in the run (None off the main process)
+    seconds: float = 0.0  # the time fitting took
+
+    @property
+    def features(self) -> int:
+        return len(self.batcher)
+
+
 def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
     """Fine-tune one seed through the engine; save its folder under ``job.stage`` (a run of the
     ``--report-to`` trackers named ``<run_name>/seed-<N>``)."""
-    import torch
+    seed_run = _start_seed(job, seed)
+    _fit_seed(job, seed_run)
+    record = _seed_record(job, seed_run)
+    if seed_run.folder is not None:
+        _save_seed(job, seed_run, record, seed_run.folder)
+    record["mask_sparsity"] = seed_run.built.sparsity
+    record["notes"] = seed_run.built.notes
+    return record
 
-    from tamt_cli import masking
-    from tamt_cli.engine import Loop, linear_schedule
+
+def _start_seed(job: FinetuneJob, seed: int) -> SeedRun:
+    """The seed's features, model, step count, evaluations and loop."""
+    from tamt_cli.engine import Loop
     from tamt_cli.tasks import base as tasks_base
 
-    spec, task, hyperparameters = job.spec, job.task, job.hyperparameters
+    task, hyperparameters = job.task, job.hyperparameters
     examples, features = job.train.for_seed(seed)
     if len(features) == 0:
         raise UserError(f"no training features for task '{task.name}'")
-    model_and_masks = task_model.build(task, job.subject, seed)
+    built = task_model.build(task, job.subject, seed)
     multiple = 8 if hyperparameters["mixed_precision"] in {"fp16", "bf16"} else None  # tensor cores
     batcher = task_data.Batcher(features, job.tokenizer, pad_to_multiple_of=multiple)
-    n, batch_size = len(batcher), hyperparameters["batch_size"]
-    steps = max(1, math.ceil(hyperparameters["epochs"] * n / batch_size))
-    module = task_model.TaskLoss(model_and_masks.model)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=hyperparameters["lr"], weight_decay=0.0)
-    scheduler = linear_schedule(optimizer, steps)
-    main_split = task.eval_splits[0]
+    batch_size = hyperparameters["batch_size"]
+    steps = max(1, math.ceil(hyperparameters["epochs"] * len(batcher) / batch_size))
     tracker = Tracker(
         lambda: task_model.score(
-            task,
-            model_and_masks.model,
-            job.sets,
-            hyperparameters["eval_batch_size"],
-            engine=job.engine,
+            task, built.model, job.sets, hyperparameters["eval_batch_size"], engine=job.engine
         ),
-        main_split,
+        task.eval_splits[0],
         task.main_metric,
     )
     loop = Loop(
@@ -279,91 +316,131 @@ def train_seed(job: FinetuneJob, seed: int) -> dict[str, Any]:
         clip=hyperparameters["clip"],
         seed=seed,
         eval_every=tasks_base.eval_interval(
-            spec.eval_every, hyperparameters["eval_every_default"], steps
+            job.spec.eval_every, hyperparameters["eval_every_default"], steps
         ),
         description=f"{task.name} seed {seed}",
     )
     folder = job.stage / artifacts.seed_folder(seed) if job.stage is not None else None
+    return SeedRun(seed, examples, built, batcher, steps, tracker, loop, folder)
+
+
+def _fit_seed(job: FinetuneJob, seed_run: SeedRun) -> None:
+    """Train the seed's model (a tracker run of its own), then bake its mask into the weights."""
+    import torch
+
+    from tamt_cli import masking
+    from tamt_cli.engine import linear_schedule
+
+    built, batcher = seed_run.built, seed_run.batcher
+    module = task_model.TaskLoss(built.model)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=job.hyperparameters["lr"], weight_decay=0.0
+    )
+    scheduler = linear_schedule(optimizer, seed_run.steps)
+    folder = seed_run.folder
     if folder is not None:
         folder.mkdir()
-    name = f"{job.run_name or task.name}/{artifacts.seed_folder(seed)}"
-    job.engine.track(folder or Path("."), name, {**spec.model_dump(mode="json"), "seed": seed})
+    name = f"{job.run_name or job.task.name}/{artifacts.seed_folder(seed_run.seed)}"
+    config = {**job.spec.model_dump(mode="json"), "seed": seed_run.seed}
+    job.engine.track(folder or Path("."), name, config)
     t0 = time.perf_counter()
     job.engine.fit(
         module,
         optimizer,
         scheduler,
-        n,
+        seed_run.features,
         lambda indices, generator: batcher(indices.tolist()),
-        loop,
+        seed_run.loop,
         run_dir=folder,
-        hooks=tracker,
+        hooks=seed_run.tracker,
     )
-    seconds = time.perf_counter() - t0
+    seed_run.seconds = time.perf_counter() - t0
     job.engine.stop_tracking()  # each seed is a run of its own
     job.engine.free_memory()
-    model = model_and_masks.model
-    masking.detach_masks(model_and_masks.weights)
-    if model_and_masks.masks is not None:
-        masking.bake_masks(model_and_masks.weights, model_and_masks.masks)
-    best, final = tracker.best, tracker.final
-    record = {
-        "seed": seed,
-        "folder": artifacts.seed_folder(seed),
-        "steps": steps,
-        "eval_every": loop.eval_every,
-        "epochs": hyperparameters["epochs"],
-        "train_examples": examples,
+    masking.detach_masks(built.weights)
+    if built.masks is not None:
+        masking.bake_masks(built.weights, built.masks)
+
+
+def _seed_record(job: FinetuneJob, seed_run: SeedRun) -> dict[str, Any]:
+    """What the seed did: its length, time, and best and final evaluations (with their
+    epoch)."""
+    n, batch_size = seed_run.features, job.hyperparameters["batch_size"]
+    best, final = seed_run.tracker.best, seed_run.tracker.final
+    return {
+        "seed": seed_run.seed,
+        "folder": artifacts.seed_folder(seed_run.seed),
+        "steps": seed_run.steps,
+        "eval_every": seed_run.loop.eval_every,
+        "epochs": job.hyperparameters["epochs"],
+        "train_examples": seed_run.examples,
         "train_features": n,
-        "seconds": round(seconds, 2),
-        "eval_seconds": round(tracker.seconds, 2),
+        "seconds": round(seed_run.seconds, 2),
+        "eval_seconds": round(seed_run.tracker.seconds, 2),
         "best": {**best, "epoch": round(best["step"] * batch_size / n, 3)},
         "final": {**final, "epoch": round(final["step"] * batch_size / n, 3)},
     }
-    if folder is not None:
-        model.save_pretrained(str(folder))
-        job.tokenizer.save_pretrained(str(folder))
-        if model_and_masks.masks is not None:
-            maskfile.save_masks(folder / artifacts.MASK_FILE, model_and_masks.masks)
-        files.write_json(
-            folder / artifacts.SEED_METRICS,
-            {
-                "task": task.name,
-                "seed": seed,
-                "selected_by": f"{main_split}/{task.main_metric}",
-                "best": record["best"],
-                "final": record["final"],
-                "about": "best: the evaluation with the highest "
-                f"{main_split}/{task.main_metric} (the paper reports it); final: after the "
-                "last step, the weights saved here",
-                "evaluations": tracker.history,
+
+
+def _save_seed(job: FinetuneJob, seed_run: SeedRun, record: dict[str, Any], folder: Path) -> None:
+    """The seed's folder: the model with the zeros in its weights, the tokenizer, the mask,
+    the scores of every evaluation and the manifest."""
+    task, built, model = job.task, seed_run.built, seed_run.built.model
+    selected_by = f"{task.eval_splits[0]}/{task.main_metric}"
+    model.save_pretrained(str(folder))
+    job.tokenizer.save_pretrained(str(folder))
+    if built.masks is not None:
+        maskfile.save_masks(folder / artifacts.MASK_FILE, built.masks)
+    files.write_json(
+        folder / artifacts.SEED_METRICS,
+        {
+            "task": task.name,
+            "seed": seed_run.seed,
+            "selected_by": selected_by,
+            "best": record["best"],
+            "final": record["final"],
+            "about": f"best: the evaluation with the highest {selected_by} (the paper reports "
+            "it); final: after the last step, the weights saved here",
+            "evaluations": seed_run.tracker.history,
+        },
+    )
+    files.write_json(
+        folder / artifacts.MANIFEST,
+        _manifest(
+            job,
+            seed=seed_run.seed,
+            subnetwork={**job.link, "mask_sparsity": built.sparsity},
+            model={
+                "class": type(model).__name__,
+                "model_type": model.config.model_type,
+                "num_labels": model.config.num_labels,
             },
-        )
-        files.write_json(
-            folder / artifacts.MANIFEST,
-            artifacts.new_manifest(
-                "finetune",
-                registry.installed_distributions(),
-                task=task.name,
-                task_options=spec.task_options,
-                seed=seed,
-                subnetwork={**job.link, "mask_sparsity": model_and_masks.sparsity},
-                model={
-                    "class": type(model).__name__,
-                    "model_type": model.config.model_type,
-                    "num_labels": model.config.num_labels,
-                },
-                hyperparameters={**hyperparameters, "steps": steps, "eval_every": loop.eval_every},
-                data={**data_record(spec, job.train, job.sets), "train_examples": examples},
-                best=record["best"],
-                final=record["final"],
-                seconds=record["seconds"],
-                notes=model_and_masks.notes,
-            ),
-        )
-    record["mask_sparsity"] = model_and_masks.sparsity
-    record["notes"] = model_and_masks.notes
-    return record
+            hyperparameters={
+                **job.hyperparameters,
+                "steps": seed_run.steps,
+                "eval_every": seed_run.loop.eval_every,
+            },
+            data={
+                **data_record(job.spec, job.train, job.sets),
+                "train_examples": seed_run.examples,
+            },
+            best=record["best"],
+            final=record["final"],
+            seconds=record["seconds"],
+            notes=built.notes,
+        ),
+    )
+
+
+def _manifest(job: FinetuneJob, **fields: Any) -> dict[str, Any]:
+    """A ``finetune`` manifest of ``job``'s task, with ``fields``."""
+    return artifacts.new_manifest(
+        "finetune",
+        registry.installed_distributions(),
+        task=job.task.name,
+        task_options=job.spec.task_options,
+        **fields,
+    )
 
 
 def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def _warn_if_weak(ref: Any, quality: dict[str, float], console: Console) -> None
             f"warning: the MLM head fitted on '{ref.given}' predicts masked tokens hardly better "
             f"than token frequencies do (held-out loss {head:.2f} against {frequency:.2f} "
             "nats), so the MLM loss says little about a subnetwork of it; prefer --method kd "
-            "(see the README: TAMT-MLM on a model without an MLM head)",
+            "(see docs/mask-training.md: TAMT-MLM on a model without an MLM head)",
             highlight=False,
         )
 

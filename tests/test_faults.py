@@ -644,6 +644,7 @@ def test_what_a_killed_run_left_is_cleaned_by_the_next(cli, tiny_bert):
         assert not dead_stage.exists() and live_stage.is_dir()
     finally:
         live.__exit__(None, None, None)
+        dead.stdout.close()  # type: ignore[union-attr]
     assert sorted(p.name for p in Path("runs").iterdir()) == ["omp", "other"]
 
 

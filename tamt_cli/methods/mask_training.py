@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
 
 #: objective → (lr, reset interval); the paper's values in the comment beside them. The lrs
-#: suit graded scores (README: "Mask training", measured on the demo model); with binary ones
-#: 1e-3 moved masks on short budgets, at the cost of the mass crossing described above.
+#: suit graded scores (docs/mask-training.md: "Why these defaults", measured on the demo model);
+#: with binary ones 1e-3 moved masks on short budgets, at the cost of the mass crossing described
+#: above.
 DEFAULTS = {
     "mlm": {"lr": 5e-5, "reset_every": 100},  # paper: 5e-5, every 1000 steps
     "kd": {"lr": 2e-4, "reset_every": 100},  # paper: 2e-5, every 100 steps
@@ -42,7 +43,7 @@ DEFAULTS = {
 }
 DEFAULT_MAX_STEPS = 1000  # paper: 11k/14k/17k/20k/22k steps for sparsity 0.5/0.6/0.7/0.8/0.9
 
-#: ``--budget paper``: the paper's protocol (README: "Mask training", below its defaults).
+#: ``--budget paper``: the paper's protocol (docs/mask-training.md: "The paper's budget").
 #: Steps: the budget IMP needs for the sparsity, (10·s − 1) intervals of 2,792 steps, to the
 #: nearest thousand: 11k, 14k, 17k, 20k, 22k at 0.5 … 0.9. The lr decays linearly over two
 #: epochs of WikiText-103 (~30k steps at 16 × 512 tokens), so at those steps it is still well
@@ -53,8 +54,9 @@ PAPER = {
     "mlm-kd": {"lr": 5e-5, "reset_every": 1000},
 }
 #: lr × steps past which graded-score `kd` tickets transferred worse than OMP's in the budget
-#: study (README: "How long to train masks"). AdamW moves a score by about the lr per step
-#: whatever its gradient, so lr × steps bounds how far a score can travel from the magnitude mask.
+#: study (docs/mask-training.md: "How long to train masks"). AdamW moves a score by about the lr
+#: per step whatever its gradient, so lr × steps bounds how far a score can travel from the
+#: magnitude mask.
 KD_TRAVEL_LIMIT = 0.6
 PAPER_SEARCH = {"batch_size": 16, "max_length": 512}
 PAPER_DECAY_STEPS = 30_000
@@ -134,7 +136,7 @@ class MaskTraining:
         return [
             f"lr × steps = {run['lr']:g} × {run['max_steps']} = {travel:.2g}, past "
             f"{KD_TRAVEL_LIMIT:g}: in the budget study, kd tickets trained that far transferred "
-            "worse than magnitude pruning's (README: How long to train masks)"
+            "worse than magnitude pruning's (docs/mask-training.md: How long to train masks)"
         ]
 
     def check(self, spec: SearchSpec) -> None:

@@ -69,6 +69,7 @@ transformers, datasets, numpy and scikit-learn inside methods, never at module l
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -133,8 +134,8 @@ class Task(Protocol):
     name: ClassVar[str]
     summary: ClassVar[str]
     head: ClassVar[Head]
-    num_labels: ClassVar[int]
-    labels: ClassVar[tuple[str, ...]]
+    num_labels: int  # a task with options may set these two per instance
+    labels: tuple[str, ...]
     metric_names: ClassVar[tuple[str, ...]]
     main_metric: ClassVar[str]
     defaults: ClassVar[Defaults]
@@ -163,8 +164,8 @@ class TaskBase:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     head: ClassVar[Head] = "classification"
-    num_labels: ClassVar[int] = 2
-    labels: ClassVar[tuple[str, ...]] = ()
+    num_labels: int = 2  # a task with options may set these two per instance
+    labels: tuple[str, ...] = ()
     metric_names: ClassVar[tuple[str, ...]] = ()
     main_metric: ClassVar[str] = ""
     defaults: ClassVar[Defaults] = GLUE_DEFAULTS
@@ -240,6 +241,17 @@ class TaskBase:
             f"data dir '{data_dir}' has no {split} data for task '{self.name}': "
             f"expected one of {expected}"
         )
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def check_columns(self, raw: Dataset, columns: Sequence[str]) -> None:
+        """A one-line error naming those of ``columns`` that the examples ``raw`` lack."""
+        missing = [c for c in columns if c not in raw.column_names]
+        if missing:
+            raise UserError(
+                f"task '{self.name}' needs column(s) {', '.join(missing)} in its examples; "
+                f"found {', '.join(raw.column_names)}"
+            )
 
     # -- models -------------------------------------------------------------------------------
 

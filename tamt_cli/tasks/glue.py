@@ -270,12 +270,7 @@ class GlueTask(TaskBase):
         from datasets import Features, List, Value
 
         max_length = max_length or self.defaults.max_length
-        missing = [c for c in (*self.text_columns,) if c not in raw.column_names]
-        if missing:
-            raise UserError(
-                f"task '{self.name}' needs column(s) {', '.join(missing)} in its examples; "
-                f"found {', '.join(raw.column_names)}"
-            )
+        self.check_columns(raw, self.text_columns)
         labelled = "label" in raw.column_names and self._labelled(raw)
         sample = tokenizer(*(["a"] for _ in self.text_columns))
         columns: dict[str, Any] = {key: List(Value("int32")) for key in sample}

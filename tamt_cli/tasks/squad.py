@@ -20,6 +20,7 @@ best null score (start and end on CLS) beats it by more than ``null_threshold``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -235,7 +236,7 @@ class Squad(TaskBase):
         CLS index where the window does not hold it) and ``example_index`` (the row of ``raw``
         the window was cut from). ``train=False``: ``example_id`` and
         ``offset_mapping`` (character span of each context token, ``None`` elsewhere)."""
-        from datasets import Features, List, Value
+        from datasets import Features
 
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(
@@ -247,95 +248,14 @@ class Squad(TaskBase):
         stride = stride or 0
         if stride >= max_length:
             raise UserError(f"--doc-stride {stride} must be smaller than --max-length {max_length}")
-        missing = [c for c in ("id", "context", "question", "answers") if c not in raw.column_names]
-        if missing:
-            raise UserError(
-                f"task '{self.name}' needs column(s) {', '.join(missing)} in its examples; "
-                f"found {', '.join(raw.column_names)}"
-            )
-        pad_right = tokenizer.padding_side == "right"
-        context_seq = 1 if pad_right else 0
-        token_keys = [k for k in tokenizer("a", "b") if k != "offset_mapping"]
-        cls_id = tokenizer.cls_token_id
-        specials = tokenizer.num_special_tokens_to_add(pair=True)
-        columns: dict[str, Any] = {key: List(Value("int32")) for key in token_keys}
-        if train:
-            columns["start_positions"] = Value("int64")
-            columns["end_positions"] = Value("int64")
-            columns["example_index"] = Value("int64")
-        else:
-            columns["example_id"] = Value("string")
-            columns["offset_mapping"] = List(List(Value("int64")))
-        name = self.name
-
-        def prepare(batch: dict[str, list[Any]], rows: list[int]) -> dict[str, Any]:
-            questions = [q.lstrip() for q in batch["question"]]
-            contexts = batch["context"]
-            lengths = tokenizer(questions, add_special_tokens=False)["input_ids"]
-            for qid, tokens in zip(batch["id"], lengths, strict=True):
-                room = max_length - specials - len(tokens)
-                if room <= stride:  # the Rust tokenizer would panic
-                    raise UserError(
-                        f"task '{name}': question '{qid}' has {len(tokens)} tokens, leaving "
-                        f"{max(room, 0)} context tokens per window of {max_length}, not more than "
-                        f"the doc stride {stride}; raise --max-length or lower --doc-stride"
-                    )
-            try:
-                encoding = tokenizer(
-                    questions if pad_right else contexts,
-                    contexts if pad_right else questions,
-                    truncation="only_second" if pad_right else "only_first",
-                    max_length=max_length,
-                    stride=stride,
-                    return_overflowing_tokens=True,
-                    return_offsets_mapping=True,
-                    padding="max_length",
-                )
-            except Exception as exc:  # the Rust tokenizer's truncation errors
-                raise UserError(
-                    f"task '{name}': cannot fit a question and context window in {max_length} "
-                    f"tokens with doc stride {stride} ({first_line(exc)}); raise --max-length "
-                    "or lower --doc-stride"
-                ) from None
-            samples = encoding["overflow_to_sample_mapping"]
-            out: dict[str, Any] = {key: encoding[key] for key in token_keys}
-            starts: list[int] = []
-            ends: list[int] = []
-            example_ids: list[str] = []
-            offset_maps: list[list[Any]] = []
-            for i, sample in enumerate(samples):
-                sequence_ids = encoding.sequence_ids(i)
-                offsets = encoding["offset_mapping"][i]
-                if train:
-                    input_ids = encoding["input_ids"][i]
-                    cls = input_ids.index(cls_id) if cls_id in input_ids else 0
-                    context_tokens = [
-                        t for t, seq_id in enumerate(sequence_ids) if seq_id == context_seq
-                    ]
-                    start, end = answer_tokens(batch["answers"][sample], offsets, context_tokens)
-                    starts.append(cls if start is None else start)
-                    ends.append(cls if end is None else end)
-                else:
-                    example_ids.append(batch["id"][sample])
-                    offset_maps.append(
-                        [
-                            list(o) if sequence_ids[t] == context_seq else None
-                            for t, o in enumerate(offsets)
-                        ]
-                    )
-            if train:
-                out["start_positions"], out["end_positions"] = starts, ends
-                out["example_index"] = [rows[sample] for sample in samples]
-            else:
-                out["example_id"], out["offset_mapping"] = example_ids, offset_maps
-            return out
-
+        self.check_columns(raw, ("id", "context", "question", "answers"))
+        windows = Windows.of(self.name, tokenizer, max_length, stride)
         return raw.map(
-            prepare,
+            windows.train_features if train else windows.eval_features,
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,
-            features=Features(columns),
+            features=Features(windows.columns(train)),
             desc=f"Tokenizing {self.name}",
         )
 
@@ -391,6 +311,130 @@ class SquadV2(Squad):
     hub_path = "rajpurkar/squad_v2"
     files: ClassVar[dict[str, str]] = {"train": "train-v2.0.json", "validation": "dev-v2.0.json"}
     version_2 = True
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Cuts a batch of (question, context) pairs into windows of ``max_length`` tokens that
+    overlap by ``stride`` tokens, padded to ``max_length`` (see the module docs)."""
+
+    task: str  # the task's name, for errors
+    tokenizer: Any  # a fast tokenizer
+    max_length: int
+    stride: int
+    token_keys: list[str]  # what the tokenizer makes of a pair, offsets aside
+    question_first: bool  # a tokenizer padding on the right: question, then context
+    specials: int  # special tokens the tokenizer adds to a pair
+
+    @classmethod
+    def of(cls, task: str, tokenizer: Any, max_length: int, stride: int) -> Windows:
+        return cls(
+            task,
+            tokenizer,
+            max_length,
+            stride,
+            token_keys=[k for k in tokenizer("a", "b") if k != "offset_mapping"],
+            question_first=tokenizer.padding_side == "right",
+            specials=tokenizer.num_special_tokens_to_add(pair=True),
+        )
+
+    @property
+    def context_seq(self) -> int:
+        """The sequence id of the context's tokens."""
+        return 1 if self.question_first else 0
+
+    def columns(self, train: bool) -> dict[str, Any]:
+        """The features' columns (see :meth:`train_features` and :meth:`eval_features`)."""
+        from datasets import List, Value
+
+        columns: dict[str, Any] = {key: List(Value("int32")) for key in self.token_keys}
+        if train:
+            columns["start_positions"] = Value("int64")
+            columns["end_positions"] = Value("int64")
+            columns["example_index"] = Value("int64")
+        else:
+            columns["example_id"] = Value("string")
+            columns["offset_mapping"] = List(List(Value("int64")))
+        return columns
+
+    def train_features(self, batch: dict[str, list[Any]], rows: list[int]) -> dict[str, Any]:
+        """Windows with the token positions of the first gold answer (the CLS index where the
+        window does not hold it) and the row of the examples each was cut from."""
+        encoding = self.cut(batch)
+        samples = encoding["overflow_to_sample_mapping"]
+        cls_id = self.tokenizer.cls_token_id
+        starts: list[int] = []
+        ends: list[int] = []
+        for i, sample in enumerate(samples):
+            input_ids = encoding["input_ids"][i]
+            cls = input_ids.index(cls_id) if cls_id in input_ids else 0
+            context_tokens = [
+                t for t, seq_id in enumerate(encoding.sequence_ids(i)) if seq_id == self.context_seq
+            ]
+            offsets = encoding["offset_mapping"][i]
+            start, end = answer_tokens(batch["answers"][sample], offsets, context_tokens)
+            starts.append(cls if start is None else start)
+            ends.append(cls if end is None else end)
+        out: dict[str, Any] = {key: encoding[key] for key in self.token_keys}
+        out["start_positions"], out["end_positions"] = starts, ends
+        out["example_index"] = [rows[sample] for sample in samples]
+        return out
+
+    def eval_features(self, batch: dict[str, list[Any]], rows: list[int]) -> dict[str, Any]:
+        """Windows with the id of the example each was cut from and the character span of each
+        context token (``None`` elsewhere)."""
+        encoding = self.cut(batch)
+        example_ids: list[str] = []
+        offset_maps: list[list[Any]] = []
+        for i, sample in enumerate(encoding["overflow_to_sample_mapping"]):
+            sequence_ids = encoding.sequence_ids(i)
+            example_ids.append(batch["id"][sample])
+            offset_maps.append(
+                [
+                    list(o) if sequence_ids[t] == self.context_seq else None
+                    for t, o in enumerate(encoding["offset_mapping"][i])
+                ]
+            )
+        out: dict[str, Any] = {key: encoding[key] for key in self.token_keys}
+        out["example_id"], out["offset_mapping"] = example_ids, offset_maps
+        return out
+
+    def cut(self, batch: dict[str, list[Any]]) -> Any:
+        """The tokenizer's windows of the batch, with offsets and the example of each."""
+        questions = [q.lstrip() for q in batch["question"]]
+        contexts = batch["context"]
+        self._check_room(batch["id"], questions)
+        first = self.question_first
+        try:
+            return self.tokenizer(
+                questions if first else contexts,
+                contexts if first else questions,
+                truncation="only_second" if first else "only_first",
+                max_length=self.max_length,
+                stride=self.stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+                padding="max_length",
+            )
+        except Exception as exc:  # the Rust tokenizer's truncation errors
+            raise UserError(
+                f"task '{self.task}': cannot fit a question and context window in "
+                f"{self.max_length} tokens with doc stride {self.stride} ({first_line(exc)}); "
+                "raise --max-length or lower --doc-stride"
+            ) from None
+
+    def _check_room(self, ids: list[Any], questions: list[str]) -> None:
+        """Every question leaves more context tokens in a window than the stride (the Rust
+        tokenizer would panic otherwise)."""
+        lengths = self.tokenizer(questions, add_special_tokens=False)["input_ids"]
+        for qid, tokens in zip(ids, lengths, strict=True):
+            room = self.max_length - self.specials - len(tokens)
+            if room <= self.stride:
+                raise UserError(
+                    f"task '{self.task}': question '{qid}' has {len(tokens)} tokens, leaving "
+                    f"{max(room, 0)} context tokens per window of {self.max_length}, not more "
+                    f"than the doc stride {self.stride}; raise --max-length or lower --doc-stride"
+                )
 
 
 def answer_tokens(
