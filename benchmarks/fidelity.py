@@ -31,7 +31,7 @@ METHODS = {
     "kd": ("kd", []),
     "mlm": ("mlm", []),
     "imp": ("imp", []),
-    "imp-norewind": ("imp", ["--no-rewind"]),
+    "imp-norewind": ("imp", ["-o", "rewind=false"]),
     "omp": ("omp", []),
     "random": ("random", []),
 }
@@ -119,7 +119,7 @@ def main() -> None:
                     for option in args.mask_option:
                         cmd += ["-o", option]
                 if method == "imp":
-                    cmd += ["--steps-per-round", str(args.steps_per_round)]
+                    cmd += ["-o", f"steps_per_round={args.steps_per_round}"]
                 if not (run / artifacts.MASK_FILE).is_file():  # a finished run is reused
                     t0 = time.perf_counter()
                     tamt(*cmd, cwd=out)

@@ -56,8 +56,8 @@ def tamt_args(row: str, args: argparse.Namespace, work: Path) -> list[str]:
         return [*search, "-m", row, "-s", str(args.sparsity), *extra]
     if row == "imp":
         search[search.index("--max-steps") : search.index("--max-steps") + 2] = []
-        return [*search, "-m", "imp", "-s", "0.2", "--prune-fraction", "0.1",
-                "--steps-per-round", str(args.steps), "--objective", "kd"]  # fmt: skip
+        return [*search, "-m", "imp", "-s", "0.2", "-o", "prune_fraction=0.1",
+                "-o", f"steps_per_round={args.steps}", "-o", "objective=kd"]  # fmt: skip
     raise ValueError(row)
 
 

@@ -68,9 +68,9 @@ def main() -> None:
                    "--eval-blocks", args.search_eval_blocks]  # fmt: skip
             if name.startswith("imp"):
                 objective = name.removeprefix("imp-") if name != "imp" else "mlm"
-                cmd += ["-m", "imp", "--objective", objective,
-                        "--steps-per-round", args.steps_per_round,
-                        "--prune-fraction", args.prune_fraction]  # fmt: skip
+                cmd += ["-m", "imp", "-o", f"objective={objective}",
+                        "-o", f"steps_per_round={args.steps_per_round}",
+                        "-o", f"prune_fraction={args.prune_fraction}"]  # fmt: skip
                 cmd += ["--lr", args.imp_lr] if args.imp_lr else []
                 steps = imp_steps
             else:
