@@ -78,6 +78,8 @@ def plugin_options_table(doc: dict[str, Any]) -> Group:
     for option in doc["options"]:
         name = option["name"] + (f" ({option['flag']})" if option.get("flag") else "")
         default = "required" if option["required"] else _option_default(option["default"])
+        if option.get("effective_default") is not None:  # a value the method fills in
+            default = f"{option['effective_default']} (the method's)"
         table.add_row(name, option["type"], default, option["description"])
     return Group(head, table, Text(f"given as {doc['given_as']}"))
 

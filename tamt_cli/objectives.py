@@ -7,7 +7,9 @@ of every token is most of a step's cost on a small encoder and a large vocabular
 KD: the dense model is the teacher: the same module with every mask switched off (no second
 copy); loss = mean over the L transformer layers (embedding output excluded) of the mean over
 tokens of ``1 - cos(h_student, h_teacher)``. A method that trains the weights themselves (IMP)
-passes ``teacher=``, a frozen copy of the pre-trained encoder, which is then used instead.
+passes ``teacher=``, a frozen copy of the pre-trained encoder, which is then used instead. The
+teacher runs without dropout unless ``teacher_dropout`` (the reference KD trainer's teacher keeps
+it on while training).
 """
 
 from __future__ import annotations
@@ -79,8 +81,15 @@ def kd_loss(
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
+    with train_mode(module, False):
+        yield
+
+
+@contextlib.contextmanager
+def train_mode(module: nn.Module, training: bool) -> Iterator[None]:
+    """``module`` (and its submodules) in training mode or not for the block, then as before."""
     was = module.training
-    module.eval()
+    module.train(training)
     try:
         yield
     finally:
@@ -101,6 +110,7 @@ class PretrainingLoss(nn.Module):
         head: nn.Module | None = None,
         teacher: nn.Module | None = None,
         recompute: bool = True,
+        teacher_dropout: bool = False,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -118,6 +128,8 @@ class PretrainingLoss(nn.Module):
         #: the backward pass remakes the masked matrices of score masks instead of keeping them
         #: from the forward pass (:func:`masking.masked_weights_recomputed`): the same result
         self.recompute = recompute
+        #: the teacher keeps dropout on while this module trains (off in eval mode, as ever)
+        self.teacher_dropout = teacher_dropout
 
     def forward(
         self,
@@ -146,15 +158,17 @@ class PretrainingLoss(nn.Module):
     def teacher_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Hidden states of the dense model: the same tensors with the masks off, no dropout
-        (or the frozen ``teacher`` copy when one was given)."""
+        """Hidden states of the dense model: the same tensors with the masks off (or the frozen
+        ``teacher`` copy when one was given), without dropout unless ``teacher_dropout`` and
+        this module is training."""
+        dropout = self.teacher_dropout and self.training
         if self.teacher is not None:
-            with eval_mode(self.teacher):
+            with train_mode(self.teacher, dropout):
                 out = self.teacher(
                     input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
                 )
             return tuple(h.detach() for h in out.hidden_states[1:])
-        with masking.masks_disabled(self._weights), eval_mode(self.encoder):
+        with masking.masks_disabled(self._weights), train_mode(self.encoder, dropout):
             out = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
             )

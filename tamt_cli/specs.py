@@ -128,7 +128,8 @@ class SearchSpec(Spec):
     budget: Literal["default", "paper"] = Field(
         "default",
         description="paper: the paper's protocol where a value is not given (lr, steps for the "
-        "sparsity, binary scores, resets, lr decay, batch size and length; --dry-run shows them)",
+        "sparsity, binary scores, resets and their schedule, lr decay, optimizer, teacher "
+        "dropout, batch size and length: the reference code's; --dry-run shows them)",
     )
     # training methods (mlm, kd, mlm-kd, imp, plugins that train); one-shot methods ignore these
     corpus: str = Field(

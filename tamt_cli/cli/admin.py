@@ -39,7 +39,16 @@ def plugins(values: dict[str, Any]) -> None:
     NAME, that method's or task's options (types, defaults, descriptions)."""
     name, kind, as_json = values["name"], values["kind"], values["as_json"]
     if name is not None:
-        output.present(registry.describe(name, kind), as_json, "plugin_options_table")
+        doc = registry.describe(name, kind)
+        if doc["kind"] == "method":
+            from tamt_cli.cli.search import effective_default
+
+            for option in doc["options"]:
+                if option["default"] is None and not option["required"]:
+                    used = effective_default(doc["name"], option["name"])
+                    if used is not None:
+                        option["effective_default"] = used
+        output.present(doc, as_json, "plugin_options_table")
         return
     kinds = [kind] if kind else list(registry.GROUPS)
     rows = [p.as_dict() for k in kinds for p in registry.registry(k).all()]

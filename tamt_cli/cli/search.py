@@ -87,6 +87,13 @@ def by_method(key: str) -> str:
     return options.by_value({n: t for n, t in texts.items() if t is not None}, "the method's")
 
 
+def effective_default(method: str, option: str) -> str | None:
+    """What a built-in training method uses for an option left open (``none`` in its options
+    model), e.g. ``reset_every`` → ``100``, ``decay_steps`` → ``max-steps``; None if unknown."""
+    runs = _probes().get(method)
+    return _rule(runs, option) if runs else None
+
+
 def method_options() -> str:
     """Every built-in method's options with the values they take when not given."""
     from tamt_cli import registry

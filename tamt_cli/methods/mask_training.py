@@ -7,17 +7,21 @@ matrix's magnitude boundary, so the weights next to the boundary start next to `
 the paper (``-o scores=binary``: ``S = 2τ`` kept, ``0`` pruned; ``τ = 0.01``).
 The pre-trained weights stay frozen; for the MLM objectives the MLM head's transform and output
 bias train with the scores (its decoder stays tied to the unmasked word embeddings). Every
-``--reset-every`` steps, and always before a mask is saved, each matrix's ``τ`` is reset to its
-k-th smallest score (k = ⌊n·s⌋), so saved masks have exactly the target sparsity. The pooler
-is read by no pre-training loss, so its mask stays the initial one.
+``-o reset_every`` steps (``-o reset_schedule=reference``: after step 1, then one step before
+each multiple, as the reference KD trainer), and always before a mask is saved, each matrix's
+``τ`` is reset to its k-th smallest score (k = ⌊n·s⌋), so saved masks have exactly the target
+sparsity. The pooler is read by no pre-training loss, so its mask stays the initial one.
 
 Defaults differ from the paper's where the paper's cannot work on short budgets: with binary
 scores every score is 0.01 from ``τ``, which AdamW at the paper's 5e-5 (MLM) or 2e-5 (KD) needs
 hundreds of steps to cross — and then every score whose gradient kept its sign crosses in the
-same step, since AdamW moves each score by about the learning rate whatever its gradient's size.
-The paper trained 11k–22k steps, resetting thresholds every 1000 (MLM) or 100 (KD) steps. The
-defaults here (graded scores, ``DEFAULTS``, ``DEFAULT_MAX_STEPS``) suit budgets of tens to a few
-thousand steps; pass ``-o scores=binary`` and the paper's values to reproduce it.
+same step, since AdamW (``-o optimizer=adamw``, the default, and the reference MLM trainer's)
+moves each score by about the learning rate whatever its gradient's size. That does not hold
+for the reference KD trainer's BertAdam (``-o optimizer=bertadam``: eps 1e-6, no bias
+correction), which moves a score whose gradient is far below 1e-6 by only a fraction of the
+learning rate. The paper trained 11k–22k steps, resetting thresholds every 1000 (MLM) or 100
+(KD) steps. The defaults here (graded scores, ``DEFAULTS``, ``DEFAULT_MAX_STEPS``) suit budgets
+of tens to a few thousand steps; ``--budget paper`` runs the reference's protocol (``PAPER``).
 """
 
 from __future__ import annotations
@@ -43,22 +47,58 @@ DEFAULTS = {
 }
 DEFAULT_MAX_STEPS = 1000  # paper: 11k/14k/17k/20k/22k steps for sparsity 0.5/0.6/0.7/0.8/0.9
 
-#: ``--budget paper``: the paper's protocol (docs/mask-training.md: "The paper's budget").
-#: Steps: the budget IMP needs for the sparsity, (10·s − 1) intervals of 2,792 steps, to the
-#: nearest thousand: 11k, 14k, 17k, 20k, 22k at 0.5 … 0.9. The lr decays linearly over two
-#: epochs of WikiText-103 (~30k steps at 16 × 512 tokens), so at those steps it is still well
-#: above zero.
-PAPER = {
-    "mlm": {"lr": 5e-5, "reset_every": 1000},
-    "kd": {"lr": 2e-5, "reset_every": 100},
-    "mlm-kd": {"lr": 5e-5, "reset_every": 1000},
+#: ``--budget paper``: the reference's protocol (docs/mask-training.md: "`--budget paper`
+#: against the reference" gives every value with its source). Paths are in the authors'
+#: repository (llyx97/TAMT). Steps: the budget IMP needs for the sparsity, (10·s − 1) intervals
+#: of 2,792 steps, to the nearest thousand: 11k, 14k, 17k, 20k, 22k at 0.5 … 0.9, the masks the
+#: fine-tuning scripts load (imp_and_fine_tune/shell_scripts/run_glue/train_mlm/main_result/
+#: bert/mnli/0.7.sh:6 "pretrain_step=17000"); `kd` one step fewer, since the KD trainer saves
+#: its masks at step 1000·k − 1 (…/train_kd/main_result/bert/mnli/0.7.sh:7 "16999";
+#: mask_training/train_kd.py:1142). The lr decays linearly over two epochs of WikiText-103
+#: (~30k steps at 16 × 512 tokens; train_kd.py:828, train_mlm.py:394), so at those steps it is
+#: still well above zero.
+PAPER: dict[str, dict[str, Any]] = {
+    "mlm": {
+        "lr": 5e-5,  # mask_training/hg_transformers/training_args.py:68 (the script sets none)
+        "reset_every": 1000,  # mask_trainer_mlm.py:595,615 at --logging_steps 1000
+        "reset_schedule": "even",  # mask_trainer_mlm.py:595: global_step % 1000 == 0
+        "optimizer": "adamw",  # train_mlm.py:393: AdamW, bias correction, eps 1e-8, no decay
+    },
+    "kd": {
+        "lr": 2e-5,  # mask_training/train_kd.py:591 (the script sets none)
+        "reset_every": 100,  # train_kd.py:1082,1126 at --eval_step 100 (train_kd/bert/0.7.sh:20)
+        "reset_schedule": "reference",  # train_kd.py:1082: step 1, then (step + 1) % 100 == 0
+        "optimizer": "bertadam",  # train_kd.py:901, transformer/optimization.py:191
+        "teacher_dropout": True,  # train_kd.py:858,943: teacher never put in eval mode
+    },
+    "mlm-kd": {
+        "lr": 5e-5,  # as mlm (train_mlm.py with --use_kd true)
+        "reset_every": 1000,
+        "reset_schedule": "even",
+        "optimizer": "adamw",
+        # train_mlm.py:528: from_pretrained sets eval mode (hg_transformers/modeling_utils.py:790)
+        "teacher_dropout": False,
+    },
 }
 #: lr × steps past which graded-score `kd` tickets transferred worse than OMP's in the budget
 #: study (docs/mask-training.md: "How long to train masks"). AdamW moves a score by about the lr
 #: per step whatever its gradient, so lr × steps bounds how far a score can travel from the
-#: magnitude mask.
+#: magnitude mask (measured with AdamW only: BertAdam moves scores with tiny gradients less).
 KD_TRAVEL_LIMIT = 0.6
 PAPER_SEARCH = {"batch_size": 16, "max_length": 512}
+#: what each ``-o optimizer`` implies (the optimisers are in methods/_common.py, which a test
+#: holds to these): eps, weight decay on the scores, bias correction, where --clip applies
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "adamw": {"eps": 1e-8, "weight_decay": 0.0, "bias_correction": True, "clip": "global norm"},
+    # mask_training/transformer/optimization.py:209 (e=1e-6, max_grad_norm=1.0), :308-309 (clip
+    # per tensor), :335-338 (no bias correction); train_kd.py:898 (decay 0.01 in the groups)
+    "bertadam": {
+        "eps": 1e-6,
+        "weight_decay": 0.01,
+        "bias_correction": False,
+        "clip": "each tensor on its own",
+    },
+}
 PAPER_DECAY_STEPS = 30_000
 IMP_INTERVAL = 2792
 
@@ -66,6 +106,15 @@ IMP_INTERVAL = 2792
 def paper_steps(sparsity: float) -> int:
     """The paper's mask-training steps at ``sparsity`` (IMP's budget for it)."""
     return max(1000, round(IMP_INTERVAL * (10 * sparsity - 1) / 1000) * 1000)
+
+
+def resets_after(step: int, every: int, schedule: str) -> bool:
+    """Whether the thresholds are reset after optimiser step ``step`` (1-based): ``even`` at
+    every, 2·every, …; ``reference`` as the reference KD trainer (mask_training/train_kd.py:1082,
+    1126: after step 1, then wherever ``(step + 1) % every == 0``: every − 1, 2·every − 1, …)."""
+    if schedule == "reference":
+        return step == 1 or (step + 1) % every == 0
+    return step % every == 0
 
 
 class MaskTrainingOptions(BaseModel):
@@ -90,6 +139,23 @@ class MaskTrainingOptions(BaseModel):
         "(τ·|W|/t: the same mask, scores in the order of the initial ranking, so that the "
         "weights nearest the boundary are the first to flip)",
     )
+    optimizer: Literal["adamw", "bertadam"] = Field(
+        "adamw",
+        description="adamw (torch's: bias correction, eps 1e-8, no weight decay, the gradient "
+        "norm clipped to --clip over all scores: the reference MLM trainer's) or bertadam (the "
+        "reference KD trainer's: no bias correction, eps 1e-6, weight decay 0.01 on scores, "
+        "each tensor's gradient clipped to --clip on its own)",
+    )
+    reset_schedule: Literal["even", "reference"] = Field(
+        "even",
+        description="when thresholds are reset: even (every reset_every steps: N, 2N, …) or "
+        "reference (the reference KD trainer's: after step 1, then N−1, 2N−1, …)",
+    )
+    teacher_dropout: bool = Field(
+        False,
+        description="KD: the dense teacher keeps dropout on while the mask trains (the "
+        "reference KD trainer's); false: the teacher runs without dropout",
+    )
 
 
 class MaskTraining:
@@ -113,21 +179,30 @@ class MaskTraining:
         """``--budget paper``: (search fields, options) of the paper's protocol."""
         from tamt_cli.methods.base import sparsity_of
 
+        paper = PAPER[cls.objective]
+        steps = paper_steps(sparsity_of(spec, None))
         fields = {
             **PAPER_SEARCH,
-            "lr": PAPER[cls.objective]["lr"],
-            "max_steps": paper_steps(sparsity_of(spec, None)),
+            "lr": paper["lr"],
+            "max_steps": steps - 1 if cls.objective == "kd" else steps,
         }
         options = {
-            "scores": "binary",
-            "reset_every": PAPER[cls.objective]["reset_every"],
+            "scores": "binary",  # masking/maskers.py:175-176: 2τ kept, 0 pruned
+            "reset_every": paper["reset_every"],
             "decay_steps": PAPER_DECAY_STEPS,
+            "optimizer": paper["optimizer"],
+            "reset_schedule": paper["reset_schedule"],
         }
+        if "teacher_dropout" in paper:  # the objectives with a teacher
+            options["teacher_dropout"] = paper["teacher_dropout"]
+        # the KD data layout of the reference is added here as well
         return fields, options
 
     def advice(self, spec: SearchSpec) -> list[str]:
         """Notes on a run that will go on but that the measurements advise against."""
         if self.objective != "kd" or self.options.scores != "graded":
+            return []
+        if self.options.optimizer != "adamw":  # the study measured AdamW only
             return []
         run = settings(self.objective, spec, self.options)
         travel = run["lr"] * run["max_steps"]
@@ -140,6 +215,11 @@ class MaskTraining:
         ]
 
     def check(self, spec: SearchSpec) -> None:
+        if self.options.teacher_dropout and "kd" not in self.objective:
+            raise UserError(
+                f"-o teacher_dropout=true is for the objectives with a teacher (kd, mlm-kd); "
+                f"{self.objective} has none"
+            )
         steps = spec.max_steps or DEFAULT_MAX_STEPS
         if self.options.decay_steps is not None and self.options.decay_steps < steps:
             raise UserError(
@@ -159,19 +239,27 @@ class MaskTraining:
 
 
 def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> dict[str, Any]:
-    """Steps, learning rates and intervals of a run: the spec's, else the defaults."""
+    """Everything a run uses that the spec may leave to the method: steps, learning rates,
+    intervals, then every option with its effective value and what the optimiser implies."""
     from tamt_cli import specs
 
     steps = spec.max_steps or DEFAULT_MAX_STEPS
     tenth = max(1, steps // 10)
+    every = int(options.reset_every or DEFAULTS[objective]["reset_every"])
     out: dict[str, Any] = {
         "max_steps": steps,
         "lr": spec.lr or DEFAULTS[objective]["lr"],
-        "reset_every": options.reset_every or DEFAULTS[objective]["reset_every"],
+        "reset_every": every,
         "decay_steps": options.decay_steps or steps,
         "eval_every": spec.eval_every or tenth,
         "save_every": spec.save_every or tenth,
     }
+    out.update({k: v for k, v in options.model_dump().items() if k not in out})
+    firsts = [s for s in range(1, 3 * every + 1) if resets_after(s, every, options.reset_schedule)]
+    out["reset_steps"] = ", ".join(str(s) for s in firsts[:3]) + ", ..."
+    implied = OPTIMIZERS[options.optimizer]
+    out.update({k: v for k, v in implied.items() if k != "clip"})
+    out["clip"] = "none" if spec.clip is None else f"{spec.clip:g} ({implied['clip']})"
     if "mlm" in objective:
         out.update(specs.head_settings(spec))
     return out
@@ -217,6 +305,7 @@ class TrainingSession:
         from tamt_cli.methods import _common
 
         spec, job, engine, run = self.spec, self.job, self.engine, self.run_writer
+        options = self.options
         data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
         _common.record_corpus(job, data)
         for p in job.model.parameters():
@@ -232,9 +321,14 @@ class TrainingSession:
         kinds = {p.name: p.kind for p in job.weights}
         for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
             mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
-        loss_module = objectives.PretrainingLoss(job.model, job.weights, self.objective, head)
+        loss_module = objectives.PretrainingLoss(
+            job.model, job.weights, self.objective, head, teacher_dropout=options.teacher_dropout
+        )
         trained = [m.score for m in scores.values() if m.score.requires_grad]
-        optimizer = _common.optimizer(trained, self.lr, head_params, self.head_lr)
+        bertadam = options.optimizer == "bertadam"  # then it clips each tensor, the loop none
+        optimizer = _common.optimizer(
+            trained, self.lr, head_params, self.head_lr, kind=options.optimizer, clip=spec.clip
+        )
         scheduler = linear_schedule(optimizer, self.settings["decay_steps"])
 
         start = 0
@@ -253,6 +347,7 @@ class TrainingSession:
             f"{self.objective} mask training",
             eval_every=self.settings["eval_every"],
             save_every=self.settings["save_every"],
+            **({"clip": None} if bertadam else {}),
         )
         engine.fit(
             loss_module,
@@ -280,9 +375,15 @@ class TrainingSession:
                 lr=self.lr,
                 head_lr=self.head_lr,
                 reset_every=self.reset_every,
-                init=self.options.init,
-                tau=self.options.tau,
-                scores=self.options.scores,
+                reset_schedule=options.reset_schedule,
+                init=options.init,
+                tau=options.tau,
+                scores=options.scores,
+                optimizer=options.optimizer,
+                eps=self.settings["eps"],
+                weight_decay=self.settings["weight_decay"],
+                clip=self.settings["clip"],
+                **({"teacher_dropout": options.teacher_dropout} if "kd" in self.objective else {}),
             )
         )
         return final
@@ -319,7 +420,8 @@ class _Hooks:
         from tamt_cli import masking
 
         session = self.session
-        if session.pattern is None and step % session.reset_every == 0:
+        schedule = session.options.reset_schedule
+        if session.pattern is None and resets_after(step, session.reset_every, schedule):
             masking.reset_thresholds(self.scores, session.sparsity, session.spec.scope)
             self._sparsity = None
 
