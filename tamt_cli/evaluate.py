@@ -135,15 +135,26 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         )
         for p in model.parameters():
             p.requires_grad_(False)
-        batch = spec.batch_size or specs.OBJECTIVE_BATCH_SIZE
+        settings = objective_settings(spec, subject.manifest)
+        batch = settings["batch_size"]
         data_spec = HeldOut(
-            corpus=spec.corpus,
-            max_length=spec.max_length or specs.OBJECTIVE_MAX_LENGTH,
-            held_out=spec.held_out,
+            corpus=settings["corpus"],
+            max_length=settings["max_length"],
+            held_out=settings["held_out"],
             batch_size=batch,
             eval_blocks=spec.eval_blocks,
         )
         data = pretraining.prepare(subject.ref, model, data_spec, engine, console)
+        split = data.notes["held_out_split"]
+        trained = settings["search_run"].get("held_out_split") or {}
+        same_text = (split["corpus"], split["fraction"]) == (trained.get("corpus"),
+                                                             trained.get("fraction"))  # fmt: skip
+        if same_text and split["held_out_sha256"] != trained.get("held_out_sha256"):
+            verbosity.note(
+                console,
+                f"the held-out text of {data.source} differs from what the search run held "
+                "out (the files or the tokenizer changed since): some of it may have trained",
+            )
         head, head_record = None, None
         if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
             head, head_record = mlm_head.shared_head(
@@ -184,6 +195,29 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "max_length": data_spec.max_length,
         "mask_sparsity": sparsity,
         "mlm_head": head_record,
+        "held_out_split": split,
+    }
+
+
+def objective_settings(spec: EvalSpec, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``--objective`` scores on: the corpus, block length and held-out fraction the spec
+    gives, else those of the search run ``spec.checkpoint`` is (or that an exported subnetwork
+    came from), else the ``OBJECTIVE_*`` values; ``search_run``: what that run recorded."""
+    from tamt_cli import pretraining
+
+    path = Path(spec.checkpoint)
+    if manifest is None and (path / artifacts.MANIFEST).is_file():
+        try:
+            manifest = artifacts.read_manifest(path)
+        except UserError:
+            manifest = None
+    recorded = pretraining.recorded_corpus(manifest, path if path.is_dir() else None)
+    return {
+        "corpus": spec.corpus or recorded.get("corpus") or specs.OBJECTIVE_CORPUS,
+        "max_length": spec.max_length or recorded.get("max_length") or specs.OBJECTIVE_MAX_LENGTH,
+        "held_out": spec.held_out or recorded.get("held_out") or specs.OBJECTIVE_HELD_OUT,
+        "batch_size": spec.batch_size or specs.OBJECTIVE_BATCH_SIZE,
+        "search_run": recorded,
     }
 
 

@@ -88,6 +88,12 @@ class MaskTrainingOptions(BaseModel):
         "(τ·|W|/t: the same mask, scores in the order of the initial ranking, so that the "
         "weights nearest the boundary are the first to flip)",
     )
+    kd_data: Literal["blocks", "sections"] = Field(
+        "blocks",
+        description="kd only: the training text as contiguous blocks, or as the reference's KD "
+        "data (sections: a document section a sequence, two segments, padded to --max-length, "
+        "the padding counted in the loss)",
+    )
 
 
 class MaskTraining:
@@ -121,6 +127,8 @@ class MaskTraining:
             "reset_every": PAPER[cls.objective]["reset_every"],
             "decay_steps": PAPER_DECAY_STEPS,
         }
+        if cls.objective == "kd":  # the reference's KD data (train_kd.py, pregenerated)
+            options["kd_data"] = "sections"
         return fields, options
 
     def advice(self, spec: SearchSpec) -> list[str]:
@@ -138,6 +146,11 @@ class MaskTraining:
         ]
 
     def check(self, spec: SearchSpec) -> None:
+        if self.options.kd_data == "sections" and self.objective != "kd":
+            raise UserError(
+                f"-o kd_data=sections lays out the data of the kd objective, not of "
+                f"{self.objective}; leave it out"
+            )
         steps = spec.max_steps or DEFAULT_MAX_STEPS
         if self.options.decay_steps is not None and self.options.decay_steps < steps:
             raise UserError(
@@ -215,7 +228,8 @@ class TrainingSession:
         from tamt_cli.methods import _common
 
         spec, job, engine, run = self.spec, self.job, self.engine, self.run_writer
-        data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        sections = self.options.kd_data == "sections"
+        data = pretraining.prepare(job.ref, job.model, spec, engine, job.console, sections=sections)
         _common.record_corpus(job, data)
         for p in job.model.parameters():
             p.requires_grad_(False)
@@ -256,7 +270,7 @@ class TrainingSession:
             loss_module,
             optimizer,
             scheduler,
-            data.train.shape[0],
+            data.examples,
             data.batch_maker(self.objective),
             loop,
             run_dir=run.root,
