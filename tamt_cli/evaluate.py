@@ -114,7 +114,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
     fitted once on the dense model; ``--head own`` scores a search run with the head it
     trained along with its mask."""
-    from tamt_cli import mlm_head, objectives, pretraining
+    from tamt_cli import objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
@@ -135,32 +135,19 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         )
         for p in model.parameters():
             p.requires_grad_(False)
-        batch = spec.batch_size or specs.OBJECTIVE_BATCH_SIZE
+        settings = objective_settings(spec, subject.manifest)
+        batch = settings["batch_size"]
         data_spec = HeldOut(
-            corpus=spec.corpus,
-            max_length=spec.max_length or specs.OBJECTIVE_MAX_LENGTH,
-            held_out=spec.held_out,
+            corpus=settings["corpus"],
+            max_length=settings["max_length"],
+            held_out=settings["held_out"],
             batch_size=batch,
             eval_blocks=spec.eval_blocks,
         )
         data = pretraining.prepare(subject.ref, model, data_spec, engine, console)
-        head, head_record = None, None
-        if "mlm" in spec.objective:  # fitted (if at all) on the dense model: before the mask
-            head, head_record = mlm_head.shared_head(
-                subject.ref,
-                model,
-                weights,
-                data,
-                engine,
-                console,
-                steps=spec.head_warmup_steps,
-                lr=spec.head_warmup_lr,
-                batch_size=batch,
-            )
-            if spec.head == "own":
-                assert subject.head_file is not None
-                _load_head(head, subject.head_file)
-                head_record = {"kind": "own", "about": "trained with the mask by the search"}
+        split = data.notes["held_out_split"]
+        _check_held_out_text(split, settings["search_run"], data.source, console)
+        head, head_record = _scoring_head(spec, subject, (model, weights), data, engine, batch)
         sparsity = None
         if subject.masks is not None:
             masking.check_fits(
@@ -184,6 +171,73 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
         "max_length": data_spec.max_length,
         "mask_sparsity": sparsity,
         "mlm_head": head_record,
+        "held_out_split": split,
+    }
+
+
+def _check_held_out_text(
+    split: dict[str, Any], search_run: dict[str, Any], source: str, console: Console
+) -> None:
+    """A note when the held-out text differs from what the search run held out."""
+    trained = search_run.get("held_out_split") or {}
+    same_text = (split["corpus"], split["fraction"]) == (trained.get("corpus"),
+                                                         trained.get("fraction"))  # fmt: skip
+    if same_text and split["held_out_sha256"] != trained.get("held_out_sha256"):
+        verbosity.note(
+            console,
+            f"the held-out text of {source} differs from what the search run held "
+            "out (the files or the tokenizer changed since): some of it may have trained",
+        )
+
+
+def _scoring_head(
+    spec: EvalSpec, subject: Any, encoder: tuple[Any, Any], data: Any, engine: Any, batch: int
+) -> tuple[Any, dict[str, Any] | None]:
+    """The MLM head the loss is scored with (none for kd) and its record: fitted (if at all) on
+    the dense model, so before the mask is attached."""
+    from tamt_cli import mlm_head
+
+    assert spec.objective is not None
+    if "mlm" not in spec.objective:
+        return None, None
+    model, weights = encoder
+    head, head_record = mlm_head.shared_head(
+        subject.ref,
+        model,
+        weights,
+        data,
+        engine,
+        engine.console,
+        steps=spec.head_warmup_steps,
+        lr=spec.head_warmup_lr,
+        batch_size=batch,
+    )
+    if spec.head == "own":
+        assert subject.head_file is not None
+        _load_head(head, subject.head_file)
+        head_record = {"kind": "own", "about": "trained with the mask by the search"}
+    return head, head_record
+
+
+def objective_settings(spec: EvalSpec, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``--objective`` scores on: the corpus, block length and held-out fraction the spec
+    gives, else those of the search run ``spec.checkpoint`` is (or that an exported subnetwork
+    came from), else the ``OBJECTIVE_*`` values; ``search_run``: what that run recorded."""
+    from tamt_cli import pretraining
+
+    path = Path(spec.checkpoint)
+    if manifest is None and (path / artifacts.MANIFEST).is_file():
+        try:
+            manifest = artifacts.read_manifest(path)
+        except UserError:
+            manifest = None
+    recorded = pretraining.recorded_corpus(manifest, path if path.is_dir() else None)
+    return {
+        "corpus": spec.corpus or recorded.get("corpus") or specs.OBJECTIVE_CORPUS,
+        "max_length": spec.max_length or recorded.get("max_length") or specs.OBJECTIVE_MAX_LENGTH,
+        "held_out": spec.held_out or recorded.get("held_out") or specs.OBJECTIVE_HELD_OUT,
+        "batch_size": spec.batch_size or specs.OBJECTIVE_BATCH_SIZE,
+        "search_run": recorded,
     }
 
 

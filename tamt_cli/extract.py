@@ -69,7 +69,7 @@ def export(
     """Write a plain Hugging Face folder with the zeros baked in (``--format dense``) or the
     masked weights in the sparse-bitmask layout (``compressed``), plus mask file and manifest;
     ``replace``: an existing folder (checked by ``artifacts.check_output``) is replaced."""
-    from tamt_cli import compressed, masking, models
+    from tamt_cli import compressed, masking, models, pretraining
 
     record = manifest["model"]
     ref = models.resolve(record["id"])
@@ -99,6 +99,8 @@ def export(
         sparsity_report=report,
         pattern=manifest.get("pattern"),
         format=spec.format,
+        # what `tamt eval --objective` of the export reads where no flag says otherwise
+        search_corpus=pretraining.recorded_corpus(manifest, Path(spec.run)),
     )
     with (
         console.status(f"writing {spec.export}"),

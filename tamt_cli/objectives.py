@@ -136,41 +136,53 @@ class PretrainingLoss(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        kd_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of one batch: ``labels`` are the MLM labels of the (corrupted) inputs. With
-        ``mlm-kd`` one student pass serves both terms, the teacher seeing the same inputs."""
+        ``mlm-kd`` one student pass serves both terms, the teacher seeing the same inputs. The
+        KD loss averages over ``kd_positions`` (the sections layout counts padding, as the
+        reference does), else over the attended tokens."""
         kd = "kd" in self.objective
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         saved = masking.masked_weights_recomputed if self.recompute else contextlib.nullcontext
         with saved():
             out = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=kd
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=kd, **types
             )
         loss = torch.zeros((), device=input_ids.device)
         if "mlm" in self.objective:
             assert labels is not None and self.head is not None
             loss = loss + mlm_loss(out.last_hidden_state, labels, self.head)
         if kd:
-            teacher = self.teacher_states(input_ids, attention_mask)
-            loss = loss + kd_loss(out.hidden_states[1:], teacher, attention_mask)
+            teacher = self.teacher_states(input_ids, attention_mask, **types)
+            positions = attention_mask if kd_positions is None else kd_positions
+            loss = loss + kd_loss(out.hidden_states[1:], teacher, positions)
         return loss
 
     @torch.no_grad()
     def teacher_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **types: Any
     ) -> tuple[torch.Tensor, ...]:
         """Hidden states of the dense model: the same tensors with the masks off (or the frozen
         ``teacher`` copy when one was given), without dropout unless ``teacher_dropout`` and
-        this module is training."""
+        this module is training; ``types``: token type ids."""
         dropout = self.teacher_dropout and self.training
         if self.teacher is not None:
             with train_mode(self.teacher, dropout):
                 out = self.teacher(
-                    input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    output_hidden_states=True,
+                    **types,
                 )
             return tuple(h.detach() for h in out.hidden_states[1:])
         with masking.masks_disabled(self._weights), train_mode(self.encoder, dropout):
             out = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=True,
+                **types,
             )
         return tuple(h.detach() for h in out.hidden_states[1:])
 

@@ -275,8 +275,11 @@ class FinetuneSpec(Spec):
 
 
 #: `tamt eval --objective`: tokens per block and blocks per batch where the spec gives none
+#: (the block length, the corpus and the held-out fraction: where a search run gives none)
 OBJECTIVE_MAX_LENGTH = 128
 OBJECTIVE_BATCH_SIZE = 16
+OBJECTIVE_CORPUS = "wikitext-103"
+OBJECTIVE_HELD_OUT = 0.05
 
 
 class EvalSpec(Spec):
@@ -289,17 +292,16 @@ class EvalSpec(Spec):
     )
     data_dir: Path | None = Field(None, description="local task data")
     split: str = Field("validation", description="split to score")
-    # --task: the fine-tuning run's, else the task's; --objective: the OBJECTIVE_* values
+    # --task: the fine-tuning run's, else the task's; --objective: the search run's (for
+    # max_length, corpus and held_out), else the OBJECTIVE_* values
     max_length: int | None = Field(None, gt=0, description="max tokens")
     batch_size: int | None = Field(None, gt=0, description="batch size")
     doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
     task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
     # --objective: the held-out pre-training loss of a subnetwork
-    corpus: str = Field(
-        "wikitext-103", description="--objective: text whose held-out part is scored"
-    )
-    held_out: float = Field(
-        0.05, gt=0, le=0.5, description="--objective: held-out fraction of a local corpus"
+    corpus: str | None = Field(None, description="--objective: text whose held-out part is scored")
+    held_out: float | None = Field(
+        None, gt=0, le=0.5, description="--objective: held-out fraction of a local corpus"
     )
     eval_blocks: int = Field(256, gt=0, description="--objective: held-out blocks scored")
     step: int | None = Field(None, ge=0, description="a search run's mask at this step")

@@ -327,6 +327,10 @@ def _heldout_cell(
 ) -> Cell:
     data = {k: v for k, v in (grid.heldout or {}).items() if k != "objective"}
     data.update(objective=objective, checkpoint=grid.model)
+    # one corpus and length for every row, the dense model's too (not each search run's own)
+    data.setdefault("corpus", specs.OBJECTIVE_CORPUS)
+    data.setdefault("max_length", specs.OBJECTIVE_MAX_LENGTH)
+    data.setdefault("held_out", specs.OBJECTIVE_HELD_OUT)
     name = artifacts.sweep_subnetwork(method, sparsity)
     spec = specs.validate(EvalSpec, data, f"grid, heldout of {name}")
     return Cell(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import math
 import os
 import time
 from pathlib import Path
@@ -59,6 +58,21 @@ def bodies(blocks: Blocks) -> list[int]:
     return torch.cat([blocks.train, blocks.held_out])[:, 1:-1].reshape(-1).tolist()
 
 
+def split_streams(tokenizer, parts: list[list[str]], fraction: float = 0.05):
+    """The reference streams of the training and of the held-out lines of a corpus whose files
+    hold ``parts``: each line tokenised directly, in order, split by ``split_lines``."""
+    text = corpora._join([corpora._tokenize(part, tokenizer) for part in parts])
+    held, _ = corpora.split_lines(text, fraction)
+    return text.select(~held).tolist(), text.select(held).tolist()
+
+
+def holds_streams(blocks: Blocks, train: list[int], held: list[int]) -> bool:
+    """Whether the training and held-out blocks hold the starts of those streams."""
+    got_train = blocks.train[:, 1:-1].reshape(-1).tolist()
+    got_held = blocks.held_out[:, 1:-1].reshape(-1).tolist()
+    return got_train == train[: len(got_train)] and got_held == held[: len(got_held)]
+
+
 def three_files(root: Path) -> list[Path]:
     return [write(root / f"{name}.txt", lines(30, shift=i)) for i, name in enumerate("abc")]
 
@@ -82,37 +96,71 @@ def test_blocks_are_wrapped_and_shaped(tok, tmp_path, cache):
 
 
 def test_blocks_hold_the_token_stream_in_order(tok, tmp_path, cache):
+    """Training and held-out blocks each hold their lines' tokens in corpus order; only each
+    part's incomplete last block is dropped."""
     text = lines(70)
     path = write(tmp_path / "t.txt", text)
     blocks = load_blocks(str(path), tok, 20, cache_dir=cache)
-    expected = stream(tok, text)
-    n = len(expected) // 18
-    assert len(blocks.train) + len(blocks.held_out) == n  # the incomplete last block dropped
-    assert bodies(blocks) == expected[: n * 18]
+    train, held = split_streams(tok, [text])
+    assert sorted(train + held) == sorted(stream(tok, text))  # every token in one part
+    assert (len(blocks.train), len(blocks.held_out)) == (len(train) // 18, len(held) // 18)
+    assert holds_streams(blocks, train, held)
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.25, 0.5])
-def test_held_out_blocks_are_the_last_ones(tok, tmp_path, cache, fraction):
+def test_held_out_lines_are_drawn_by_seed_to_the_fraction(tok, tmp_path, cache, fraction):
     text = lines(80)
     path = write(tmp_path / "t.txt", text)
     blocks = load_blocks(str(path), tok, 12, held_out=fraction, cache_dir=cache)
-    total = len(blocks.train) + len(blocks.held_out)
-    assert len(blocks.held_out) == max(1, math.ceil(fraction * total))
-    assert len(blocks.train) >= 1
-    expected = stream(tok, text)
-    body = 10
-    n_train = len(blocks.train)
-    # training blocks are the stream's first tokens, held-out blocks the ones right after them
-    assert blocks.train[:, 1:-1].reshape(-1).tolist() == expected[: n_train * body]
-    assert blocks.held_out[:, 1:-1].reshape(-1).tolist() == expected[n_train * body : total * body]
+    split = blocks.split
+    assert (split["unit"], split["seed"], split["fraction"]) == ("lines", 0, fraction)
+    assert split["units"] == len([line for line in text if line.strip()])
+    assert split["tokens"] == len(stream(tok, text))
+    train, held = split_streams(tok, [text], fraction)
+    assert split["held_out_tokens"] == len(held) >= fraction * split["tokens"]
+    assert len(blocks.held_out) == len(held) // 10 and len(blocks.train) == len(train) // 10
+    assert holds_streams(blocks, train, held)
+    # whole lines, not the last ones of the text, and the same lines at another length
+    whole = corpora._join([corpora._tokenize(text, tok)])
+    chosen, record = corpora.split_lines(whole, fraction)
+    assert record == {k: v for k, v in split.items() if k != "held_out_sha256"}
+    assert chosen.any() and not chosen.all() and not chosen[-int(chosen.sum()) :].all()
+    largest = int(whole.lengths[chosen].max())  # drawing stops once the fraction is reached
+    assert int(whole.lengths[chosen].sum()) - largest < fraction * split["tokens"]
+    other = load_blocks(str(path), tok, 24, held_out=fraction, cache_dir=cache)
+    assert other.split == split
 
 
-def test_two_blocks_split_one_and_one(tok, tmp_path, cache):
+def test_split_units_are_documents_when_there_are_enough(tok):
+    """Blank lines and files end documents; 20 documents or more and whole documents are held
+    out, fewer and lines are; the seed decides which."""
+    paragraphs = [[*lines(3, shift=i)[:3], ""] for i in range(30)]
+    text = corpora._join([corpora._tokenize([x for p in paragraphs for x in p], tok)])
+    assert int(text.starts.sum()) == 30
+    chosen, record = corpora.split_lines(text, 0.1)
+    assert record["unit"] == "documents" and record["units"] == 30
+    document = np.cumsum(text.starts) - 1
+    for d in range(30):  # a document is held out whole or not at all
+        assert len(set(chosen[document == d].tolist())) == 1
+    again, _ = corpora.split_lines(text, 0.1)
+    other, _ = corpora.split_lines(text, 0.1, seed=1)
+    assert np.array_equal(chosen, again) and not np.array_equal(chosen, other)
+    few = corpora._join([corpora._tokenize(p, tok) for p in paragraphs[:5]])  # five files
+    assert int(few.starts.sum()) == 5
+    assert corpora.split_lines(few, 0.1)[1]["unit"] == "lines"
+    with pytest.raises(UserError, match="nothing to hold out"):
+        corpora.split_lines(corpora._join([corpora._tokenize(["one line"], tok)]), 0.1)
+
+
+def test_held_out_part_shorter_than_a_block_is_refused(tok, tmp_path, cache):
     text = lines(40)
     n_tokens = len(stream(tok, text))
-    length = n_tokens // 2 + 2  # exactly two blocks
-    blocks = load_blocks(str(write(tmp_path / "t.txt", text)), tok, length, cache_dir=cache)
-    assert (len(blocks.train), len(blocks.held_out)) == (1, 1)
+    length = n_tokens // 2 + 2  # two blocks in all, and 5% of the text is less than one
+    message = one_line_error(
+        load_blocks, str(write(tmp_path / "t.txt", text)), tok, length, cache_dir=cache
+    )
+    assert "held-out part" in message and "shorter than one block" in message
+    assert "--held-out" in message and f"max_length {length}" in message
 
 
 def test_file_forms_give_the_same_blocks(tok, tmp_path):
@@ -133,8 +181,7 @@ def test_file_forms_give_the_same_blocks(tok, tmp_path):
         for name, corpus in forms.items()
     }
     ref = results["list"]
-    expected = stream(tok, [line for f in files for line in f.read_text().splitlines()])
-    assert bodies(ref) == expected[: len(bodies(ref))]
+    assert holds_streams(ref, *split_streams(tok, [f.read_text().splitlines() for f in files]))
     for name, blocks in results.items():
         assert torch.equal(blocks.train, ref.train), name
         assert torch.equal(blocks.held_out, ref.held_out), name
@@ -248,7 +295,7 @@ def test_fingerprint_follows_inputs(tok, tmp_path, cache):
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     changed = load_blocks(str(path), tok, 16, cache_dir=cache)
     assert changed.fingerprint != base.fingerprint
-    assert bodies(changed) == stream(tok, path.read_text().splitlines())[: len(bodies(changed))]
+    assert holds_streams(changed, *split_streams(tok, [path.read_text().splitlines()]))
     assert bodies(changed) != bodies(base)
     assert len(list(cache.glob("blocks/*.safetensors"))) == 5
 
@@ -421,5 +468,52 @@ def test_enwiki_excerpt(tok, tmp_path, cache):
     path = write(tmp_path / "enwiki-head.txt", head)
     blocks = load_blocks(str(path), tok, 64, cache_dir=cache)
     assert len(blocks.train) > 50
-    assert bodies(blocks) == stream(tok, head)[: len(bodies(blocks))]
+    assert blocks.split["unit"] == "lines"  # one paragraph a line, no blank lines
+    assert holds_streams(blocks, *split_streams(tok, [head]))
     assert np.unique(blocks.train.numpy()).size > 20
+
+
+# -- held out at every length --------------------------------------------------------------
+
+
+def unique_lines(n: int, words: int = 12, blank_every: int = 0) -> list[str]:
+    """``n`` lines of ``words`` words each, no word used twice (so no token twice), with a
+    blank line after every ``blank_every`` lines (none: 0)."""
+    out = []
+    for i in range(n):
+        out.append(" ".join(f"w{i * words + j}" for j in range(words)))
+        if blank_every and i % blank_every == blank_every - 1:
+            out.append("")
+    return out
+
+
+@pytest.mark.parametrize("blank_every", [4, 0], ids=["documents", "lines"])
+def test_held_out_text_is_held_out_at_every_length(tmp_path, cache, blank_every):
+    """A search at one length and an eval at another never share a token: no token of a held-out
+    block is in a training block, whatever lengths cut them (checked by content: every word of
+    the corpus is a distinct token)."""
+    from tests.tiny import make_word_tokenizer
+
+    tok = make_word_tokenizer(tmp_path / "words")
+    path = write(tmp_path / "t.txt", unique_lines(400, blank_every=blank_every))
+    lengths = (32, 128, 48)
+    loaded = {n: load_blocks(str(path), tok, n, cache_dir=cache) for n in lengths}
+
+    def tokens(blocks: torch.Tensor) -> set[str]:
+        found = set(tok.convert_ids_to_tokens(blocks[:, 1:-1].reshape(-1).tolist()))
+        assert found and all(t.startswith("w") for t in found)
+        return found
+
+    for a in lengths:
+        held = tokens(loaded[a].held_out)
+        for b in lengths:
+            assert held.isdisjoint(tokens(loaded[b].train)), (a, b)
+            assert loaded[a].split == loaded[b].split  # the same text held out, same digest
+    split = loaded[32].split
+    assert split["unit"] == ("documents" if blank_every else "lines")
+    assert split["units"] == (100 if blank_every else 400)
+    assert split["held_out_tokens"] % (12 * (blank_every or 1)) == 0  # whole units
+    assert len(split["held_out_sha256"]) == 64
+    # the held-out lines are what the held-out blocks hold, at the longest length too
+    held_words = tokens(loaded[32].held_out) | tokens(loaded[128].held_out)
+    assert len(held_words) <= split["held_out_tokens"] < 400 * 12 * 0.06

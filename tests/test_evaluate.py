@@ -84,3 +84,41 @@ def test_eval_task_scores_a_checkpoint_it_did_not_train(cli, tiny_bert, tmp_path
     spec = EvalSpec(checkpoint=str(tiny_bert), task="sst2", data_dir=data, max_length=32)
     with pytest.raises(UserError, match="has no trained sst2 head"):
         evaluate.run(spec, Console(quiet=True))
+
+
+def test_objective_reads_the_search_runs_corpus_and_length(cli, tiny_bert, corpus, tmp_path):
+    """--objective on a search run, or on its export, scores the held-out part of the run's own
+    corpus at the run's length and held-out fraction: the text the run held out. Flags given
+    still win; a plain model gets the fixed defaults."""
+    import shutil
+
+    text = tmp_path / "text.txt"
+    shutil.copy(corpus, text)
+    search = ("search", "-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", "text.txt",
+              "--max-length", "24", "--held-out", "0.1", "--max-steps", "2", "--batch-size", "4",
+              "--out", "run")  # fmt: skip
+    assert cli(*search).code == 0
+    run_split = artifacts.read_manifest(Path("run"))["notes"]["held_out_split"]
+    assert run_split["corpus"] == str(text.resolve())  # found again from any folder
+    assert run_split["fraction"] == 0.1 and run_split["seed"] == 0
+    assert cli("extract", "run", "--export", "sub").code == 0
+    res = cli("eval", "run", "--objective", "kd", "--dry-run", "--json")
+    assert res.code == 0, res.err
+    resolved = res.json()["resolved"]
+    assert (resolved["corpus"], resolved["max_length"], resolved["held_out"]) == (
+        str(text.resolve()), 24, 0.1
+    )  # fmt: skip
+    for subject in ("run", "sub"):
+        result = cli("eval", subject, "--objective", "kd", "--eval-blocks", "4", "--json").json()
+        assert result["max_length"] == 24 and result["corpus"] == "text.txt"
+        assert result["held_out_split"] == run_split  # the very text the run held out
+    given = cli("eval", "run", "--objective", "kd", "--eval-blocks", "4", "--max-length", "16",
+                "--held-out", "0.2", "--json").json()  # fmt: skip
+    assert given["max_length"] == 16 and given["held_out_split"]["fraction"] == 0.2
+    plain = cli("eval", tiny_bert, "--objective", "kd", "--dry-run", "--json").json()["resolved"]
+    assert (plain["corpus"], plain["max_length"], plain["held_out"]) == ("wikitext-103", 128, 0.05)
+    # the run's text changed since: scored, with a note that it is not what was held out
+    text.write_text(text.read_text().replace("cat", "dog"))
+    res = cli("eval", "run", "--objective", "kd", "--eval-blocks", "4", "--json")
+    assert res.code == 0, res.err
+    assert "differs from what the search run held out" in " ".join(res.err.split())

@@ -221,9 +221,10 @@ def test_eval_help_states_the_task_and_objective_defaults(
     used: dict[str, Any] = {}
     prepare = pretraining.prepare
 
-    def watched(ref, model, spec, engine, console):
-        used.update(max_length=spec.max_length, batch_size=spec.batch_size)
-        return prepare(ref, model, spec, engine, console)
+    def watched(ref, model, spec, engine, console, **kw):
+        used.update(max_length=spec.max_length, batch_size=spec.batch_size, corpus=spec.corpus,
+                    held_out=spec.held_out)  # fmt: skip
+        return prepare(ref, model, spec, engine, console, **kw)
 
     monkeypatch.setattr(pretraining, "prepare", watched)
     res = cli("eval", long_bert, "--objective", "kd", "--corpus", corpus, "--eval-blocks", "2",
@@ -238,14 +239,32 @@ def test_eval_help_states_the_task_and_objective_defaults(
         tasks = [name for name, value in defaults.items() if value is not None]
         for task, value in by_name(task_text.removeprefix(prefix), tasks).items():
             assert same(value, defaults[task]), (key, task)
-        if objective:
+        if key == "batch_size":
             assert same(objective, used[key]), key
+    # --objective: the search run's corpus, length and held-out fraction, else the fixed ones
+    run_rule = "a search run's or its export's, else "
+    assert texts["max_length"].partition("; --objective: ")[2].startswith(run_rule)
+    fixed = {key: (texts["max_length"].partition("; --objective: ")[2] if key == "max_length"
+                   else texts[key]).removeprefix(run_rule)
+             for key in ("max_length", "corpus", "held_out")}  # fmt: skip
+    assert all(texts[k].startswith(run_rule) for k in ("corpus", "held_out"))
+    res = cli("eval", long_bert, "--objective", "kd", "--dry-run", "--json")
+    assert res.code == 0, res.err
+    for key, value in fixed.items():
+        assert same(value, res.json()["resolved"][key]), key
+    assert cli("search", "-m", "kd", "-s", "0.5", "--model", tiny_bert, "--corpus", corpus,
+               "--max-length", "16", "--held-out", "0.1", "--max-steps", "2", "--batch-size",
+               "4", "--out", "kd-run").code == 0  # fmt: skip
+    res = cli("eval", "kd-run", "--objective", "kd", "--eval-blocks", "2", "--json")
+    assert res.code == 0, res.err
+    assert (used["max_length"], used["corpus"], used["held_out"]) == (16, str(corpus), 0.1)
     mlm = dry_search(cli, tiny_bert, "mlm", 0.5)["resolved"]
     for key in ("head_warmup_steps", "head_warmup_lr"):
         assert same(texts[key], mlm[key]), key
     res = cli("eval", "x", "--task", "sst2", "--dry-run", "--json")
     assert res.code == 0, res.err
-    done = {"max_length", "batch_size", "doc_stride", "head_warmup_steps", "head_warmup_lr"}
+    done = {"max_length", "batch_size", "doc_stride", "head_warmup_steps", "head_warmup_lr",
+            "corpus", "held_out"}  # fmt: skip
     check_plain("eval", texts, res.json(), done)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -590,11 +591,11 @@ def test_budget_paper_fills_in_the_papers_protocol(
         16,
         512,
     )
-    assert {k: spec["options"][k] for k in ("scores", "reset_every", "decay_steps")} == {
-        "scores": "binary",
-        "reset_every": reset,
-        "decay_steps": 30000,
-    }
+    kd_data = {"kd_data": "sections"} if method == "kd" else {}  # the reference's KD data
+    keys = ("scores", "reset_every", "decay_steps", "kd_data")
+    assert {k: spec["options"][k] for k in keys if k in spec["options"]} == {
+        "scores": "binary", "reset_every": reset, "decay_steps": 30000, **kd_data
+    }  # fmt: skip
     assert spec["resolved"]["decay_steps"] == 30000 and spec["resolved"]["reset_every"] == reset
 
 
@@ -670,3 +671,148 @@ def test_budget_note_is_printed_once_by_a_run(cli, tiny_bert, corpus):
     res = cli("search", *args)
     assert res.code == 0, res.err
     assert " ".join(res.err.split()).count("note: lr × steps = 0.2 × 4 = 0.8, past 0.6") == 1
+
+
+# -- the reference's KD data: -o kd_data=sections ------------------------------------------
+
+
+def section_corpus(path: Path, documents: int = 40, seed: int = 0) -> dict[str, tuple[int, int]]:
+    """Documents of 1-4 lines of 20-30 distinct words (``w<n>``, one token each), blank lines
+    between, a heading and a document with a short first line among them; returns where each
+    word is: (document, line)."""
+    import random
+
+    rng = random.Random(seed)
+    lines: list[str] = []
+    where: dict[str, tuple[int, int]] = {}
+    n = 0
+    for d in range(documents):
+        if d == 3:
+            lines += [" = Heading w5000 = ", ""]
+        first = 8 if d == 5 else None  # under 20 tokens: the reference skips the document
+        for line in range(rng.randint(1, 4)):
+            words = [f"w{n + i}" for i in range(first or rng.randint(20, 30))]
+            first = None
+            n += len(words)
+            where.update({w: (d, line) for w in words})
+            lines.append(" ".join(words))
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return where
+
+
+def test_a_sections_batch_has_the_reference_kd_layout(tmp_path):
+    """[CLS] A [SEP] B [SEP] from one document section, A's lines before B's, token type 1 from
+    B on, padded to the length with [PAD] and not attended, and every position, the padding's
+    too, counted by the KD loss."""
+    from tamt_cli import corpora, pretraining
+    from tests.tiny import make_word_tokenizer
+
+    tok = make_word_tokenizer(tmp_path / "words")
+    where = section_corpus(tmp_path / "t.txt")
+    blocks = corpora.load_blocks(str(tmp_path / "t.txt"), tok, 64, sections=True)
+    sections = blocks.sections
+    assert sections is not None and sections.token_types and sections.pad_id == 0
+    batch = pretraining.sections_batch(sections, torch.arange(len(sections)), token_types=True)
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "kd_positions"}
+    assert all(t.shape == (len(sections), 64) for t in batch.values())
+    assert bool((batch["kd_positions"] == 1).all())  # the padding is counted in the loss
+    held = {w for w in tok.convert_ids_to_tokens(blocks.held_out.reshape(-1).tolist())}
+    held_documents = {where[w][0] for w in held if w in where}
+    assert blocks.split["unit"] == "documents" and held_documents
+    seen, two, padded = set(), 0, 0
+    for row, (ids, attention, types) in enumerate(
+        zip(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], strict=True)
+    ):
+        n, second = int(attention.sum()), int(sections.second[row])
+        assert bool((attention[:n] == 1).all()) and bool((ids[n:] == tok.pad_token_id).all())
+        padded += n < 64
+        assert ids[0] == tok.cls_token_id
+        seps = (ids == tok.sep_token_id).nonzero().flatten().tolist()
+        if second < n:  # two segments: [CLS] A [SEP] B [SEP]
+            two += 1
+            assert seps == [second - 1, n - 1]
+        else:
+            assert seps == [n - 1]
+        assert types[:second].tolist() == [0] * second
+        assert types[second:n].tolist() == [1] * (n - second) and not types[n:].any()
+        words = tok.convert_ids_to_tokens(ids.tolist())
+        found = [where.get(w, (-1, -1)) for w in words[1 : n - 1] if w != tok.sep_token]
+        document = collections.Counter(d for d, _ in found).most_common(1)[0][0]
+        # one document section; one token corrupted as the reference's are ([MASK], a random
+        # token or kept)
+        assert sum(d != document for d, _ in found) <= 1
+        a = [where[w] for w in words[1 : second - 1] if where.get(w, (-1,))[0] == document]
+        b = [where[w] for w in words[second : n - 1] if where.get(w, (-1,))[0] == document]
+        assert not b or max(line for _, line in a) < min(line for _, line in b)
+        assert document not in held_documents and document != 5
+        seen.add(document)
+    assert two and padded
+    kept = {d for d, _ in where.values()} - held_documents - {5}
+    assert seen == kept  # every training section, and the heading's text in none
+    assert not any("w5000" in tok.convert_ids_to_tokens(ids.tolist()) for ids in batch["input_ids"])
+    again = corpora.load_blocks(str(tmp_path / "t.txt"), tok, 64, sections=True)  # cached
+    assert again.sections is not None and torch.equal(again.sections.ids, sections.ids)
+
+
+def test_kd_loss_of_sections_averages_over_padding_as_the_reference(tiny_bert, tmp_path):
+    """``CosineLoss`` of train_kd.py: ``(1 - cos).mean()`` over batch, sequence (padding
+    included) and, for the loss, the mean over the layers after the embeddings."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from tamt_cli import corpora, pretraining
+    from tests.tiny import WORDS
+
+    rng = random.Random(1)
+    text = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 26))) for _ in range(30)]
+    (tmp_path / "t.txt").write_text("\n".join(text) + "\n")
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    blocks = corpora.load_blocks(str(tmp_path / "t.txt"), tok, 64, sections=True)
+    assert blocks.sections is not None
+    batch = pretraining.sections_batch(blocks.sections, torch.arange(4), token_types=False)
+    assert (batch["attention_mask"] == 0).any()
+    model = loaded_model(tiny_bert)
+    weights = masking.prunable_weights(model)
+    masking.attach_masks(weights, masking.masks_from_scores(masking.random_scores(weights, 0), 0.5))
+    module = objectives.PretrainingLoss(model, weights, "kd")
+    with torch.no_grad():
+        loss = float(module(**batch))
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        student = model(**inputs, output_hidden_states=True).hidden_states[1:]
+        with masking.masks_disabled(weights):
+            teacher = model(**inputs, output_hidden_states=True).hidden_states[1:]
+        per_layer = [
+            (1 - torch.cosine_similarity(s, t, dim=-1)).mean()
+            for s, t in zip(student, teacher, strict=True)
+        ]
+        attended = objectives.kd_loss(student, teacher, batch["attention_mask"])
+    assert loss == pytest.approx(float(torch.stack(per_layer).mean()), rel=1e-5)
+    assert loss != pytest.approx(float(attended), rel=1e-3)  # not only the attended tokens
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kd_search_on_sections(cli, tiny_bert, tmp_path):
+    import random
+
+    from tests.tiny import WORDS
+
+    rng = random.Random(2)
+    text = []
+    for _ in range(30):
+        text += [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 26)))
+                 for _ in range(rng.randint(1, 3))] + [""]  # fmt: skip
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(text) + "\n")
+    res = cli(*train_args(tiny_bert, corpus, "kd", "run", "-o", "kd_data=sections",
+                          "--max-length", "32", "--eval-every", "4"))  # fmt: skip
+    assert res.code == 0, res.err
+    manifest = json.loads(Path("run/manifest.json").read_text())
+    notes = manifest["notes"]
+    assert notes["kd_sections"]["sequences"] > 0 and notes["kd_sections"]["padded_to"] == 32
+    assert notes["held_out_split"]["unit"] == "documents"
+    assert notes["held_out_split"]["corpus"] == str(corpus.resolve())
+    refused = cli("search", "-m", "mlm", "-s", "0.5", "--model", tiny_bert, "-o",
+                  "kd_data=sections", "--dry-run")  # fmt: skip
+    assert refused.code == 2 and "kd_data=sections" in refused.err and "mlm" in refused.err

@@ -252,6 +252,9 @@ REFERENCE = {
         "bias_correction": False,  # MT/transformer/optimization.py:335-338
         "clip": "1 (each tensor on its own)",  # MT/transformer/optimization.py:209,308-309
         "teacher_dropout": True,  # MT/train_kd.py:858,943 (never put in eval mode)
+        # a document section a sequence, two segments, padded, the padding in the loss:
+        # MT/pregenerate_training_data.py:215-299, MT/train_kd.py:70-72 (CosineLoss, plain mean)
+        "kd_data": "sections",
         # t_total of the schedule: 2 epochs of the pregenerated data (MT/train_kd.py:828,
         # MT/shell_scripts/train_kd/bert/0.7.sh:19); their size is not in the code: ~30k steps
         "decay_steps": 30000,
@@ -277,6 +280,7 @@ REFERENCE = {
         "bias_correction": True,  # MT/optimization.py:33 (correct_bias=True), :110-113
         "clip": "1 (global norm)",  # MT/hg_transformers/mask_trainer_mlm.py:580
         "teacher_dropout": False,  # no teacher (MT/train_mlm.py:536)
+        "kd_data": "blocks",  # the MLM trainer reads contiguous text (MT/train_mlm.py)
         # 2 epochs of WikiText-103 (MT/train_mlm.py:394-397, train_mlm/bert/0.7.sh:24): ~30k
         "decay_steps": 30000,
     },

@@ -52,6 +52,34 @@ def make_tokenizer(out: Path, vocab_size: int = 120):
     return fast
 
 
+def make_word_tokenizer(out: Path, words: int = 6000):
+    """A BERT-style tokenizer whose words ``w0`` … ``w<words-1>`` are one token each (ids 5 on),
+    with token types for a second segment: text of distinct words is distinct tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate([*special, *(f"w{i}" for i in range(words))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    fast.save_pretrained(str(out))
+    return fast
+
+
 def bert_config(vocab_size: int, hidden: int = 32, layers: int = 2, intermediate: int = 64):
     from transformers import BertConfig
 

@@ -14,7 +14,7 @@ from tamt_cli.errors import UserError
 from tamt_cli.specs import EvalSpec
 
 
-def _run_or_task(attribute: str, objective: int | None = None) -> Any:
+def _run_or_task(attribute: str, objective: str | None = None) -> Any:
     """The fine-tuning run's value, else the task's; with --objective, ``objective``."""
 
     def text() -> str:
@@ -22,6 +22,11 @@ def _run_or_task(attribute: str, objective: int | None = None) -> Any:
         return task if objective is None else f"{task}; --objective: {objective}"
 
     return text
+
+
+def _search_run(value: Any) -> str:
+    """--objective on a search run (or its export) reads its corpus as the run did."""
+    return f"a search run's or its export's, else {options.shown(value)}"
 
 
 def _head(key: str) -> Any:
@@ -33,13 +38,13 @@ FLAGS = (
     Flag("task", required=True, more="(or --objective)", complete=options.complete_tasks),
     Flag("objective"),
     Flag("data_dir", shown="the hub", complete=options.complete_paths),
-    Flag("corpus", complete=options.complete_corpora),
+    Flag("corpus", shown=_search_run(specs.OBJECTIVE_CORPUS), complete=options.complete_corpora),
     Flag("split"),
-    Flag("max_length", shown=_run_or_task("max_length", specs.OBJECTIVE_MAX_LENGTH)),
-    Flag("batch_size", shown=_run_or_task("batch_size", specs.OBJECTIVE_BATCH_SIZE)),
+    Flag("max_length", shown=_run_or_task("max_length", _search_run(specs.OBJECTIVE_MAX_LENGTH))),
+    Flag("batch_size", shown=_run_or_task("batch_size", str(specs.OBJECTIVE_BATCH_SIZE))),
     Flag("doc_stride", shown=_run_or_task("doc_stride")),
     options.TASK_OPTION,
-    Flag("held_out"),
+    Flag("held_out", shown=_search_run(specs.OBJECTIVE_HELD_OUT)),
     Flag("eval_blocks"),
     Flag("step", shown="the final mask"),
     Flag("head"),
@@ -60,7 +65,12 @@ def run(values: dict[str, Any]) -> None:
         objectives = "|".join(specs.OBJECTIVES)
         raise UserError(f"tamt eval needs either --task NAME or --objective {objectives}")
     if values["dry_run"]:
-        output.show_spec(spec, values["as_json"])
+        resolved = None
+        if spec.objective is not None:
+            from tamt_cli import evaluate
+
+            resolved = evaluate.objective_settings(spec)
+        output.show_spec(spec, values["as_json"], resolved)
         return
     from tamt_cli import evaluate
 

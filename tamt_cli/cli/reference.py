@@ -43,14 +43,18 @@ def commands() -> list[list[str]]:
 
 @contextlib.contextmanager
 def _plain_terminal() -> Iterator[None]:
-    """Help rendered the same everywhere: a fixed width, no colours."""
-    saved = {k: os.environ.get(k) for k in ("COLUMNS", "TERMINAL_WIDTH", "NO_COLOR", "TERM")}
-    os.environ.update(
-        {"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": str(WIDTH), "NO_COLOR": "1", "TERM": "dumb"}
-    )
+    """Help rendered the same everywhere: a fixed width, no colours. Typer reads its width once,
+    when it is imported, so it is set on the module for the while."""
+    from typer import rich_utils
+
+    saved = {k: os.environ.get(k) for k in ("COLUMNS", "NO_COLOR", "TERM")}
+    width, force = rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL
+    os.environ.update({"COLUMNS": str(WIDTH), "NO_COLOR": "1", "TERM": "dumb"})
+    rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL = WIDTH, False
     try:
         yield
     finally:
+        rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL = width, force
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

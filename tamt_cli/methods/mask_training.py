@@ -156,6 +156,12 @@ class MaskTrainingOptions(BaseModel):
         description="KD: the dense teacher keeps dropout on while the mask trains (the "
         "reference KD trainer's); false: the teacher runs without dropout",
     )
+    kd_data: Literal["blocks", "sections"] = Field(
+        "blocks",
+        description="kd only: the training text as contiguous blocks, or as the reference's KD "
+        "data (sections: a document section a sequence, two segments, padded to --max-length, "
+        "the padding counted in the loss)",
+    )
 
 
 class MaskTraining:
@@ -195,7 +201,8 @@ class MaskTraining:
         }
         if "teacher_dropout" in paper:  # the objectives with a teacher
             options["teacher_dropout"] = paper["teacher_dropout"]
-        # the KD data layout of the reference is added here as well
+        if cls.objective == "kd":  # the reference's KD data (train_kd.py, pregenerated)
+            options["kd_data"] = "sections"
         return fields, options
 
     def advice(self, spec: SearchSpec) -> list[str]:
@@ -219,6 +226,11 @@ class MaskTraining:
             raise UserError(
                 f"-o teacher_dropout=true is for the objectives with a teacher (kd, mlm-kd); "
                 f"{self.objective} has none"
+            )
+        if self.options.kd_data == "sections" and self.objective != "kd":
+            raise UserError(
+                f"-o kd_data=sections lays out the data of the kd objective, not of "
+                f"{self.objective}; leave it out"
             )
         steps = spec.max_steps or DEFAULT_MAX_STEPS
         if self.options.decay_steps is not None and self.options.decay_steps < steps:
@@ -306,7 +318,8 @@ class TrainingSession:
 
         spec, job, engine, run = self.spec, self.job, self.engine, self.run_writer
         options = self.options
-        data = pretraining.prepare(job.ref, job.model, spec, engine, job.console)
+        sections = self.options.kd_data == "sections"
+        data = pretraining.prepare(job.ref, job.model, spec, engine, job.console, sections=sections)
         _common.record_corpus(job, data)
         for p in job.model.parameters():
             p.requires_grad_(False)
@@ -353,7 +366,7 @@ class TrainingSession:
             loss_module,
             optimizer,
             scheduler,
-            data.train.shape[0],
+            data.examples,
             data.batch_maker(self.objective),
             loop,
             run_dir=run.root,
@@ -365,28 +378,33 @@ class TrainingSession:
         final = masking.exact_masks_from(scores, self.sparsity, spec.scope, self.pattern)
         if head is not None:
             run.save_tensors(artifacts.HEAD_FILE, mlm_head.head_state(head, job.model))
-        job.notes.update(
-            _common.run_notes(
-                self.objective,
-                data,
-                spec,
-                engine,
-                steps=self.max_steps,
-                lr=self.lr,
-                head_lr=self.head_lr,
-                reset_every=self.reset_every,
-                reset_schedule=options.reset_schedule,
-                init=options.init,
-                tau=options.tau,
-                scores=options.scores,
-                optimizer=options.optimizer,
-                eps=self.settings["eps"],
-                weight_decay=self.settings["weight_decay"],
-                clip=self.settings["clip"],
-                **({"teacher_dropout": options.teacher_dropout} if "kd" in self.objective else {}),
-            )
-        )
+        job.notes.update(self.notes(data))
         return final
+
+    def notes(self, data: Any) -> dict[str, Any]:
+        """What the run manifest records of this run's settings."""
+        from tamt_cli.methods import _common
+
+        spec, engine, options = self.spec, self.engine, self.options
+        return _common.run_notes(
+            self.objective,
+            data,
+            spec,
+            engine,
+            steps=self.max_steps,
+            lr=self.lr,
+            head_lr=self.head_lr,
+            reset_every=self.reset_every,
+            reset_schedule=options.reset_schedule,
+            init=options.init,
+            tau=options.tau,
+            scores=options.scores,
+            optimizer=options.optimizer,
+            eps=self.settings["eps"],
+            weight_decay=self.settings["weight_decay"],
+            clip=self.settings["clip"],
+            **({"teacher_dropout": options.teacher_dropout} if "kd" in self.objective else {}),
+        )
 
     def initial_scores(self) -> dict[str, Any]:
         """The initial mask (magnitude or random ranking at the target sparsity), as a keep-mask
