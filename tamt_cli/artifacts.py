@@ -27,7 +27,8 @@ from tamt_cli.errors import UserError
 # (masks at checkpoints), METRICS_LOG, HEAD_WARMUP_LOG and HEAD_FILE (MLM objectives),
 # CHECKPOINTS/step-NNNNNN/ (CHECKPOINT_TENSORS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE).
 # A fine-tuning run: SPEC_FILE, MANIFEST, SUMMARY and one seed_folder(N) per seed (a plain Hugging
-# Face folder with SEED_METRICS, METRICS_LOG, MASK_FILE and MANIFEST).
+# Face folder with SEED_METRICS, METRICS_LOG, MASK_FILE, MANIFEST and CARD).
+# An export (`extract --export`): the model's files, MASK_FILE, MANIFEST and CARD.
 
 MASK_FILE = "masks.safetensors"
 MANIFEST = "manifest.json"
@@ -47,6 +48,8 @@ CHECKPOINT_STATE = "state.json"
 SUMMARY = "summary.json"
 #: one fine-tuned seed's best and final scores and every evaluation
 SEED_METRICS = "metrics.json"
+#: the model card of an export or a fine-tuned seed (:mod:`tamt_cli.modelcard`)
+CARD = "README.md"
 #: where runs go when no --out is given
 RUNS = "runs"
 

@@ -8,15 +8,25 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import artifacts, files, maskfile, registry
+from tamt_cli import artifacts, files, hub, maskfile, modelcard, registry
 from tamt_cli.errors import UserError
 from tamt_cli.specs import ExtractSpec
 
 
-def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict[str, Any]:
-    """``overwrite``: replace an existing ``--export`` folder that is a tamt run or export."""
+def run(
+    spec: ExtractSpec,
+    console: Console,
+    *,
+    overwrite: bool = False,
+    push: hub.Push | None = None,
+) -> dict[str, Any]:
+    """``overwrite``: replace an existing ``--export`` folder that is a tamt run or export;
+    ``push``: upload the export to the Hub once it is written."""
     from tamt_cli import masking
 
+    if push is not None and spec.export is None:
+        raise UserError("--push-to-hub uploads the --export folder, which was not given")
+    hub.check_push(push)
     manifest = artifacts.read_manifest(spec.run)
     if manifest.get("kind") not in {"search", "subnetwork"}:
         raise UserError(f"'{spec.run}' is a {manifest.get('kind')} run, not a search run")
@@ -46,9 +56,12 @@ def run(spec: ExtractSpec, console: Console, *, overwrite: bool = False) -> dict
         "report": report,
     }
     if spec.export is not None:
-        export(spec, manifest, entry, masks, report, console, replace=overwrite)
+        export(spec, manifest, entry, masks, report, console, replace=overwrite, push=push)
         result["export"] = str(spec.export)
         result["format"] = spec.format
+        if push is not None:
+            with console.status(f"pushing {spec.export} to {push.repo_id}"):
+                result["hub"] = hub.push_folder(push, Path(spec.export), "a subnetwork")
     return result
 
 
@@ -65,10 +78,12 @@ def export(
     console: Console,
     *,
     replace: bool = False,
+    push: hub.Push | None = None,
 ) -> None:
     """Write a plain Hugging Face folder with the zeros baked in (``--format dense``) or the
-    masked weights in the sparse-bitmask layout (``compressed``), plus mask file and manifest;
-    ``replace``: an existing folder (checked by ``artifacts.check_output``) is replaced."""
+    masked weights in the sparse-bitmask layout (``compressed``), plus mask file, manifest and
+    model card; ``replace``: an existing folder (checked by ``artifacts.check_output``) is
+    replaced; ``push``: where the card says the export is (its load snippet)."""
     from tamt_cli import compressed, masking, models, pretraining
 
     record = manifest["model"]
@@ -101,7 +116,13 @@ def export(
         format=spec.format,
         # what `tamt eval --objective` of the export reads where no flag says otherwise
         search_corpus=pretraining.recorded_corpus(manifest, Path(spec.run)),
+        search=modelcard.search_record(Path(spec.run), manifest, entry),
+        commands=[
+            *modelcard.previous_commands(Path(spec.run), manifest),
+            modelcard.command_line("extract", ExtractSpec, spec.model_dump(mode="json"), ["run"]),
+        ],
     )
+    card = modelcard.export_card(sub_manifest, push)
     with (
         console.status(f"writing {spec.export}"),
         files.staged_dir(spec.export, replace=replace) as stage,
@@ -118,3 +139,4 @@ def export(
         models.save_tokenizer(ref, stage)
         maskfile.save_masks(stage / artifacts.MASK_FILE, masks)
         files.write_json(stage / artifacts.MANIFEST, sub_manifest)
+        files.write_text(stage / artifacts.CARD, card)

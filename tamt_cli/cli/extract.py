@@ -19,6 +19,7 @@ FLAGS = (
     Flag("format", ("--format",)),
     Flag("overwrite", ("--overwrite",), switch=True,
          help="replace an existing --export folder that is a tamt run or export"),
+    *options.push_flags("the --export folder"),
     *options.RUN,
 )  # fmt: skip
 
@@ -29,10 +30,11 @@ def run(values: dict[str, Any]) -> None:
     from tamt_cli import specs
 
     spec = specs.build(ExtractSpec, values["spec"], options.spec_values(values, ExtractSpec))
+    push = options.push_target(values)
     if values["dry_run"]:
         output.show_spec(spec, values["as_json"])
         return
-    result = extracting.run(spec, output.err(), overwrite=values["overwrite"])
+    result = extracting.run(spec, output.err(), overwrite=values["overwrite"], push=push)
     if values["as_json"]:
         output.emit_json(result)
     else:
@@ -42,6 +44,8 @@ def run(values: dict[str, Any]) -> None:
         out.print(sparsity_table(result["report"], f"Mask {result['mask']}"))
         if result["export"]:
             out.print(f"subnetwork written to [bold]{result['export']}[/bold]")
+        if result.get("hub"):
+            out.print(f"pushed to [bold]{result['hub']['url']}[/bold]")
 
 
 def register(app: typer.Typer) -> None:

@@ -53,6 +53,15 @@ FLAGS = (
     options.TASK_OPTION,
     Flag("out", shown="runs/finetune-<task>-<time>", complete=options.complete_paths),
     options.REPORT_TO,
+    *options.push_flags("one seed's folder (--push-seed)"),
+    Flag(
+        "push_seed",
+        ("--push-seed",),
+        type=int,
+        shown="none",
+        panel=options.HUB,
+        help="--push-to-hub: the seed whose folder is uploaded (none: the first seed)",
+    ),
     *options.RUN,
 )
 
@@ -78,18 +87,24 @@ def run(values: dict[str, Any]) -> None:
         "task_options": options.parse_pairs(values["task_option"], "--task-option"),
     }
     spec = specs.build(FinetuneSpec, values["spec"], flags)
+    if values["push_seed"] is not None and values["push_to_hub"] is None:
+        raise UserError("--push-seed applies to --push-to-hub REPO_ID, which was not given")
+    push = options.push_target(values, values["push_seed"])
     from tamt_cli import finetune as finetuning
 
     if values["dry_run"]:
         output.show_spec(spec, values["as_json"], finetuning.planned(spec))
         return
-    result = finetuning.run(spec, output.err())
+    result = finetuning.run(spec, output.err(), push=push)
     if values["as_json"]:
         output.emit_json(result)
     else:
         from tamt_cli.display import render_finetune
 
         render_finetune(result, output.out())
+        if result.get("hub"):
+            hub = result["hub"]
+            output.out().print(f"{hub['folder']} pushed to [bold]{hub['url']}[/bold]")
 
 
 def register(app: typer.Typer) -> None:

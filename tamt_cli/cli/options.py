@@ -309,3 +309,33 @@ REPORT_TO = Flag(
     complete=complete_trackers,
 )
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+
+HUB = "Hugging Face Hub"
+
+
+def push_flags(what: str) -> tuple[Flag, ...]:
+    """--push-to-hub (uploading ``what``) and its settings: command line only, so that a saved
+    spec, repeated, never uploads."""
+    return (
+        Flag("push_to_hub", ("--push-to-hub",), type=str, shown="none", panel=HUB,
+             help=f"upload {what}, model card included, to this Hub model repository "
+             "(user/name or org/name; made if missing) in one commit; checked before any work"),
+        Flag("private", ("--private",), switch=True, panel=HUB,
+             help="--push-to-hub: make the repository private when it is created"),
+        Flag("revision", ("--revision",), type=str, shown="none", panel=HUB,
+             help="--push-to-hub: the branch to commit to, made if missing (none: the default "
+             "one)"),
+    )  # fmt: skip
+
+
+def push_target(values: Mapping[str, Any], seed: int | None = None) -> Any:
+    """The :class:`tamt_cli.hub.Push` of ``--push-to-hub`` (None without it); ``--private`` and
+    ``--revision`` alone are refused."""
+    if values["push_to_hub"] is None:
+        for name, flag in (("private", "--private"), ("revision", "--revision")):
+            if values[name]:
+                raise UserError(f"{flag} applies to --push-to-hub REPO_ID, which was not given")
+        return None
+    from tamt_cli.hub import Push
+
+    return Push(values["push_to_hub"], values["private"], values["revision"], seed)

@@ -58,6 +58,7 @@ class GlueTask(TaskBase):
     """A GLUE sentence or sentence-pair task; subclasses set the class attributes."""
 
     hub_name: ClassVar[str]
+    hub_path: ClassVar[str] = HUB_PATH
     text_columns: ClassVar[tuple[str, ...]]
     tsv: ClassVar[TsvLayout]
     tsv_files: ClassVar[dict[str, str]] = {"train": "train.tsv", "validation": "dev.tsv"}
