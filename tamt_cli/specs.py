@@ -415,6 +415,44 @@ def build(cls: type[S], spec_file: Path | None, flags: Mapping[str, Any]) -> S:
     return validate(cls, data, source=f"spec {spec_file}" if spec_file else None)
 
 
+def resumed(
+    cls: type[S],
+    run_dir: Path,
+    saved_path: Path,
+    spec_file: Path | None,
+    flags: Mapping[str, Any],
+    *,
+    merged: str | None = None,
+) -> S:
+    """The spec saved at ``saved_path`` for ``--resume run_dir``; a spec file or flags given as
+    well must agree with it (the mapping field ``merged`` is compared with what is given laid
+    over it). Where the run is (``out``) and what watches it (``report_to``) may change."""
+    saved = validate(cls, read_spec_file(saved_path), str(saved_path))
+    asked = {k: v for k, v in flags.items() if v is not None}
+    if spec_file is not None:
+        given = build(cls, spec_file, flags)
+        asked = {**given.model_dump(exclude_unset=True), **asked}
+    current = saved.model_dump()
+    for key, value in asked.items():
+        if key in {"out", "report_to"}:
+            continue
+        old = current.get(key)
+        new = {**(old or {}), **value} if key == merged else value
+        if _normalise(old) != _normalise(new):
+            raise UserError(
+                f"--resume: the run was started with {key}={old!r}, not {new!r}; resume it "
+                "with the same settings (or start a new run)"
+            )
+    report_to = asked.get("report_to", getattr(saved, "report_to", None))
+    return saved.model_copy(update={"out": Path(run_dir), "report_to": report_to})
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
 def validate(cls: type[S], data: Mapping[str, Any], source: str | None = None) -> S:
     try:
         return cls.model_validate(data)
