@@ -253,12 +253,26 @@ class FinetuneSpec(Spec):
     data_dir: Path | None = Field(None, description="local task data (GLUE TSV, SQuAD JSON)")
     seeds: list[int] = Field(default_factory=lambda: [1], description="fine-tuning seeds")
     lr: float | None = Field(None, gt=0, description="learning rate")
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="linear warm-up of the lr over ⌈ratio × steps⌉ steps, then linear decay "
+        "(the paper: 0)",
+    )
     batch_size: int | None = Field(None, gt=0, description="batch size")
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step (--batch-size is their sum)"
+    )
     epochs: float | None = Field(None, gt=0, description="epochs")
     max_length: int | None = Field(None, gt=0, description="max tokens")
     doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
     train_size: int | None = Field(None, gt=0, description="seeded training subset size")
     eval_every: int | None = Field(None, gt=0, description="evaluate every N steps")
+    save_every: int = Field(500, gt=0, description="checkpoint every N steps, for --resume")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="checkpoints kept per seed while it trains (a done seed drops them)"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     out: Path | None = Field(None, description="output directory")
     task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
