@@ -27,7 +27,8 @@ from tamt_cli.errors import UserError
 # (masks at checkpoints), METRICS_LOG, HEAD_WARMUP_LOG and HEAD_FILE (MLM objectives),
 # CHECKPOINTS/step-NNNNNN/ (CHECKPOINT_TENSORS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE).
 # A fine-tuning run: SPEC_FILE, MANIFEST, SUMMARY and one seed_folder(N) per seed (a plain Hugging
-# Face folder with SEED_METRICS, METRICS_LOG, MASK_FILE, MANIFEST and CARD).
+# Face folder with SEED_METRICS, METRICS_LOG, PREDICTIONS, MASK_FILE, MANIFEST and CARD;
+# CHECKPOINTS/ while the seed trains).
 # An export (`extract --export`): the model's files, MASK_FILE, MANIFEST and CARD.
 
 MASK_FILE = "masks.safetensors"
@@ -50,6 +51,8 @@ SUMMARY = "summary.json"
 SEED_METRICS = "metrics.json"
 #: the model card of an export or a fine-tuned seed (:mod:`tamt_cli.modelcard`)
 CARD = "README.md"
+#: one fine-tuned seed's prediction for every example of the main eval split, a JSON object a line
+PREDICTIONS = "predictions.jsonl"
 #: where runs go when no --out is given
 RUNS = "runs"
 
@@ -128,8 +131,9 @@ def check_output(
         hint = (
             " or pass --overwrite (it replaces only a tamt run or export)" if can_overwrite else ""
         )
-        if _unfinished_search(target):
-            hint += f", or continue it with: tamt search --resume {path}"
+        unfinished = _unfinished(target)
+        if unfinished is not None:
+            hint += f", or continue it with: tamt {unfinished} --resume {path}"
         raise UserError(f"{flag} '{path}' already exists; choose another path{hint}")
     if target.is_symlink() or not target.is_dir():
         problem = "a symbolic link" if target.is_symlink() else "not a folder"
@@ -147,12 +151,42 @@ def check_output(
         )
 
 
-def _unfinished_search(path: Path) -> bool:
+def _unfinished(path: Path) -> str | None:
+    """The kind of run (``search``, ``finetune``) ``path`` holds when it is an unfinished one
+    that ``--resume`` continues."""
     try:
         manifest = read_manifest(path)
     except UserError:
-        return False
-    return manifest.get("kind") == "search" and manifest.get("status") == "running"
+        return None
+    running = manifest.get("status") == "running"
+    kind = manifest.get("kind")
+    return str(kind) if running and kind in {"search", "finetune"} else None
+
+
+def resumable(run_dir: Path, kind: str) -> Path:
+    """The spec file of ``run_dir``, a run of ``kind`` that ``--resume`` may continue: not
+    complete, made by this major version of tamt, not being written by a live process."""
+    saved_path = Path(run_dir) / SPEC_FILE
+    manifest = read_manifest(run_dir)
+    if manifest.get("status") == "complete":
+        raise UserError(f"run '{run_dir}' is already complete; there is nothing to resume")
+    if manifest.get("kind") != kind:
+        raise UserError(f"'{run_dir}' is a {manifest.get('kind')} run, not a {kind} run")
+    made_by = str(manifest.get("tamt_version"))
+    if made_by.split(".")[0] != __version__.split(".")[0]:
+        raise UserError(
+            f"run '{run_dir}' was started by tamt {made_by}; this tamt {__version__} is another "
+            f"major version and would not continue it as it began: resume it with tamt {made_by}"
+            ", or start a new run"
+        )
+    if not saved_path.is_file():
+        raise UserError(f"'{run_dir}' has no {SPEC_FILE}; it cannot be resumed")
+    if files.busy(run_dir):
+        raise UserError(
+            f"run '{run_dir}' is being written by another tamt process that is still running; "
+            "wait for it to end (or stop it) before resuming"
+        )
+    return saved_path
 
 
 # -- run directories ------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class Engine:
         )
         self.console = console or verbosity.console()
         self._tracked: Path | None = None
+        #: the loss summed since the last logged step and the count, as :meth:`fit` saves
+        self.running_loss: tuple[float, int] = (0.0, 0)
         verbosity.debug(
             self.console,
             f"engine: {self.world} process(es) on {self.device}, mixed precision "
@@ -280,10 +282,13 @@ class Engine:
         hooks: StepHooks | None = None,
         start_step: int = 0,
         metrics_name: str = artifacts.METRICS_LOG,
+        running_loss: tuple[float, int] = (0.0, 0),
     ) -> nn.Module:
         """Train from ``start_step`` to ``loop.max_steps`` over a data set of ``examples``
         examples (``make_batch`` turns indices into model inputs); returns the unwrapped module.
-        ``module(**batch)`` must return the loss."""
+        ``module(**batch)`` must return the loss. ``running_loss``: the loss summed over the steps
+        since the last logged one, and their count, where a resumed run left off (a checkpoint
+        that keeps :attr:`running_loss` makes the log of a resumed run the uninterrupted one's)."""
         hooks = hooks or Hooks()
         micro = self.micro_batch(loop.batch_size, loop.grad_accum)
         module.to(self.device)
@@ -302,7 +307,7 @@ class Engine:
 
         model.train()
         with self.progress(loop, start_step) as bar:
-            running, count, t0 = 0.0, 0, time.perf_counter()
+            (running, count), t0 = running_loss, time.perf_counter()
             for step in range(start_step, loop.max_steps):
                 torch.manual_seed((loop.seed * 1_000_003 + step) * 1_009 + self.rank)
                 total = self._backward(model, make_batch, loop, step, examples, micro)
@@ -336,8 +341,13 @@ class Engine:
                         bar.note(done, **figures)
                         bar.advance(0, **fields)  # show the new figures now
                 if loop.save_every and done % loop.save_every == 0 and done != loop.max_steps:
+                    self.running_loss = (self._mean_over_processes(running), count)
                     hooks.save(done)
         return self.accelerator.unwrap_model(model)
+
+    def _mean_over_processes(self, value: float) -> float:
+        """``value`` (one process: as it is), else its mean over the processes, on every one."""
+        return value if self.world == 1 else float(self.reduce(torch.tensor(value)))
 
     def _backward(
         self, model: Any, make_batch: MakeBatch, loop: Loop, step: int, examples: int, micro: int
@@ -371,10 +381,12 @@ class Engine:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         keep: int = 1,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """``checkpoints/step-NNNNNN/``: trainable tensors (safetensors), optimiser state
         (torch.save of plain tensors, read back with ``weights_only=True``) and scheduler
-        state (JSON), written under a temporary name and renamed; older ones pruned."""
+        state (JSON, with ``extra``: what else the run needs to go on, as plain values),
+        written under a temporary name and renamed; older ones pruned."""
         self.barrier()
         if self.is_main:
             from safetensors.torch import save as st_save
@@ -387,6 +399,8 @@ class Engine:
                 with open(stage / artifacts.CHECKPOINT_OPTIMIZER, "wb") as fh:
                     torch.save(_unwrap_optimizer(optimizer).state_dict(), fh)
                 state = {"step": step, "scheduler": scheduler.state_dict()}
+                if extra is not None:
+                    state["extra"] = dict(extra)
                 files.write_json(stage / artifacts.CHECKPOINT_STATE, state)
             for old in artifacts.checkpoints(run_dir)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)

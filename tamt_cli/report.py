@@ -117,6 +117,8 @@ def _read_run(path: Path, inputs: Inputs) -> None:
             inputs.notes.append(f"search run '{path}' is not complete; left out")
             return
         inputs.searches[path.resolve()] = manifest
+    elif kind == "finetune" and manifest.get("status", "complete") != "complete":
+        inputs.notes.append(f"fine-tuning run '{path}' is not complete; left out")
     elif kind == "finetune" and manifest.get("members") is not None:
         summary = (
             _load_json(path / artifacts.SUMMARY) if (path / artifacts.SUMMARY).is_file() else {}

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tamt_cli import __version__, artifacts, files, registry, specs
+from tamt_cli import artifacts, files, registry, specs
 from tamt_cli.errors import Interrupted, UserError, environment_fault
 from tamt_cli.specs import SearchSpec
 
@@ -68,50 +68,8 @@ def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:
     """The spec saved in ``run_dir``; a spec file or flags given as well must agree with it.
     The run must be incomplete, made by this major version of tamt and not in use."""
-    saved_path = Path(run_dir) / artifacts.SPEC_FILE
-    manifest = artifacts.read_manifest(run_dir)
-    if manifest.get("status") == "complete":
-        raise UserError(f"run '{run_dir}' is already complete; there is nothing to resume")
-    if manifest.get("kind") != "search":
-        raise UserError(f"'{run_dir}' is a {manifest.get('kind')} run, not a search run")
-    made_by = str(manifest.get("tamt_version"))
-    if made_by.split(".")[0] != __version__.split(".")[0]:
-        raise UserError(
-            f"run '{run_dir}' was started by tamt {made_by}; this tamt {__version__} is another "
-            f"major version and would not continue it as it began: resume it with tamt {made_by}"
-            ", or start a new run"
-        )
-    if not saved_path.is_file():
-        raise UserError(f"'{run_dir}' has no {artifacts.SPEC_FILE}; it cannot be resumed")
-    if files.busy(run_dir):
-        raise UserError(
-            f"run '{run_dir}' is being written by another tamt process that is still running; "
-            "wait for it to end (or stop it) before resuming"
-        )
-    saved = specs.validate(SearchSpec, specs.read_spec_file(saved_path), str(saved_path))
-    asked = {k: v for k, v in flags.items() if v is not None}
-    if spec_file is not None:
-        given = specs.build(SearchSpec, spec_file, flags)
-        asked = {**given.model_dump(exclude_unset=True), **asked}
-    current = saved.model_dump()
-    for key, value in asked.items():
-        if key in {"out", "report_to"}:  # where the run is and what watches it may change
-            continue
-        old = current.get(key)
-        new = {**(old or {}), **value} if key == "options" else value
-        if _normalise(old) != _normalise(new):
-            raise UserError(
-                f"--resume: the run was started with {key}={old!r}, not {new!r}; resume it "
-                "with the same settings (or start a new run)"
-            )
-    report_to = asked.get("report_to", saved.report_to)
-    return saved.model_copy(update={"out": Path(run_dir), "report_to": report_to})
-
-
-def _normalise(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    return str(value) if isinstance(value, Path) else value
+    saved_path = artifacts.resumable(run_dir, "search")
+    return specs.resumed(SearchSpec, run_dir, saved_path, spec_file, flags, merged="options")
 
 
 def run(spec: SearchSpec, method: Any, console: Console, *, resume: bool = False) -> dict[str, Any]:

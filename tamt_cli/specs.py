@@ -254,12 +254,26 @@ class FinetuneSpec(Spec):
     data_dir: Path | None = Field(None, description="local task data (GLUE TSV, SQuAD JSON)")
     seeds: list[int] = Field(default_factory=lambda: [1], description="fine-tuning seeds")
     lr: float | None = Field(None, gt=0, description="learning rate")
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="linear warm-up of the lr over ⌈ratio × steps⌉ steps, then linear decay "
+        "(the paper: 0)",
+    )
     batch_size: int | None = Field(None, gt=0, description="batch size")
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step (--batch-size is their sum)"
+    )
     epochs: float | None = Field(None, gt=0, description="epochs")
     max_length: int | None = Field(None, gt=0, description="max tokens")
     doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
     train_size: int | None = Field(None, gt=0, description="seeded training subset size")
     eval_every: int | None = Field(None, gt=0, description="evaluate every N steps")
+    save_every: int = Field(500, gt=0, description="checkpoint every N steps, for --resume")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="checkpoints kept per seed while it trains (a done seed drops them)"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     out: Path | None = Field(None, description="output directory")
     task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
@@ -423,6 +437,44 @@ def build(cls: type[S], spec_file: Path | None, flags: Mapping[str, Any]) -> S:
         else:
             data[key] = value
     return validate(cls, data, source=f"spec {spec_file}" if spec_file else None)
+
+
+def resumed(
+    cls: type[S],
+    run_dir: Path,
+    saved_path: Path,
+    spec_file: Path | None,
+    flags: Mapping[str, Any],
+    *,
+    merged: str | None = None,
+) -> S:
+    """The spec saved at ``saved_path`` for ``--resume run_dir``; a spec file or flags given as
+    well must agree with it (the mapping field ``merged`` is compared with what is given laid
+    over it). Where the run is (``out``) and what watches it (``report_to``) may change."""
+    saved = validate(cls, read_spec_file(saved_path), str(saved_path))
+    asked = {k: v for k, v in flags.items() if v is not None}
+    if spec_file is not None:
+        given = build(cls, spec_file, flags)
+        asked = {**given.model_dump(exclude_unset=True), **asked}
+    current = saved.model_dump()
+    for key, value in asked.items():
+        if key in {"out", "report_to"}:
+            continue
+        old = current.get(key)
+        new = {**(old or {}), **value} if key == merged else value
+        if _normalise(old) != _normalise(new):
+            raise UserError(
+                f"--resume: the run was started with {key}={old!r}, not {new!r}; resume it "
+                "with the same settings (or start a new run)"
+            )
+    report_to = asked.get("report_to", getattr(saved, "report_to", None))
+    return saved.model_copy(update={"out": Path(run_dir), "report_to": report_to})
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def validate(cls: type[S], data: Mapping[str, Any], source: str | None = None) -> S:

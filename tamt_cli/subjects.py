@@ -123,6 +123,11 @@ def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
                 f"tamt finetune {checkpoint} --task ..."
             )
         return checkpoint, None
+    if manifest.get("status", "complete") != "complete":
+        raise UserError(
+            f"fine-tuning run '{checkpoint}' is not complete; evaluate a finished seed's folder "
+            f"in it, or finish it with: tamt finetune --resume {checkpoint}"
+        )
     members = manifest.get("members")
     if members is None:
         return checkpoint, manifest

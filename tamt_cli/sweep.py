@@ -418,7 +418,9 @@ def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> Non
             saved = specs.validate(type(cell.spec), specs.read_spec_file(spec_file), str(spec_file))
             ran = comparable(saved)
         manifest = _manifest_or_none(path)
-        complete = cell.kind == "finetune" or (manifest or {}).get("status") == "complete"
+        # a fine-tuning run made before runs said their status is complete
+        default = "complete" if cell.kind == "finetune" else None
+        complete = (manifest or {}).get("status", default) == "complete"
         cell.status = "done" if complete and manifest else "partial"
     if ran is not None:
         now = comparable(cell.spec)
@@ -565,7 +567,7 @@ def _run_cell(cell: Cell, out: Path, console: Console) -> None:
     else:
         from tamt_cli import finetune
 
-        finetune.run(cell.spec, console)
+        finetune.run(cell.spec, console, resume=cell.status == "partial")
 
 
 def _line(
@@ -642,8 +644,8 @@ def commands(plan_: Plan) -> list[str]:
 
 def command(cell: Cell, sweep_dir: Path) -> str:
     spec = cell.spec
-    if cell.kind == "search" and cell.status == "partial":
-        return f"tamt search --resume {shlex.quote(str(spec.out))}"
+    if cell.kind in {"search", "finetune"} and cell.status == "partial":
+        return f"tamt {cell.kind} --resume {shlex.quote(str(spec.out))}"
     set_fields = spec.model_dump(mode="json", exclude_unset=True)
     set_fields.update({k: v for k, v in spec.model_dump(mode="json").items() if k in PATH_FIELDS})
     words = ["tamt", {"search": "search", "finetune": "finetune", "heldout": "eval"}[cell.kind]]

@@ -209,17 +209,52 @@ def score(
     batch_size: int,
     advance: Callable[[str, int], None] | None = None,
     engine: Any = None,
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{split: {metric: value}}`` (percent) of ``model`` on every eval set; with an
     ``engine``, each of its processes scores a share of the features and the metrics are
-    computed, on every process, from the predictions of all of them (:func:`predict`)."""
+    computed, on every process, from the predictions of all of them (:func:`predict`). The
+    predictions scored go into ``keep`` by split, when given."""
     out: dict[str, dict[str, float]] = {}
     for data in sets:
         step = None if advance is None else (lambda n, split=data.split: advance(split, n))
         predictions = predict(model, data, batch_size, task.head == "span", step, engine)
+        if keep is not None:
+            keep[data.split] = predictions
         scores = task.metrics(data.raw, data.features, predictions)
         out[data.split] = {k: _finite(v) for k, v in scores.items()}
     return out
+
+
+def prediction_rows(task: Any, data: EvalSet, predictions: Any) -> list[dict[str, Any]]:
+    """One row per example of ``data`` (:func:`predict`'s ``predictions`` of its features), in
+    the split's order: ``id``, ``label`` and ``prediction`` (a class id; a float for a
+    regression task); span tasks: ``id``, the gold ``answers`` and the predicted text."""
+    from tamt_cli.tasks.metrics import class_predictions, regression_predictions
+
+    raw = data.raw
+    if task.head == "span":
+        found = task.postprocess(raw, data.features, predictions)
+        return [
+            {"id": qid, "answers": list(gold["text"]), "prediction": found.get(qid, "")}
+            for qid, gold in zip(raw["id"], raw["answers"], strict=True)
+        ]
+    columns = raw.column_names
+    ids = next((raw[c] for c in ("idx", "id") if c in columns), range(len(raw)))
+    if "label" in columns:
+        labels = list(raw["label"])
+    elif "labels" in data.features.column_names:
+        labels = list(data.features["labels"])
+    else:
+        labels = [None] * len(raw)
+    if task.head == "regression":
+        predicted = [float(p) for p in regression_predictions(predictions)]
+    else:
+        predicted = [int(p) for p in class_predictions(predictions, task.num_labels)]
+    return [
+        {"id": i, "label": label, "prediction": p}
+        for i, label, p in zip(ids, labels, predicted, strict=True)
+    ]
 
 
 def _finite(value: Any) -> float:

@@ -6,6 +6,7 @@ states every built-in task's, as the task declares it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -36,19 +37,28 @@ def _first_seed() -> str:
 
 
 FLAGS = (
-    Flag("subnetwork", argument=True, complete=options.complete_models),
-    Flag("task", complete=options.complete_tasks),
+    Flag(
+        "subnetwork",
+        argument=True,
+        more="(with --resume: the run's)",
+        complete=options.complete_models,
+    ),
+    Flag("task", more="(with --resume: the run's)", complete=options.complete_tasks),
     Flag("model", complete=options.complete_models),
     Flag("data_dir", shown="the hub", complete=options.complete_paths),
     Flag("seed", type=int, help="fine-tuning seed", shown=_first_seed()),
     Flag("seeds", type=str, help="several seeds, e.g. 1,2,3", shown="--seed"),
     Flag("lr", shown=_task("lr")),
+    Flag("warmup_ratio"),
     Flag("batch_size", shown=_task("batch_size")),
+    Flag("grad_accum"),
     Flag("epochs", shown=_task("epochs")),
     Flag("max_length", shown=_task("max_length")),
     Flag("doc_stride", shown=_task("doc_stride")),
     Flag("train_size", shown="all"),
     Flag("eval_every", shown=_cadence),
+    Flag("save_every"),
+    Flag("keep_checkpoints"),
     Flag("mixed_precision"),
     options.TASK_OPTION,
     Flag("out", shown="runs/finetune-<task>-<time>", complete=options.complete_paths),
@@ -61,6 +71,13 @@ FLAGS = (
         shown="none",
         panel=options.HUB,
         help="--push-to-hub: the seed whose folder is uploaded (none: the first seed)",
+    ),
+    Flag(
+        "resume",
+        type=Path,
+        complete=options.complete_paths,
+        help="continue an interrupted run: its finished seeds are kept, the others go on from "
+        "their last checkpoint",
     ),
     *options.RUN,
 )
@@ -86,16 +103,20 @@ def run(values: dict[str, Any]) -> None:
         "seeds": _seeds(values),
         "task_options": options.parse_pairs(values["task_option"], "--task-option"),
     }
-    spec = specs.build(FinetuneSpec, values["spec"], flags)
     if values["push_seed"] is not None and values["push_to_hub"] is None:
         raise UserError("--push-seed applies to --push-to-hub REPO_ID, which was not given")
     push = options.push_target(values, values["push_seed"])
     from tamt_cli import finetune as finetuning
 
+    resume = values["resume"]
+    if resume is not None:
+        spec = finetuning.resumed_spec(resume, values["spec"], flags)
+    else:
+        spec = specs.build(FinetuneSpec, values["spec"], flags)
     if values["dry_run"]:
         output.show_spec(spec, values["as_json"], finetuning.planned(spec))
         return
-    result = finetuning.run(spec, output.err(), push=push)
+    result = finetuning.run(spec, output.err(), resume=resume is not None, push=push)
     if values["as_json"]:
         output.emit_json(result)
     else:
