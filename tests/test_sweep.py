@@ -297,6 +297,53 @@ def test_printed_command_of_a_paper_budget_variant_runs(cli, tmp_path, tiny_bert
     assert (shown["options"]["scores"], shown["options"]["decay_steps"]) == ("binary", 30000)
 
 
+def test_paper_budget_keeps_its_values_over_the_shared_search_fields(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """The grid's shared `search:` fields yield to --budget paper (length, batch, scores); a
+    variant's own settings win over the budget; other methods keep the shared fields."""
+    data = grid(
+        tiny_bert, corpus, sst2, methods=["kd-paper", "kd-paper-short", "kd"], sparsities=[0.5]
+    )
+    data["variants"] = {
+        "kd-paper": {"method": "kd", "budget": "paper"},
+        "kd-paper-short": {"method": "kd", "budget": "paper", "max_length": 32},
+    }
+    data["search"]["options"] = {"scores": "graded", "tau": 0.02}
+    data["methods_options"] = {}
+    path = write_grid(tmp_path / "grid.yaml", data)
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    searches = {}
+    for line in lines:
+        words = shlex.split(line)
+        if words[1] == "search":
+            searches[Path(words[words.index("--out") + 1]).name] = line
+    paper = searches["kd-paper-s0.5"]
+    assert "--max-length 512" in paper and "--batch-size 16" in paper
+    assert "-o scores=binary" in paper and "-o tau=0.02" in paper  # tau: not the budget's
+    assert f"--corpus {corpus}" in paper and "--eval-blocks 4" in paper
+    assert "--max-length 32" in searches["kd-paper-short-s0.5"]
+    plain = searches["kd-s0.5"]
+    assert "--max-length 16" in plain and "--batch-size 4" in plain and "scores=graded" in plain
+
+
+def test_committed_base_grid_runs_the_paper_protocol_at_512_tokens(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """benchmarks/budget-grid-base.yaml (model, corpus and data made local): its kd-paper
+    searches run at the paper's 512 tokens, the others at the grid's 128."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "budget-grid-base.yaml"
+    data = yaml.safe_load(committed.read_text())
+    data.update(model=str(tiny_bert), data={"sst2": str(sst2)})
+    data["search"]["corpus"] = data["heldout"]["corpus"] = str(corpus)
+    path = write_grid(tmp_path / "grid.yaml", data)
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    searches = [line for line in lines if line.startswith("tamt search")]
+    paper = [line for line in searches if "--label kd-paper" in line]
+    assert len(paper) == 2 and all("--max-length 512" in line for line in paper)
+    assert all("--max-length 128" in line for line in searches if line not in paper)
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
