@@ -529,6 +529,29 @@ def test_mask_overlap_is_the_jaccard_of_kept_weights(swept, cli):
     assert omp["achieved"] == pytest.approx(0.7, abs=0.01)
 
 
+def test_report_shows_every_subnetworks_jaccard_with_omp(swept, cli):
+    """The main table's column is what each search recorded (its mask against the OMP mask of
+    its model and settings); OMP's own is 1."""
+    import csv
+    import io
+
+    _, out = swept
+    doc = cli("report", out, "--format", "json").json()
+    for row in doc["rows"]:
+        if row["method"] == "dense":
+            assert row["omp_jaccard"] is None
+            continue
+        name = f"{row['method']}-s{row['sparsity']:g}"
+        manifest = artifacts.read_manifest(out / "search" / name)
+        assert row["omp_jaccard"] == manifest["omp_kept_jaccard"]
+        if row["method"] == "omp":
+            assert row["omp_jaccard"] == 1.0
+    md = cli("report", out, "--format", "md").out
+    assert "| search s | kept J. vs OMP |" in md.splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO(cli("report", out, "--format", "csv").out)))
+    assert {r["method"]: r["omp_kept_jaccard"] for r in rows}["dense"] == ""
+
+
 def test_report_formats_and_plots(swept, cli, tmp_path):
     pytest.importorskip("matplotlib")
     _, out = swept
