@@ -261,21 +261,39 @@ def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> 
 
 def _omp_masks(spec: SearchSpec, job: Any) -> dict[str, Any] | None:
     """The OMP mask the run's mask is compared with: the magnitude of the pre-trained weights at
-    the run's sparsity, scope and pattern, over the same weights (embeddings, pooler)."""
+    the run's sparsity, scope and pattern, over the same weights (embeddings, pooler); held
+    bit-packed (one bit a weight) while the search runs."""
+    import numpy as np
+
     from tamt_cli import masking
 
     if spec.sparsity is None:  # a per-matrix target (e.g. random --like) has no one OMP mask
         return None
-    return masking.magnitude_masks(job.weights, spec.sparsity, spec.scope, job.pattern)
+    whole = spec.scope == "global" and job.pattern is None
+    groups = [job.weights] if whole else [[p] for p in job.weights]  # one matrix at a time
+    packed = {}
+    for group in groups:
+        masks = masking.magnitude_masks(group, spec.sparsity, spec.scope, job.pattern)
+        for name, keep in masks.items():
+            packed[name] = np.packbits(keep.cpu().numpy().reshape(-1))
+    return packed
 
 
 def _omp_jaccard(masks: dict[str, Any], omp: dict[str, Any] | None) -> float | None:
-    from tamt_cli import masking
+    """Jaccard similarity of the kept weights of ``masks`` and the packed OMP mask."""
+    import numpy as np
+    import torch
 
     if omp is None:
         return None
-    jaccard = masking.kept_jaccard(masks, omp)
-    return None if jaccard is None else round(jaccard, 6)
+    both = either = 0
+    for name, keep in masks.items():
+        keep = keep.to("cpu", dtype=torch.bool).reshape(-1)
+        bits = np.unpackbits(omp[name], count=keep.numel()).astype(bool)
+        ref = torch.from_numpy(bits)
+        both += int((keep & ref).sum())
+        either += int((keep | ref).sum())
+    return round(both / either, 6) if either else None
 
 
 def _say_if_omp(manifest: dict[str, Any], console: Any) -> None:
