@@ -45,6 +45,20 @@ def main() -> None:
     parser.add_argument("--imp-lr", default=None, help="IMP weight lr [method default, 5e-5]")
     parser.add_argument("--mask-lr", default=None, help="mask-training lr [method default]")
     parser.add_argument("--methods", default="imp,kd,mlm", help="imp[-kd|-mlm-kd], kd, mlm, ...")
+    parser.add_argument(
+        "--mask-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a mask-training option (-o), e.g. scores=binary; repeatable",
+    )
+    parser.add_argument(
+        "--imp-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an IMP option (-o), e.g. schedule=round; repeatable",
+    )
     args = parser.parse_args()
     if not Path(args.corpus).exists() and args.corpus != "demo":
         raise SystemExit(f"corpus {args.corpus} not found (pass --corpus demo or a text file)")
@@ -72,10 +86,12 @@ def main() -> None:
                         "-o", f"steps_per_round={args.steps_per_round}",
                         "-o", f"prune_fraction={args.prune_fraction}"]  # fmt: skip
                 cmd += ["--lr", args.imp_lr] if args.imp_lr else []
+                cmd += [w for option in args.imp_option for w in ("-o", option)]
                 steps = imp_steps
             else:
                 cmd += ["-m", name, "--max-steps", mask_steps]
                 cmd += ["--lr", args.mask_lr] if args.mask_lr else []
+                cmd += [w for option in args.mask_option for w in ("-o", option)]
                 steps = int(mask_steps)
             t0 = time.perf_counter()
             tamt(*cmd, cwd=cwd)

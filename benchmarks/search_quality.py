@@ -49,6 +49,13 @@ def main() -> None:
     parser.add_argument("--head-lr", default=None, help="MLM head lr while masks train")
     parser.add_argument("--head-warmup-lr", default=None, help="lr of fitting a missing head")
     parser.add_argument("--methods", default="kd,mlm,omp,random")
+    parser.add_argument(
+        "--mask-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a mask-training option (-o), e.g. scores=binary; repeatable",
+    )
     args = parser.parse_args()
     if not Path(args.corpus).exists() and args.corpus != "demo":
         raise SystemExit(f"corpus {args.corpus} not found (pass --corpus demo or a text file)")
@@ -65,6 +72,8 @@ def main() -> None:
                    "--head-warmup-steps", args.head_warmup_steps]  # fmt: skip
             if args.lr and method in {"kd", "mlm", "mlm-kd"}:
                 cmd += ["--lr", args.lr]
+            if method in {"kd", "mlm", "mlm-kd"}:
+                cmd += [w for option in args.mask_option for w in ("-o", option)]
             if args.head_lr and method in {"mlm", "mlm-kd"}:
                 cmd += ["--head-lr", args.head_lr]
             cmd += ["--head-warmup-lr", args.head_warmup_lr] if args.head_warmup_lr else []

@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(CORPUS), help="text for --kd-steps")
     parser.add_argument("--paper-weights", action="store_true", help="mask pooler + embeddings")
     parser.add_argument("--threads", default=None, help="CPU threads per run (OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--eval-every", default=None, help="dev evaluation every N steps [the task's cadence]"
+    )
     args = parser.parse_args()
     if args.threads:
         THREADS["OMP_NUM_THREADS"] = args.threads
@@ -71,6 +74,7 @@ def main() -> None:
                 "--epochs", args.epochs, "--batch-size", args.batch_size,
                 "--seeds", args.seeds]  # fmt: skip
     finetune += ["--lr", args.lr]
+    finetune += ["--eval-every", args.eval_every] if args.eval_every else []
     weights = [] if args.paper_weights else ["--no-embeddings", "--no-pooler"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,6 +45,9 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_TENSORS = "trainable.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
 CHECKPOINT_STATE = "state.json"
+#: a search manifest's kept-weight Jaccard of the final mask with the OMP mask of the same
+#: sparsity, scope, pattern and weights (the magnitude of the pre-trained weights)
+OMP_JACCARD = "omp_kept_jaccard"
 #: a fine-tuning run's best and final scores over its seeds
 SUMMARY = "summary.json"
 #: one fine-tuned seed's best and final scores and every evaluation

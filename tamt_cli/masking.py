@@ -262,6 +262,28 @@ def magnitude_scores(weights: Iterable[Prunable]) -> dict[str, torch.Tensor]:
     return {p.name: p.weight.detach().abs() for p in weights}
 
 
+def magnitude_masks(
+    weights: Iterable[Prunable],
+    sparsity: float,
+    scope: Scope = "local",
+    pattern: Pattern | None = None,
+) -> Masks:
+    """One-shot magnitude pruning (OMP) of the weights as they are now: the lowest ``|W|`` per
+    matrix or globally, or the N largest of every M with an N:M ``pattern``."""
+    return masks_from_scores(magnitude_scores(weights), sparsity, scope, pattern)
+
+
+def kept_jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float | None:
+    """Jaccard similarity of the weights two keep-masks keep (both over the same weights):
+    |kept by both| / |kept by either|; None when neither keeps anything."""
+    both = either = 0
+    for name, x in a.items():
+        x, y = x.bool().cpu(), b[name].bool().cpu()
+        both += int((x & y).sum())
+        either += int((x | y).sum())
+    return both / either if either else None
+
+
 def random_scores(weights: Iterable[Prunable], seed: int) -> dict[str, torch.Tensor]:
     """Uniform scores from one seeded CPU generator, so a seed means the same mask everywhere."""
     gen = torch.Generator().manual_seed(seed)

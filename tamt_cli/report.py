@@ -10,9 +10,12 @@ document (the ``--format json`` output, version :data:`VERSION`):
   held-out pre-training losses and search seconds; the dense model has ``method`` "dense".
 - ``glue_average``: the mean of the main metrics over the GLUE tasks, where several are present.
 - ``correlations``: Spearman ρ between held-out loss and score over the subnetworks of a task.
-- ``subnetworks``: achieved sparsity overall, per kind and per layer; ``overlap``: Jaccard
-  similarity of kept weights between the masks of one sparsity, and of the weights each flips
-  relative to the OMP mask.
+- ``subnetworks``: achieved sparsity overall, per kind and per layer, and the Jaccard similarity
+  of its kept weights with the OMP mask of the same settings (recorded by the search, else
+  against an OMP run of the report); ``overlap``: Jaccard similarity of kept weights between the
+  masks of one sparsity, and of the weights each flips relative to the OMP mask.
+- ``notes``: what was left out, and every subnetwork whose mask is OMP's in all but name
+  (:func:`omp_like`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ DENSE = artifacts.DENSE  # as the sweep names the dense model
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 #: methods in this order first, then the others by name
 METHOD_ORDER = ("dense", "mlm", "kd", "mlm-kd", "imp", "omp", "random")
+#: kept-weight Jaccard with OMP's mask from which a subnetwork is OMP's in all but name
+OMP_LIKE = 0.99
+#: IMP's training steps a round in the paper (docs/imp.md)
+PAPER_IMP_STEPS = 2792
 
 Key = tuple[str, float | None]  # (method, target sparsity)
 
@@ -284,6 +291,14 @@ def build(inputs: Inputs) -> dict[str, Any]:
         )
     _matching(rows)
     subnetworks, overlap = masks_of(inputs.searches)
+    versus_omp: dict[Key, list[float]] = {}
+    for sub in subnetworks:
+        if sub["omp_jaccard"] is not None:
+            versus_omp.setdefault((sub["method"], sub["sparsity"]), []).append(sub["omp_jaccard"])
+    for r in rows:
+        found = versus_omp.get((r["method"], r["sparsity"]))
+        r["omp_jaccard"] = statistics.fmean(found) if found else None
+    flags = [sub["omp_like"] for sub in subnetworks if sub["omp_like"]]
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -296,7 +311,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
         ],
         "subnetworks": subnetworks,
         "overlap": overlap,
-        "notes": inputs.notes,
+        "notes": [*inputs.notes, *flags],
     }
 
 
@@ -398,6 +413,7 @@ def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dic
             }
         )
         by_sparsity.setdefault(sparsity, []).append((label, path, manifest))
+    _versus_omp(subnetworks, searches)
     overlap = []
     for sparsity, members in by_sparsity.items():
         if len(members) < 2:
@@ -413,6 +429,85 @@ def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dic
 
 def _sparsity(manifest: dict[str, Any]) -> float | None:
     return _number(manifest.get("sparsity"))
+
+
+#: what must agree for two runs' masks to be the same OMP mask's comparison
+_OMP_SETTINGS = ("sparsity", "pattern", "scope", "embeddings", "pooler")
+
+
+def _omp_settings(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    weights = (manifest.get("model") or {}).get("weights_sha256")
+    return (weights, *(manifest.get(k) for k in _OMP_SETTINGS))
+
+
+def _versus_omp(subnetworks: list[dict[str, Any]], searches: dict[Path, dict[str, Any]]) -> None:
+    """Each subnetwork's kept-weight Jaccard with the OMP mask of its model at its sparsity,
+    scope, pattern, embeddings and pooler: as its search computed it from the model's weights
+    (``omp_from`` "model"), else against an OMP run of the report with those settings
+    (``omp_from``: its name), else None; and the note of :func:`omp_like` where the two are
+    nearly one mask."""
+    omp_runs = {
+        _omp_settings(searches[Path(sub["run"])]): sub
+        for sub in subnetworks
+        if searches[Path(sub["run"])].get("method") == "omp" and sub["sparsity"] is not None
+    }
+    loaded: dict[str, Any] = {}
+
+    def masks(sub: dict[str, Any]) -> Any:
+        if sub["run"] not in loaded:
+            file = Path(sub["run"]) / artifacts.MASK_FILE
+            loaded[sub["run"]] = maskfile.load_masks(file) if file.is_file() else None
+        return loaded[sub["run"]]
+
+    for sub in subnetworks:
+        manifest = searches[Path(sub["run"])]
+        jaccard, source = _number(manifest.get(artifacts.OMP_JACCARD)), "model"
+        omp = omp_runs.get(_omp_settings(manifest))
+        if jaccard is None and omp is not None and omp is not sub:
+            mine, theirs = masks(sub), masks(omp)
+            if mine is not None and theirs is not None and _same_shapes(mine, theirs):
+                from tamt_cli.masking import kept_jaccard
+
+                jaccard, source = kept_jaccard(mine, theirs), omp["name"]
+        elif jaccard is None and omp is sub:
+            jaccard, source = 1.0, sub["name"]
+        sub["omp_jaccard"] = jaccard
+        sub["omp_from"] = source if jaccard is not None else None
+        sub["omp_like"] = omp_like(manifest, jaccard, sub["name"])
+
+
+def _same_shapes(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(v.shape) for k, v in b.items()}
+
+
+def omp_like(
+    manifest: dict[str, Any], jaccard: float | None = None, name: str | None = None
+) -> str | None:
+    """A one-line note when a search run's mask (not OMP's own) keeps weights with Jaccard
+    at least :data:`OMP_LIKE` with the OMP mask of the same settings: at its budget, training
+    did not move the mask off magnitude pruning. ``jaccard``: the run's recorded one if None."""
+    if jaccard is None:
+        jaccard = _number(manifest.get(artifacts.OMP_JACCARD))
+    if jaccard is None or jaccard < OMP_LIKE or manifest.get("method") == "omp":
+        return None
+    if name is None:
+        sparsity = _sparsity(manifest)
+        name = name_of(manifest) + ("" if sparsity is None else f" s{sparsity:g}")
+    notes = manifest.get("notes") or {}
+    same = f"(kept-weight Jaccard {jaccard:.4f} with OMP's mask)"
+    per_round = notes.get("steps_per_round")
+    if manifest.get("method") == "imp" and per_round:
+        return (
+            f"{name}: IMP ≈ OMP at this budget: {per_round} steps a round is too few to move "
+            f"the mask {same}; the paper trained {PAPER_IMP_STEPS} steps a round at 512 tokens "
+            "(docs/imp.md)"
+        )
+    if notes.get("steps"):
+        return (
+            f"{name} ≈ OMP at this budget: {notes['steps']} steps is too few to move the mask "
+            f"{same}"
+        )
+    return f"{name} ≈ OMP: its mask is magnitude pruning's in all but name {same}"
 
 
 def compare(masks: dict[str, dict[str, Any]], sparsity: float | None = None) -> list[dict]:
@@ -487,8 +582,10 @@ def _cell(value: Any, digits: int = 4) -> str:
 def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main table: one line per task, method and sparsity."""
     objectives = sorted({o for r in doc["rows"] for o in r["heldout"]})
+    versus_omp = any(r.get("omp_jaccard") is not None for r in doc["rows"])
     header = ["task", "method", "sparsity", "seeds", "metric", "mean ± std", "matching"]
     header += [f"held-out {o}" for o in objectives] + ["search s"]
+    header += [OMP_COLUMN] if versus_omp else []
     lines = []
     for r in doc["rows"]:
         lines.append(
@@ -502,8 +599,32 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _cell(r["matching"]),
                 *[_cell(r["heldout"].get(o)) for o in objectives],
                 "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}",
+                *([_cell(r.get("omp_jaccard"))] if versus_omp else []),
             ]
         )
+    return header, lines
+
+
+#: the column of kept-weight Jaccard with the OMP mask of the same settings
+OMP_COLUMN = "kept J. vs OMP"
+
+
+def subnetwork_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The search runs the main table does not show (none was fine-tuned): sparsity, and the
+    kept-weight Jaccard with OMP's mask."""
+    shown = {(r["method"], r["sparsity"]) for r in doc["rows"]}
+    header = ["subnetwork", "achieved", OMP_COLUMN, "OMP mask from", "search s"]
+    lines = [
+        [
+            s["name"],
+            _cell(s["achieved"]),
+            _cell(s.get("omp_jaccard")),
+            s.get("omp_from") or "-",
+            "-" if s["seconds"] is None else f"{s['seconds']:.0f}",
+        ]
+        for s in doc.get("subnetworks") or []
+        if (s["method"], s["sparsity"]) not in shown
+    ]
     return header, lines
 
 
@@ -547,6 +668,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
     if "masks" in doc:  # mask files compared directly
         return markdown(*_mask_files(doc)) + "\n\n" + markdown(*mask_rows(doc)) + "\n"
     parts = [markdown(*table_rows(doc))]
+    header, searches = subnetwork_rows(doc)
+    if searches:
+        parts.append(markdown(header, searches))
     extra = extra_lines(doc)
     if extra:
         parts.append("\n".join(f"- {line}" for line in extra))
@@ -569,13 +693,13 @@ def to_csv(doc: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["task", "method", "sparsity", "seeds", "metric", "mean", "std", "matching"]
-    header += [f"heldout_{o}" for o in objectives] + ["search_seconds"]
+    header += [f"heldout_{o}" for o in objectives] + ["search_seconds", "omp_kept_jaccard"]
     header += [f"{m}/{stat}" for m in metrics for stat in ("mean", "std")]
     writer.writerow(header)
     for r in doc["rows"]:
         line = [r["task"], r["method"], r["sparsity"], len(r["values"]), r["metric"], r["mean"]]
         line += [r["std"], r["matching"]] + [r["heldout"].get(o) for o in objectives]
-        line.append(r["search_seconds"])
+        line += [r["search_seconds"], r.get("omp_jaccard")]
         for m in metrics:
             which, _, name = m.partition("/")
             stat = r[which].get(name) or {}
@@ -601,6 +725,11 @@ def render(doc: dict[str, Any], console: Any) -> None:
         console.print(_rich("Masks", *_mask_files(doc), left={"file"}))
     else:
         console.print(_rich("Transfer", *table_rows(doc), left={"task", "method"}))
+        header, searches = subnetwork_rows(doc)
+        if searches:
+            console.print(
+                _rich("Search runs", header, searches, left={"subnetwork", "OMP mask from"})
+            )
         for extra in extra_lines(doc):
             console.print(extra)
     if doc["overlap"]:

@@ -97,10 +97,12 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
     job = SearchJob(spec=spec, model=model, weights=weights, console=console, ref=ref)
     if job.pattern is not None:
         masking.check_pattern(weights, job.pattern)
+    omp = _omp_masks(spec, job)
     with console.status(f"searching with {spec.method}"):
         masks = method.search(job)
     masks, report = _checked(spec, job, masks)
     manifest = _manifest(spec, ref, model, weights_sha, job)
+    manifest[artifacts.OMP_JACCARD] = _omp_jaccard(masks, omp)
     writer = artifacts.RunWriter(out, manifest, enabled=True, started=started)
     with files.staged_dir(out) as stage:
         writer.root = stage
@@ -154,6 +156,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         preflight = getattr(method, "preflight", None)
         if preflight is not None:
             preflight(job)
+        omp = _omp_masks(spec, job)  # of the pre-trained weights, before any training
         if previous is not None:
             job.notes.update(previous.get("notes") or {})
         manifest = _manifest(spec, ref, model, weights_sha, job)
@@ -178,8 +181,11 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         engine.track(out, out.name, spec.model_dump(mode="json"))
         masks = method.search(job)
         masks, report = _checked(spec, job, masks)
+        writer.manifest[artifacts.OMP_JACCARD] = _omp_jaccard(masks, omp)
         writer.finish(masks, report, job.notes, step=job.notes.get("steps"))
         engine.barrier()
+        if engine.is_main:
+            _say_if_omp(writer.manifest, console)
     except BaseException as exc:
         if engine.is_main:
             _stopped(exc, out, created=created, resumed=resume)
@@ -209,6 +215,52 @@ def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> 
         fault = environment_fault(exc)
         if fault is not None:
             raise UserError(f"{fault}; {hint}" if hint else fault) from None
+
+
+def _omp_masks(spec: SearchSpec, job: Any) -> dict[str, Any] | None:
+    """The OMP mask the run's mask is compared with: the magnitude of the pre-trained weights at
+    the run's sparsity, scope and pattern, over the same weights (embeddings, pooler); held
+    bit-packed (one bit a weight) while the search runs."""
+    import numpy as np
+
+    from tamt_cli import masking
+
+    if spec.sparsity is None:  # a per-matrix target (e.g. random --like) has no one OMP mask
+        return None
+    whole = spec.scope == "global" and job.pattern is None
+    groups = [job.weights] if whole else [[p] for p in job.weights]  # one matrix at a time
+    packed = {}
+    for group in groups:
+        masks = masking.magnitude_masks(group, spec.sparsity, spec.scope, job.pattern)
+        for name, keep in masks.items():
+            packed[name] = np.packbits(keep.cpu().numpy().reshape(-1))
+    return packed
+
+
+def _omp_jaccard(masks: dict[str, Any], omp: dict[str, Any] | None) -> float | None:
+    """Jaccard similarity of the kept weights of ``masks`` and the packed OMP mask."""
+    import numpy as np
+    import torch
+
+    if omp is None:
+        return None
+    both = either = 0
+    for name, keep in masks.items():
+        keep = keep.to("cpu", dtype=torch.bool).reshape(-1)
+        bits = np.unpackbits(omp[name], count=keep.numel()).astype(bool)
+        ref = torch.from_numpy(bits)
+        both += int((keep & ref).sum())
+        either += int((keep | ref).sum())
+    return round(both / either, 6) if either else None
+
+
+def _say_if_omp(manifest: dict[str, Any], console: Any) -> None:
+    """A note when a trained mask ended where magnitude pruning starts (report.omp_like)."""
+    from tamt_cli import report, verbosity
+
+    text = report.omp_like(manifest)
+    if text is not None:
+        verbosity.note(console, text)
 
 
 def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, dict]:

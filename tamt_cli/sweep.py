@@ -301,8 +301,10 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
     if method in grid.variants:
         layers.append({k: v for k, v in grid.variants[method].items() if k != "method"})
     fields = set(SearchSpec.model_fields)
-    data = dict(grid.search)
-    options = dict(data.pop("options", None) or {})
+    shared = dict(grid.search)
+    shared_options = dict(shared.pop("options", None) or {})
+    data: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for layer in layers:
         data.update({k: v for k, v in layer.items() if k in fields and k != "options"})
         options.update(layer.get("options") or {})
@@ -310,9 +312,17 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
     data.update(method=base, sparsity=sparsity, model=grid.model, out=Path("."))
     if method in grid.variants:
         data["label"] = method
+    where = f"grid, search cell {method} s{sparsity:g}"
+    if data.get("budget", shared.get("budget")) == "paper":
+        # the shared fields are the grid's defaults for every method: under the paper's budget
+        # they yield to its values; a variant or methods_options entry sets its own
+        budget_fields, budget_options = _budget_values(base, {**shared, **data}, where)
+        shared = {k: v for k, v in shared.items() if k not in budget_fields}
+        shared_options = {k: v for k, v in shared_options.items() if k not in budget_options}
+    data = {**shared, **data}
+    options = {**shared_options, **options}
     if options:
         data["options"] = options
-    where = f"grid, search cell {method} s{sparsity:g}"
     spec = specs.validate(SearchSpec, data, where)
     try:
         method_obj, spec = searching.resolve(spec)
@@ -320,6 +330,17 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
         raise UserError(f"{where}: {exc}") from None
     cell_id = artifacts.sweep_search(artifacts.sweep_subnetwork(method, sparsity))
     return Cell(cell_id, "search", spec, method, sparsity, method_obj=method_obj)
+
+
+def _budget_values(method: str, data: dict[str, Any], where: str) -> tuple[set[str], set[str]]:
+    """The search fields and the options that ``--budget paper`` sets for ``method``."""
+    from tamt_cli import registry
+
+    hook = getattr(registry.methods().get(method), "paper_budget", None)
+    if hook is None:  # the search refuses the budget, with the reason
+        return set(), set()
+    fields, options = hook(specs.validate(SearchSpec, data, where))
+    return set(fields), set(options)
 
 
 def _heldout_cell(

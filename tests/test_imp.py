@@ -369,3 +369,99 @@ def test_no_rewind_keeps_training_the_pruned_trained_weights(cli, tiny_bert, cor
     assert notes["rewind"] is False
     res = cli(*imp_args(tiny_bert, corpus, "bad", "--no-rewind", "--rewind-step", "1"))
     assert res.code == 2 and "--rewind-step needs rewinding" in res.err
+
+
+# -- IMP that is OMP in all but name --------------------------------------------------------------
+
+
+def default_budget_args(tiny_bert, corpus, out, *extra, sparsity="0.3"):
+    """IMP at its default learning rate with a short round: the mask cannot move far."""
+    args = imp_args(tiny_bert, corpus, out, *extra, sparsity=sparsity)
+    at = args.index("--lr")
+    return args[:at] + args[at + 2 :]
+
+
+def omp_mask(tiny_bert, sparsity, scope="local", pattern=None, embeddings=True):
+    weights = masking.prunable_weights(pretrained(tiny_bert), embeddings=embeddings)
+    return masking.magnitude_masks(weights, sparsity, scope, pattern)
+
+
+def test_imp_that_stays_on_the_magnitude_mask_is_flagged(cli, tiny_bert, corpus):
+    """Default lr, 2 steps a round: the final mask is OMP's to ≥ 0.99 (Jaccard of kept weights
+    with the magnitude mask of the pre-trained weights), and the run, and the report, say so; a
+    kd run whose mask moved is not flagged."""
+    res = cli(*default_budget_args(tiny_bert, corpus, "imp"))
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert "IMP ≈ OMP at this budget: 2 steps a round is too few to move the mask" in said
+    manifest = json.loads(Path("imp/manifest.json").read_text())
+    final = maskfile.load_masks(Path("imp/masks.safetensors"))
+    expected = masking.kept_jaccard(final, omp_mask(tiny_bert, 0.3))
+    assert manifest["omp_kept_jaccard"] == pytest.approx(expected, abs=1e-6)
+    assert expected >= 0.99
+    res = cli(
+        "search", "-m", "kd", "-s", "0.3", "--model", tiny_bert, "--corpus", corpus,
+        "--max-length", "16", "--batch-size", "4", "--max-steps", "4", "--lr", "0.05",
+        "--eval-blocks", "8", "--out", "kd",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    assert "≈ OMP" not in res.err
+    moved = json.loads(Path("kd/manifest.json").read_text())["omp_kept_jaccard"]
+    assert moved < 0.99
+    doc = cli("report", "imp", "kd", "--format", "json").json()
+    subs = {s["name"]: s for s in doc["subnetworks"]}
+    assert subs["imp s0.3"]["omp_jaccard"] == manifest["omp_kept_jaccard"]
+    assert subs["kd s0.3"]["omp_jaccard"] == moved
+    assert subs["imp s0.3"]["omp_from"] == subs["kd s0.3"]["omp_from"] == "model"
+    assert subs["kd s0.3"]["omp_like"] is None
+    (flag,) = [n for n in doc["notes"] if "≈ OMP" in n]
+    assert flag.startswith("imp s0.3: IMP ≈ OMP at this budget: 2 steps a round is too few")
+    md = cli("report", "imp", "kd", "--format", "md").out
+    assert "| kept J. vs OMP |" in md and f"| {moved:.4f} |" in md and flag in md
+
+
+@pytest.mark.parametrize(
+    ("extra", "sparsity", "scope", "pattern", "embeddings"),
+    [
+        (["--scope", "global", "--no-embeddings"], "0.3", "global", None, False),
+        (["--pattern", "2:4"], None, "local", (2, 4), True),
+    ],
+)
+def test_the_omp_mask_compared_has_the_runs_settings(
+    cli, tiny_bert, corpus, extra, sparsity, scope, pattern, embeddings
+):
+    args = imp_args(tiny_bert, corpus, "run", *extra, sparsity=sparsity or "0.3")
+    if sparsity is None:  # the pattern sets it
+        at = args.index("-s")
+        args = args[:at] + args[at + 2 :]
+    res = cli(*args)
+    assert res.code == 0, res.err
+    manifest = json.loads(Path("run/manifest.json").read_text())
+    final = maskfile.load_masks(Path("run/masks.safetensors"))
+    reference = omp_mask(tiny_bert, manifest["sparsity"], scope, pattern, embeddings)
+    assert set(reference) == set(final)
+    expected = masking.kept_jaccard(final, reference)
+    assert manifest["omp_kept_jaccard"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_report_compares_older_runs_with_an_omp_run_of_the_same_settings(cli, tiny_bert, corpus):
+    """A run that recorded no Jaccard (an older tamt) is compared with an OMP run of the report
+    that has its model, sparsity and settings; with none, the column is empty and no flag."""
+    assert cli(*default_budget_args(tiny_bert, corpus, "imp")).code == 0
+    res = cli("search", "-m", "omp", "-s", "0.3", "--model", tiny_bert, "--out", "omp")
+    assert res.code == 0, res.err
+    res = cli("search", "-m", "omp", "-s", "0.3", "--model", tiny_bert, "--scope", "global",
+              "--out", "omp-global")  # fmt: skip
+    assert res.code == 0, res.err
+    path = Path("imp/manifest.json")
+    manifest = json.loads(path.read_text())
+    recorded = manifest.pop("omp_kept_jaccard")
+    path.write_text(json.dumps(manifest))
+    doc = cli("report", "imp", "omp-global", "omp", "--format", "json").json()
+    (sub,) = [s for s in doc["subnetworks"] if s["run"].endswith("imp")]
+    assert sub["omp_from"] == "omp s0.3 (omp)"  # not the global one: another OMP mask
+    assert sub["omp_jaccard"] == pytest.approx(recorded, abs=1e-6)
+    assert any(n.startswith("imp s0.3: IMP ≈ OMP") for n in doc["notes"])
+    alone = cli("report", "imp", "--format", "json").json()
+    assert alone["subnetworks"][0]["omp_jaccard"] is None
+    assert not any("≈ OMP" in n for n in alone["notes"])

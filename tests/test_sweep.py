@@ -297,6 +297,53 @@ def test_printed_command_of_a_paper_budget_variant_runs(cli, tmp_path, tiny_bert
     assert (shown["options"]["scores"], shown["options"]["decay_steps"]) == ("binary", 30000)
 
 
+def test_paper_budget_keeps_its_values_over_the_shared_search_fields(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """The grid's shared `search:` fields yield to --budget paper (length, batch, scores); a
+    variant's own settings win over the budget; other methods keep the shared fields."""
+    data = grid(
+        tiny_bert, corpus, sst2, methods=["kd-paper", "kd-paper-short", "kd"], sparsities=[0.5]
+    )
+    data["variants"] = {
+        "kd-paper": {"method": "kd", "budget": "paper"},
+        "kd-paper-short": {"method": "kd", "budget": "paper", "max_length": 32},
+    }
+    data["search"]["options"] = {"scores": "graded", "tau": 0.02}
+    data["methods_options"] = {}
+    path = write_grid(tmp_path / "grid.yaml", data)
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    searches = {}
+    for line in lines:
+        words = shlex.split(line)
+        if words[1] == "search":
+            searches[Path(words[words.index("--out") + 1]).name] = line
+    paper = searches["kd-paper-s0.5"]
+    assert "--max-length 512" in paper and "--batch-size 16" in paper
+    assert "-o scores=binary" in paper and "-o tau=0.02" in paper  # tau: not the budget's
+    assert f"--corpus {corpus}" in paper and "--eval-blocks 4" in paper
+    assert "--max-length 32" in searches["kd-paper-short-s0.5"]
+    plain = searches["kd-s0.5"]
+    assert "--max-length 16" in plain and "--batch-size 4" in plain and "scores=graded" in plain
+
+
+def test_committed_base_grid_runs_the_paper_protocol_at_512_tokens(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """benchmarks/budget-grid-base.yaml (model, corpus and data made local): its kd-paper
+    searches run at the paper's 512 tokens, the others at the grid's 128."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "budget-grid-base.yaml"
+    data = yaml.safe_load(committed.read_text())
+    data.update(model=str(tiny_bert), data={"sst2": str(sst2)})
+    data["search"]["corpus"] = data["heldout"]["corpus"] = str(corpus)
+    path = write_grid(tmp_path / "grid.yaml", data)
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    searches = [line for line in lines if line.startswith("tamt search")]
+    paper = [line for line in searches if "--label kd-paper" in line]
+    assert len(paper) == 2 and all("--max-length 512" in line for line in paper)
+    assert all("--max-length 128" in line for line in searches if line not in paper)
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -480,6 +527,29 @@ def test_mask_overlap_is_the_jaccard_of_kept_weights(swept, cli):
     (omp,) = [s for s in doc["subnetworks"] if s["name"] == "omp s0.7"]
     assert set(omp["layers"]) == {"0", "1", "pooler", "embedding"}
     assert omp["achieved"] == pytest.approx(0.7, abs=0.01)
+
+
+def test_report_shows_every_subnetworks_jaccard_with_omp(swept, cli):
+    """The main table's column is what each search recorded (its mask against the OMP mask of
+    its model and settings); OMP's own is 1."""
+    import csv
+    import io
+
+    _, out = swept
+    doc = cli("report", out, "--format", "json").json()
+    for row in doc["rows"]:
+        if row["method"] == "dense":
+            assert row["omp_jaccard"] is None
+            continue
+        name = f"{row['method']}-s{row['sparsity']:g}"
+        manifest = artifacts.read_manifest(out / "search" / name)
+        assert row["omp_jaccard"] == manifest["omp_kept_jaccard"]
+        if row["method"] == "omp":
+            assert row["omp_jaccard"] == 1.0
+    md = cli("report", out, "--format", "md").out
+    assert "| search s | kept J. vs OMP |" in md.splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO(cli("report", out, "--format", "csv").out)))
+    assert {r["method"]: r["omp_kept_jaccard"] for r in rows}["dense"] == ""
 
 
 def test_report_formats_and_plots(swept, cli, tmp_path):

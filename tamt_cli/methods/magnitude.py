@@ -20,5 +20,4 @@ class OneShotMagnitude:
     def search(self, job: SearchJob) -> dict[str, Any]:
         from tamt_cli import masking
 
-        scores = masking.magnitude_scores(job.weights)
-        return masking.masks_from_scores(scores, job.sparsity, job.spec.scope, job.pattern)
+        return masking.magnitude_masks(job.weights, job.sparsity, job.spec.scope, job.pattern)
