@@ -159,12 +159,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         omp = _omp_masks(spec, job)  # of the pre-trained weights, before any training
         if previous is not None:
             job.notes.update(previous.get("notes") or {})
-        manifest = _manifest(spec, ref, model, weights_sha, job)
-        if previous is not None:
-            manifest["masks"] = previous.get("masks", [])
-            manifest["created"] = previous.get("created", manifest["created"])
-            manifest["inputs"] = dict(previous.get("inputs") or {})
-            manifest["seconds"] = previous.get("seconds")
+        manifest = _carried_over(_manifest(spec, ref, model, weights_sha, job), previous)
         writer = artifacts.RunWriter(
             out, manifest, enabled=engine.is_main, previous=previous, started=started
         )
@@ -194,6 +189,16 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         files.release(lock, remove=True)
         engine.end()
     return {"run": str(out), "method": spec.method, "model": spec.model, "report": report}
+
+
+def _carried_over(manifest: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A resumed run's manifest keeps the masks, creation time, inputs and time so far."""
+    if previous is not None:
+        manifest["masks"] = previous.get("masks", [])
+        manifest["created"] = previous.get("created", manifest["created"])
+        manifest["inputs"] = dict(previous.get("inputs") or {})
+        manifest["seconds"] = previous.get("seconds")
+    return manifest
 
 
 def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> None:
