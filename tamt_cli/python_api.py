@@ -260,7 +260,9 @@ def search(
                     "tamt.search: resume= continues a run with the model it began with; "
                     "leave model= out"
                 )
-            run_spec = searching.resumed_spec(Path(_where(resume)), _path(spec), given)
+            run_spec = searching.resumed_spec(
+                Path(_where(resume, "resume", "tamt.search")), _path(spec), given
+            )
         else:
             run_spec = memory.save(_spec(SearchSpec, search, spec, given))
         method, run_spec = searching.resolve(run_spec)
@@ -363,7 +365,7 @@ def _path(value: Any) -> Path | None:
     return None if value is None else Path(os.fspath(value))
 
 
-def _where(value: Any, name: str = "run", call: str = "tamt", loaded: bool = False) -> str:
+def _where(value: Any, name: str, call: str, loaded: bool = False) -> str:
     """The folder an earlier call's result stands for, or a path given as it is."""
     if isinstance(value, SearchResult):
         return str(value.run)
@@ -395,8 +397,8 @@ def _arguments(
     places: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The arguments given (None: not given) as a command's flags take them: paths and earlier
-    results as text, loaded models (taken by the arguments ``models``) saved to folders;
-    ``places``: arguments that take an earlier result as well as a path."""
+    results as text; a loaded model (which the arguments ``models`` take) as ``memory``'s label
+    until it is saved; ``places``: arguments that take an earlier result as well as a path."""
     given: dict[str, Any] = {}
     for name, value in values.items():
         if value is None:

@@ -325,3 +325,28 @@ def test_an_interrupted_search_of_a_loaded_model_keeps_its_copy_and_resumes(
     assert part.run == Path("part") and part.model == "part/model"
     ours, theirs = (maskfile.load_masks(r.run / "masks.safetensors") for r in (part, whole))
     assert all(bool((ours[k] == theirs[k]).all()) for k in ours)
+
+
+def test_the_python_in_docs_python_md_parses_and_names_real_arguments():
+    import ast
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "python.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 3
+    calls = 0
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "tamt":
+                parameters = inspect.signature(getattr(tamt, func.attr)).parameters
+                calls += 1
+            elif getattr(func, "id", None) == "dict":  # the fine-tuning settings
+                parameters = inspect.signature(tamt.finetune).parameters
+            else:
+                continue
+            for keyword in node.keywords:
+                assert keyword.arg is None or keyword.arg in parameters, keyword.arg
+    assert calls >= 5
