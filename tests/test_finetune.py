@@ -322,9 +322,10 @@ def test_squad_fine_tunes_and_reports_em_and_f1(cli, omp_run, squad):
     assert out["examples"] == 5
 
 
+@pytest.mark.plugins
 @pytest.mark.skipif(
     __import__("importlib").util.find_spec("tamt_textclf") is None,
-    reason="the textclf task plugin is not installed",
+    reason="the textclf task plugin is not installed: pip install ./plugins/tamt-textclf",
 )
 def test_task_options_from_a_spec_file_reach_a_plugin_task(cli, tiny_bert, tmp_path):
     data = tmp_path / "reviews"

@@ -9,7 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TAMT_NO_PROGRESS"] = "1"
-movement = pytest.importorskip("tamt_movement", reason="tamt-movement is not installed")
+movement = pytest.importorskip(
+    "tamt_movement", reason="tamt-movement is not installed: pip install ./plugins/tamt-movement"
+)
+pytestmark = pytest.mark.plugins  # `pytest -m plugins` runs the tests that need a plugin
 
 import torch  # noqa: E402
 

@@ -8,7 +8,10 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-textclf = pytest.importorskip("tamt_textclf", reason="tamt-textclf is not installed")
+textclf = pytest.importorskip(
+    "tamt_textclf", reason="tamt-textclf is not installed: pip install ./plugins/tamt-textclf"
+)
+pytestmark = pytest.mark.plugins  # `pytest -m plugins` runs the tests that need a plugin
 
 from tamt_cli.api import UserError, create_task  # noqa: E402
 
