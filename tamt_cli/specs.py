@@ -38,7 +38,8 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The spec as YAML, every value on one line however long (what ``--spec`` reads)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=float("inf"))
 
 
 #: the pre-training objectives (:mod:`tamt_cli.objectives` computes them): the mask-training
@@ -373,6 +374,12 @@ S = TypeVar("S", bound=BaseModel)
 
 #: fields a spec file may not carry: destructive or one-off choices made on the command line
 COMMAND_LINE_ONLY = {"overwrite": "--overwrite", "resume": "--resume"}
+#: what ``--dry-run --json`` puts beside a spec's fields: not a field, refused with this hint
+DRY_RUN_ONLY = {
+    "resolved": "not a spec field but the values `--dry-run --json` shows beside the spec; "
+    "a spec file is what `--dry-run` prints without --json (those values as comments there), "
+    "or remove the key"
+}
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -435,6 +442,8 @@ def describe(exc: ValidationError, cls: type[BaseModel], source: str | None = No
                     f"'{loc}' is taken only from the command line ({COMMAND_LINE_ONLY[field]}), "
                     "never from a spec file"
                 )
+            elif field in DRY_RUN_ONLY:
+                parts.append(f"'{loc}' is {DRY_RUN_ONLY[field]}")
             elif not valid:
                 parts.append(f"unknown field '{loc}'; there are none to give")
             else:
