@@ -1,6 +1,6 @@
 """stdout is data: what a command writes there, where it is not a terminal (a file, a pipe), is
 whole: no value or table row is wrapped or cut to a width, and ``--dry-run`` writes a spec that
-``--spec`` takes back."""
+``--spec`` takes back; and the help shows no metavar on flags."""
 
 from __future__ import annotations
 
@@ -133,3 +133,10 @@ def test_report_tables_to_a_pipe_keep_every_cell_whole(capsys):
     for name in ("held-out kd", "held-out mlm", "held-out mlm-kd", "search s", "matching"):
         assert name in header
 
+
+def test_flags_show_no_metavar(cli):
+    for args in ([], ["search"], ["extract"], ["finetune"], ["cache"], ["report"]):
+        res = cli(*args, "--help")
+        assert res.code == 0, res.err
+        assert "<bool>" not in res.out, args
+    assert "--embeddings" in cli("search", "--help").out
