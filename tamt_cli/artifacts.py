@@ -310,14 +310,23 @@ def version(distribution: str) -> str | None:
         return None
 
 
+def torch_version() -> str | None:
+    """torch's full version, local suffix included (``2.14.1+cu130``, ``2.13.0+cpu``), as
+    ``torch.__version__`` gives it: the CUDA wheels on PyPI leave the suffix out of their
+    metadata, and it is what a report about a build needs (None when torch is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__)
+
+
 def versions() -> dict[str, str | None]:
-    """tamt's, Python's and every one of :data:`LIBRARIES`' version: what a manifest records
-    and ``tamt env`` shows."""
-    return {
-        "tamt": __version__,
-        "python": platform.python_version(),
-        **{name: version(name) for name in LIBRARIES},
-    }
+    """tamt's, Python's and every one of :data:`LIBRARIES`' version (torch's in full, see
+    :func:`torch_version`): what a manifest records and ``tamt env`` shows."""
+    found = {name: version(name) for name in LIBRARIES}
+    found["torch"] = torch_version()
+    return {"tamt": __version__, "python": platform.python_version(), **found}
 
 
 def environment(plugins: Mapping[str, str]) -> dict[str, Any]:
