@@ -221,6 +221,8 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         masks = method.search(job)
         masks, report = _checked(spec, job, masks)
         writer.finish(masks, report, job.notes, step=job.notes.get("steps"))
+        if engine.is_main and spec.keep_checkpoints is None:
+            artifacts.remove_checkpoints(out)  # a complete run is never resumed
         engine.barrier()
     except BaseException as exc:
         if engine.is_main:

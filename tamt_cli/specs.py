@@ -155,7 +155,12 @@ class SearchSpec(Spec):
     eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
     eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
     save_every: int | None = Field(None, gt=0, description="checkpoint and mask every N steps")
-    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="resumable checkpoints kept while the run goes on; given, they also stay "
+        "once it completes",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     report_to: list[Tracker] = Field(
         default_factory=list,
