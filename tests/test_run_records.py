@@ -92,3 +92,21 @@ def test_manifests_hold_paths_as_given(cli, tiny_bert, tmp_path, monkeypatch):
     assert cli("extract", "home", "--export", "home-sub").code == 0  # ~ is read back
     assert artifacts.recorded_path(Path(tiny_bert).parent) == "~"
     assert artifacts.recorded_path("relative/path") == "relative/path"
+
+
+def test_a_sweep_made_when_checkpoints_were_kept_is_still_done(cli, tiny_bert, tmp_path):
+    """Searches of tamt 0.2 saved keep_checkpoints 1 in their spec; what a run keeps on disk
+    is not a setting that changes it, so the sweep does not refuse those cells."""
+    import yaml
+
+    grid = {"model": str(tiny_bert), "methods": ["omp"], "sparsities": [0.5], "dense": False,
+            "tasks": [], "data": {}, "heldout": None}  # fmt: skip
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    assert cli("sweep", "grid.yaml", "--out", "out").code == 0
+    spec_file = Path("out/search/omp-s0.5") / artifacts.SPEC_FILE
+    saved = yaml.safe_load(spec_file.read_text())
+    assert saved["keep_checkpoints"] is None
+    spec_file.write_text(yaml.safe_dump({**saved, "keep_checkpoints": 1}, sort_keys=False))
+    res = cli("sweep", "grid.yaml", "--out", "out", "--dry-run", "--json")
+    assert res.code == 0, res.err
+    assert [c["status"] for c in res.json()] == ["done"]
