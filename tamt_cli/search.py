@@ -164,8 +164,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
     engine = Engine(spec.mixed_precision, console, spec.report_to)
     if engine.is_main and not resume:
         advise(method, spec, console)
-    lock = None
-    created = False
+    lock, created = None, False
     out = Path(spec.out or ".")
     try:
         spec = spec.model_copy(update={"out": engine.broadcast(spec.out)})
