@@ -25,7 +25,8 @@ from tamt_cli.errors import UserError
 #
 # A search run: SPEC_FILE, MANIFEST, MASK_FILE (the final mask), MASKS_DIR/step-NNNNNN.safetensors
 # (masks at checkpoints), METRICS_LOG, HEAD_WARMUP_LOG and HEAD_FILE (MLM objectives),
-# CHECKPOINTS/step-NNNNNN/ (CHECKPOINT_TENSORS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE).
+# CHECKPOINTS/step-NNNNNN/ (CHECKPOINT_TENSORS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE; removed
+# when the run completes, unless --keep-checkpoints was given).
 # A fine-tuning run: SPEC_FILE, MANIFEST, SUMMARY and one seed_folder(N) per seed (a plain Hugging
 # Face folder with SEED_METRICS, METRICS_LOG, PREDICTIONS, MASK_FILE, MANIFEST and CARD;
 # CHECKPOINTS/ while the seed trains).
@@ -232,6 +233,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def remove_checkpoints(run_dir: Path) -> None:
+    """Remove a run's resumable checkpoints (``checkpoints/``, optimiser state included); its
+    masks, metrics and manifest stay."""
+    import shutil
+
+    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
+
+
 # -- sweep directories ----------------------------------------------------------------------
 
 
@@ -350,14 +359,23 @@ def version(distribution: str) -> str | None:
         return None
 
 
+def torch_version() -> str | None:
+    """torch's full version, local suffix included (``2.14.1+cu130``, ``2.13.0+cpu``), as
+    ``torch.__version__`` gives it: the CUDA wheels on PyPI leave the suffix out of their
+    metadata, and it is what a report about a build needs (None when torch is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__)
+
+
 def versions() -> dict[str, str | None]:
-    """tamt's, Python's and every one of :data:`LIBRARIES`' version: what a manifest records
-    and ``tamt env`` shows."""
-    return {
-        "tamt": __version__,
-        "python": platform.python_version(),
-        **{name: version(name) for name in LIBRARIES},
-    }
+    """tamt's, Python's and every one of :data:`LIBRARIES`' version (torch's in full, see
+    :func:`torch_version`): what a manifest records and ``tamt env`` shows."""
+    found = {name: version(name) for name in LIBRARIES}
+    found["torch"] = torch_version()
+    return {"tamt": __version__, "python": platform.python_version(), **found}
 
 
 def environment(plugins: Mapping[str, str]) -> dict[str, Any]:
@@ -483,13 +501,30 @@ class RunWriter:
         self.write_manifest()
 
 
+def recorded_path(path: str | Path) -> str:
+    """A path as a manifest records it: as it was given (a relative path stays relative to the
+    folder the command ran in), never made absolute, with the user's home folder written ``~``
+    (so a manifest names no home folder of the machine that wrote it)."""
+    text = str(path)
+    home = os.path.expanduser("~")
+    if home not in {"~", os.sep} and (text == home or text.startswith(home + os.sep)):
+        return "~" + text[len(home) :]
+    return text
+
+
+def model_location(ref: Any) -> str:
+    """Where a model was loaded from, as a manifest records it: a local folder as it was given
+    (see :func:`recorded_path`; ``demo`` for the demo model), a hub id as it is."""
+    return recorded_path(ref.given) if ref.local else str(ref.location)
+
+
 def model_record(ref: Any, model: Any, weights_sha: str) -> dict[str, Any]:
     """The model a run was made from: what was given, where it loaded from, its shape and the
     hash of its weights."""
     config = model.config
     return {
-        "id": ref.given,
-        "location": ref.location,
+        "id": recorded_path(ref.given),
+        "location": model_location(ref),
         "local": ref.local,
         "class": type(model).__name__,
         "model_type": config.model_type,

@@ -93,9 +93,12 @@ def _option_default(value: Any) -> str:
 
 
 def print_yaml(console: Console, text: str) -> None:
+    """YAML highlighted on a terminal; long lines wrap there, never cropped."""
     from rich.syntax import Syntax
 
-    console.print(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(
+        Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default", word_wrap=True)
+    )
 
 
 def result_table(result: dict[str, Any], title: str) -> Table:

@@ -380,13 +380,15 @@ class Engine:
         tensors: dict[str, torch.Tensor],
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        keep: int = 1,
+        keep: int | None = 1,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """``checkpoints/step-NNNNNN/``: trainable tensors (safetensors), optimiser state
         (torch.save of plain tensors, read back with ``weights_only=True``) and scheduler
         state (JSON, with ``extra``: what else the run needs to go on, as plain values),
-        written under a temporary name and renamed; older ones pruned."""
+        written under a temporary name and renamed; older ones pruned, the last ``keep``
+        (None: 1) kept."""
+        keep = 1 if keep is None else keep
         self.barrier()
         if self.is_main:
             from safetensors.torch import save as st_save

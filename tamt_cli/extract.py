@@ -100,7 +100,7 @@ def export(
     sub_manifest = artifacts.new_manifest(
         "subnetwork",
         registry.installed_distributions(),
-        source_run=str(Path(spec.run).resolve()),
+        source_run=artifacts.recorded_path(spec.run),
         source_mask=entry,
         method=manifest.get("method"),
         label=manifest.get("label"),

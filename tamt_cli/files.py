@@ -72,6 +72,8 @@ def write_json(path: Path, obj: Any) -> None:
 #: the lock file of a folder a live tamt process is writing
 LOCK_FILE = ".tamt.lock"
 PARTIAL_SUFFIX = ".partial"
+#: the suffix of a temporary folder while its process takes its lock (see :func:`_new_stage`)
+STARTING_SUFFIX = ".starting"
 
 
 def absolute(path: Path) -> Path:
@@ -214,14 +216,24 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
 
 
 def _new_stage(final: Path) -> tuple[Path, Any]:
-    """A new locked temporary folder beside ``final``."""
-    stage = Path(
-        tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent)
+    """A new locked temporary folder beside ``final``. It is made under a name no process reads
+    as a temporary folder (``.starting``), locked, and only then renamed to its ``.partial``
+    name: another process cleaning the folder beside it (:func:`clean_stale`) never finds it
+    with its lock file made but not yet held, and takes it for a dead process's."""
+    start = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.", suffix=STARTING_SUFFIX, dir=final.parent)
     )
-    os.chmod(stage, 0o777 & ~_umask())
-    lock = try_lock(stage / LOCK_FILE)
-    if lock is None:  # another process took it for stale in the instant after mkdtemp
-        raise UserError(f"could not lock the temporary folder '{stage}'; try again")
+    os.chmod(start, 0o777 & ~_umask())
+    lock = try_lock(start / LOCK_FILE)
+    stage = start.with_name(start.name.removesuffix(STARTING_SUFFIX) + PARTIAL_SUFFIX)
+    try:
+        if lock is None:
+            raise UserError(f"could not lock the temporary folder '{start}'; try again")
+        os.rename(start, stage)  # the lock is held through the rename: it locks the open file
+    except BaseException:
+        release(lock)
+        shutil.rmtree(start, ignore_errors=True)
+        raise
     return stage, lock
 
 

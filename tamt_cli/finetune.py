@@ -796,18 +796,21 @@ def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
     manifest = subject.manifest or {}
     path = Path(spec.subnetwork)
     return {
-        "given": spec.subnetwork,
-        "path": str(path.resolve()) if path.exists() else None,
+        "given": artifacts.recorded_path(spec.subnetwork),
+        "path": artifacts.recorded_path(path) if path.exists() else None,
         "kind": subject.kind,
         "method": manifest.get("method"),
         "label": manifest.get("label"),
         "sparsity": manifest.get("sparsity"),
         "scope": manifest.get("scope"),
-        "mask_file": str(Path(subject.mask_file).resolve()) if subject.mask_file else None,
+        "mask_file": artifacts.recorded_path(subject.mask_file) if subject.mask_file else None,
         "source_run": manifest.get("source_run"),
         "model": manifest.get("model")
-        or {"id": subject.ref.given, "location": subject.ref.location},
-        "loaded_from": subject.ref.location,
+        or {
+            "id": artifacts.recorded_path(subject.ref.given),
+            "location": artifacts.model_location(subject.ref),
+        },
+        "loaded_from": artifacts.model_location(subject.ref),
     }
 
 
@@ -817,7 +820,7 @@ def data_record(
     """Where the data came from, how much of it, and how it was tokenised (``tokenised``: the
     feature cache's ``hit``, ``miss`` or ``off`` and its key, per split)."""
     return {
-        "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
+        "data_dir": artifacts.recorded_path(spec.data_dir) if spec.data_dir else None,
         "source": "local files" if spec.data_dir else "Hugging Face hub",
         "train_available": len(train.raw),
         "train_size": spec.train_size,

@@ -13,6 +13,11 @@ from rich.console import Console
 
 from tamt_cli import verbosity
 
+#: how the progress display names a figure of the metrics log, where the log's name alone would
+#: mislead (the log keeps its names): a search's held-out loss is that of the mask in training,
+#: whose sparsity the line shows beside it, not of the exact-sparsity mask the run ends with
+LABELS = {"eval_loss": "eval_loss (training mask)"}
+
 
 class Steps(Protocol):
     """What a progress display reads of a loop (an :class:`~tamt_cli.engine.Loop`)."""
@@ -83,8 +88,7 @@ class Progress:
 
     def advance(self, steps: int = 1, **figures: Any) -> None:
         if self.mode == "bar":
-            shown = {**figures, **self.notes}
-            text = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            text = _figures({**figures, **self.notes})
             self._bar.update(self._task, advance=steps, figures=text)
 
     def line(self, step: int, row: dict[str, Any]) -> None:
@@ -103,7 +107,7 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         done = step - self.start
         left = elapsed / done * (self.loop.max_steps - step) if done > 0 else None
-        text = "  ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+        text = _figures(figures)
         eta = duration(left) if left is not None else "?"
         line = (
             f"{self.loop.description}  step {step}/{self.loop.max_steps}  {text}  "
@@ -133,6 +137,11 @@ def duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _figures(figures: Mapping[str, Any]) -> str:
+    """``loss 0.3868  sparsity 0.7000``: each figure by its :data:`LABELS` name."""
+    return "  ".join(f"{LABELS.get(k, k)} {_fmt(v)}" for k, v in figures.items())
 
 
 def _fmt(value: Any) -> str:

@@ -124,8 +124,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
     engine = Engine(spec.mixed_precision, console, spec.report_to)
     if engine.is_main and not resume:
         advise(method, spec, console)
-    lock = None
-    created = False
+    lock, created = None, False
     out = Path(spec.out or ".")
     try:
         spec = spec.model_copy(update={"out": engine.broadcast(spec.out)})
@@ -178,6 +177,8 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         masks, report = _checked(spec, job, masks)
         writer.manifest[artifacts.OMP_JACCARD] = _omp_jaccard(masks, omp)
         writer.finish(masks, report, job.notes, step=job.notes.get("steps"))
+        if engine.is_main and spec.keep_checkpoints is None:
+            artifacts.remove_checkpoints(out)  # a complete run is never resumed
         engine.barrier()
         if engine.is_main:
             _say_if_omp(writer.manifest, console)

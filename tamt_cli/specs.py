@@ -38,7 +38,8 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The spec as YAML, every value on one line however long (what ``--spec`` reads)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=float("inf"))
 
 
 #: the pre-training objectives (:mod:`tamt_cli.objectives` computes them): the mask-training
@@ -155,7 +156,12 @@ class SearchSpec(Spec):
     eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
     eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
     save_every: int | None = Field(None, gt=0, description="checkpoint and mask every N steps")
-    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept")
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="resumable checkpoints kept while the run goes on; given, they also stay "
+        "once it completes",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     report_to: list[Tracker] = Field(
         default_factory=list,
@@ -397,6 +403,12 @@ COMMAND_LINE_ONLY = {
     "revision": "--revision",
     "push_seed": "--push-seed",
 }
+#: what ``--dry-run --json`` puts beside a spec's fields: not a field, refused with this hint
+DRY_RUN_ONLY = {
+    "resolved": "not a spec field but the values `--dry-run --json` shows beside the spec; "
+    "a spec file is what `--dry-run` prints without --json (those values as comments there), "
+    "or remove the key"
+}
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -497,6 +509,8 @@ def describe(exc: ValidationError, cls: type[BaseModel], source: str | None = No
                     f"'{loc}' is taken only from the command line ({COMMAND_LINE_ONLY[field]}), "
                     "never from a spec file"
                 )
+            elif field in DRY_RUN_ONLY:
+                parts.append(f"'{loc}' is {DRY_RUN_ONLY[field]}")
             elif not valid:
                 parts.append(f"unknown field '{loc}'; there are none to give")
             else:

@@ -403,6 +403,9 @@ def _place(cell: Cell, sweep_dir: Path) -> Any:
 
 
 PATH_FIELDS = ("out", "subnetwork", "checkpoint")
+#: fields that say what a complete run keeps on disk, not what it computes: a cell that ran
+#: with another value is still done (searches of tamt 0.2 saved keep_checkpoints 1)
+KEEPING_FIELDS = ("keep_checkpoints",)
 
 
 def comparable(spec: Any) -> dict[str, Any]:
@@ -446,7 +449,9 @@ def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> Non
     if ran is not None:
         now = comparable(cell.spec)
         # fields this tamt has and the run's did not (a newer version's) are not compared
-        changed = [k for k in sorted(ran) if k in now and ran[k] != now[k]]
+        changed = [
+            k for k in sorted(ran) if k in now and k not in KEEPING_FIELDS and ran[k] != now[k]
+        ]
         if changed:
             key = changed[0]
             raise UserError(

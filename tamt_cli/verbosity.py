@@ -8,9 +8,11 @@ warnings or download bars. ``tamt -v``: library warnings and tamt's debug lines 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -21,6 +23,10 @@ _level = NORMAL
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 #: the libraries whose own warnings only ``-v`` shows
 LIBRARIES = r"(torch|transformers|datasets|accelerate|huggingface_hub|safetensors)\b"
+#: the variables by which Hugging Face's libraries start with their progress bars off
+BAR_VARIABLES = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+#: what undoes the libraries' bars turned off by the last ``-q`` of this process
+_undo: list[Callable[[], Any]] = []
 
 
 def flag(name: str) -> bool:
@@ -34,9 +40,11 @@ def level() -> int:
 
 
 def set_level(value: int) -> None:
-    """Set the level for this command (``-q``/``-v``); Python warnings follow it."""
+    """Set the level for this command (``-q``/``-v``); Python warnings follow it, and under
+    ``-q`` no library draws a progress bar of its own (see :func:`library_bars`)."""
     global _level
     _level = value
+    library_bars(value != QUIET)
     warnings.resetwarnings()
     if value == QUIET:
         warnings.simplefilter("ignore")
@@ -45,6 +53,40 @@ def set_level(value: int) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module=LIBRARIES)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def library_bars(show: bool) -> None:
+    """Hugging Face's libraries' own progress bars (a checkpoint's "Writing model shards",
+    downloads, dataset maps) off for the rest of the command, or, with ``show``, back as they
+    were before an earlier command of this process turned them off. Off through the variables
+    the libraries read when imported (and the processes tamt starts inherit), and through their
+    switches where they are imported already; a variable the user set is left alone."""
+    while _undo:
+        _undo.pop()()
+    if show:
+        return
+    for name in BAR_VARIABLES:
+        if name not in os.environ:
+            os.environ[name] = "1"
+            _undo.append(functools.partial(os.environ.pop, name, None))
+    if "transformers" in sys.modules:  # its switch turns huggingface_hub's off as well
+        from transformers.utils import logging as hf_logging
+
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            _undo.append(hf_logging.enable_progress_bar)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import utils as hub_utils
+
+        if not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
+            _undo.append(hub_utils.enable_progress_bars)
+    if "datasets" in sys.modules:
+        import datasets
+
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            _undo.append(datasets.enable_progress_bars)
 
 
 def console() -> Any:

@@ -276,6 +276,28 @@ def test_staged_dir_failure_leaves_nothing(tmp_path):
     assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
 
 
+def test_a_new_stage_is_never_taken_for_a_dead_processs(tmp_path, monkeypatch):
+    """Another process cleaning the folder in the instant a stage's lock file exists but is not
+    yet held (two fine-tunings of one sweep starting at once) leaves the new stage alone."""
+    real = files.try_lock
+    cleaned: list = []
+
+    def another_process_cleans_first(path):
+        if not cleaned:  # the lock file made, not yet locked: what another process may see
+            cleaned.append(None)
+            Path(path).touch()
+            cleaned[0] = files.clean_stale(tmp_path)
+        return real(path)
+
+    monkeypatch.setattr(files, "try_lock", another_process_cleans_first)
+    with files.staged_dir(tmp_path / "run") as stage:
+        assert stage.is_dir() and stage.name.endswith(files.PARTIAL_SUFFIX)
+        (stage / "a.txt").write_text("kept")
+    assert cleaned == [[]]
+    assert (tmp_path / "run" / "a.txt").read_text() == "kept"
+    assert _leftovers(tmp_path, "run") == []
+
+
 def test_staged_dir_existing_without_overwrite(tmp_path):
     final = tmp_path / "run"
     final.mkdir()

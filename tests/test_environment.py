@@ -116,6 +116,27 @@ def test_a_manifest_records_the_versions_env_shows(cli):
     assert (recorded["tamt"], recorded["python"]) == (shown["tamt"], shown["python"])
 
 
+def test_env_and_manifests_give_torch_with_its_local_suffix(cli, monkeypatch):
+    """A CUDA wheel from PyPI: its metadata says 2.14.1, ``torch.__version__`` 2.14.1+cu130;
+    what a bug report needs is the build, so both show the full version."""
+    from importlib import metadata
+
+    import torch
+
+    from tamt_cli import artifacts
+
+    real = metadata.version
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    monkeypatch.setattr(
+        artifacts.metadata, "version", lambda name: "2.14.1" if name == "torch" else real(name)
+    )
+    assert artifacts.version("torch") == "2.14.1"
+    report = cli("env", "--json", "--no-hub").json()
+    assert report["libraries"]["torch"] == "2.14.1+cu130"
+    assert "2.14.1+cu130" in cli("env", "--no-hub").out
+    assert artifacts.new_manifest("search", {})["environment"]["torch"] == "2.14.1+cu130"
+
+
 def test_env_checks_the_hub_when_online(cli, local_server, fresh_hub_session):
     import huggingface_hub.constants as constants
 

@@ -21,7 +21,8 @@ from tamt_cli.specs import SearchSpec
 DEFAULT = re.compile(r"\\\[default: (.*?)\]( |$)")
 #: options whose default is a rule the command applies to a value not given
 RULES = {
-    ("search", "label"), ("extract", "sparsity"), ("extract", "step"),
+    ("search", "label"), ("search", "keep_checkpoints"), ("extract", "sparsity"),
+    ("extract", "step"),
     ("finetune", "data_dir"), ("finetune", "train_size"), ("finetune", "out"),
     ("eval", "data_dir"), ("eval", "step"), ("bench", "data_dir"), ("sweep", "shard"),
     ("plugins", "name"), ("plugins", "kind"),

@@ -36,7 +36,7 @@ def loaded_model(path):
 
 def test_kd_run_saves_exact_masks_at_every_checkpoint(cli, tiny_bert, corpus):
     res = cli(*train_args(tiny_bert, corpus, "kd", "run", "--save-every", "2", "--eval-every",
-                          "4", "--json"))  # fmt: skip
+                          "4", "--keep-checkpoints", "1", "--json"))  # fmt: skip
     assert res.code == 0, res.err
     run = Path("run")
     manifest = json.loads((run / "manifest.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -182,3 +183,41 @@ def test_a_users_transformers_verbosity_is_respected(monkeypatch):
     finally:
         verbosity.set_level(verbosity.NORMAL)
         hf_logging.set_verbosity(before)
+
+
+def test_quiet_silences_the_libraries_progress_bars(cli, tiny_bert):
+    """transformers draws a bar as it writes a checkpoint (an export): none under -q, in this
+    process (transformers imported already) and in a fresh one (imported after -q); the next
+    command of the process finds the bars as they were."""
+    import subprocess
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "run").code == 0
+    res = cli("-q", "extract", "run", "--export", "sub")
+    assert res.code == 0 and res.err == "", res.err
+    assert Path("sub/config.json").is_file()
+    assert cli("plugins").code == 0
+    assert hf_logging.is_progress_bar_enabled() == before
+    assert all(name not in os.environ for name in verbosity.BAR_VARIABLES)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "tamt_cli", "-q", "extract", "run", "--export", "sub2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert fresh.returncode == 0 and fresh.stderr == "", fresh.stderr
+    assert Path("sub2/config.json").is_file()
+
+
+def test_the_progress_line_says_which_mask_its_loss_is_for():
+    """A search's held-out loss is the mask in training's (its sparsity beside it), not the
+    final exact-sparsity mask's: the line says so; the metrics log keeps ``eval_loss``."""
+    out = io.StringIO()
+    loop = engine.Loop(max_steps=10, batch_size=2, description="kd mask training")
+    shown = progress.Progress(Console(file=out), loop, 0, enabled=True)
+    shown.note(5, eval_loss=0.25)
+    shown.line(6, {"loss": 0.5, "sparsity": 0.69, "lr": 1e-3, "seconds": 1.0})
+    first, second = out.getvalue().splitlines()
+    assert "  eval_loss (training mask) 0.2500  " in first
+    assert "sparsity 0.6900" in second and "eval_loss (training mask) 0.2500" in second

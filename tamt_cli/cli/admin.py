@@ -64,6 +64,7 @@ def env(values: dict[str, Any]) -> None:
 
 
 cache_app = typer.Typer(
+    cls=options.Group,
     help="tamt's cache of tokenised corpora, of MLM heads fitted on models without one and of "
     "tokenised task data (`TAMT_CACHE_DIR`, else `$XDG_CACHE_HOME/tamt/blocks`, else "
     "`~/.cache/tamt/blocks`).",

@@ -8,10 +8,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from tamt_cli import __version__
-from tamt_cli.cli import admin, bench, extract, finetune, report, search, sweep
+from tamt_cli.cli import admin, bench, extract, finetune, options, report, search, sweep
 from tamt_cli.cli import eval as evaluate
 from tamt_cli.errors import Interrupted, UserError, environment_fault
 
@@ -20,7 +19,7 @@ class _Stopped(Exception):
     """An interruption on its way out of Typer, which would otherwise end it silently."""
 
 
-class _Commands(TyperGroup):
+class _Commands(options.Group):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)

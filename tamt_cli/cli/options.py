@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from tamt_cli import trackers
 from tamt_cli.errors import UserError
@@ -180,14 +180,44 @@ def command(
         return body(values)
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+    for attr in ("__name__", "__qualname__", "__module__"):
         setattr(callback, attr, getattr(body, attr))
+    callback.__doc__ = reflowed(body.__doc__)
     callback.later_help = later  # type: ignore[attr-defined]
     return callback
 
 
+def without_flag_metavars(params: list[Any]) -> list[Any]:
+    """``params`` with no metavar on the flags (``--json``, ``--embeddings/--no-embeddings``):
+    they take no value, so the help shows none where Typer would show ``<bool>``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Group(TyperGroup):
+    """A group of commands whose help shows no metavar on its flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return without_flag_metavars(super().get_params(ctx))
+
+
+def reflowed(doc: str | None) -> str | None:
+    """A docstring's paragraphs each on one line, so that help wraps them to the terminal
+    rather than at the source's line breaks."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 class Command(TyperCommand):
-    """A command whose help fills in, when printed, the defaults only the registry knows."""
+    """A command whose help fills in, when printed, the defaults only the registry knows, and
+    shows no metavar on its flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return without_flag_metavars(super().get_params(ctx))
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         later = getattr(self.callback, "later_help", {})

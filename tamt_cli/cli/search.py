@@ -173,7 +173,7 @@ FLAGS = (
     _training("eval_every", shown=lambda: by_method("eval_every")),
     _training("eval_blocks"),
     _training("save_every", shown=lambda: by_method("save_every")),
-    _training("keep_checkpoints"),
+    _training("keep_checkpoints", shown="1, removed when the run completes"),
     _training("mixed_precision"),
     *(
         Flag(name, (decl,), type=kind, hidden=True, shown="none", help=f"= -o {name}=...")
