@@ -457,6 +457,24 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def restore_tensors(
+    own: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], where: str
+) -> None:
+    """Copy a checkpoint's ``tensors`` into the run's ``own`` tensors of the same names; a name
+    or shape that does not fit is a one-line error naming ``where`` the tensors came from."""
+    if set(own) != set(tensors):
+        missing = sorted(set(own) - set(tensors))[:1] or sorted(set(tensors) - set(own))[:1]
+        raise UserError(f"{where} does not match this run's model ('{missing[0]}')")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if own[name].shape != value.shape:
+                raise UserError(
+                    f"{where}: tensor '{name}' has shape {list(value.shape)}; this run's model "
+                    f"needs {list(own[name].shape)}"
+                )
+            own[name].copy_(value)
+
+
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0) -> Any:
     """Linear warm-up then linear decay to zero (the paper's schedule, no warm-up by default)."""
     from transformers import get_linear_schedule_with_warmup

@@ -667,20 +667,9 @@ def trainable_state(module: Any) -> dict[str, Any]:
 
 def restore_state(module: Any, tensors: dict[str, Any], folder: Path) -> None:
     """Copy a checkpoint's tensors into ``module``; one that does not fit is an error."""
-    import torch
+    from tamt_cli.engine import restore_tensors
 
-    own = trainable_state(module)
-    if set(own) != set(tensors):
-        name = sorted(set(own) ^ set(tensors))[0]
-        raise UserError(f"checkpoint '{folder}' does not match this run's model ('{name}')")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if own[name].shape != value.shape:
-                raise UserError(
-                    f"checkpoint tensor '{name}' has shape {list(value.shape)}; this run's "
-                    f"model needs {list(own[name].shape)}"
-                )
-            own[name].copy_(value)
+    restore_tensors(trainable_state(module), tensors, f"checkpoint '{folder}'")
 
 
 def _seed_record(job: FinetuneJob, seed_run: SeedRun) -> dict[str, Any]:

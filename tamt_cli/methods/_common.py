@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from tamt_cli import mlm_head, pretraining
-from tamt_cli.errors import UserError
 from tamt_cli.pretraining import CorpusSettings, PretrainingData
 
 if TYPE_CHECKING:
@@ -155,19 +154,11 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-@torch.no_grad()
 def restore_trainable(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    own = trainable_state(module)
-    if set(own) != set(tensors):
-        missing = sorted(set(own) - set(tensors))[:1] or sorted(set(tensors) - set(own))[:1]
-        raise UserError(f"checkpoint does not match this run's model ('{missing[0]}')")
-    for name, value in tensors.items():
-        if own[name].shape != value.shape:
-            raise UserError(
-                f"checkpoint tensor '{name}' has shape {list(value.shape)}; this run's model "
-                f"needs {list(own[name].shape)}"
-            )
-        own[name].copy_(value)
+    """Copy a checkpoint's tensors into ``module``'s trainable state."""
+    from tamt_cli.engine import restore_tensors
+
+    restore_tensors(trainable_state(module), tensors, "checkpoint")
 
 
 def record_corpus(job: SearchJob, data: PretrainingData) -> None:
