@@ -4,6 +4,8 @@ aliases that say so); the checks every method shares are made once by tamt."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.test_registry import plugin_env  # noqa: F401  (a fixture)
 
 
@@ -125,3 +127,14 @@ def test_an_old_method_flag_still_works_and_says_its_o_form(cli, tiny_bert):
     assert "note: --no-rewind is deprecated; use -o rewind=false" in res.err
     help_text = cli("search", "--help").out
     assert "--reset-every" not in help_text and "--steps-per-round" not in help_text
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_an_option_given_as_o_and_as_its_old_flag_is_refused(cli, tiny_bert, same):
+    other = "5" if same else "10"
+    res = cli("search", "-m", "kd", "-s", "0.5", "-o", "reset_every=5", "--reset-every", other,
+              "--model", tiny_bert, "--dry-run", "--json")  # fmt: skip
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "'reset_every' is given twice" in lines[0], res.err
+    assert "--reset-every" in lines[0] and not res.out

@@ -16,6 +16,7 @@ import typer
 
 from tamt_cli.cli import options, output
 from tamt_cli.cli.options import Flag
+from tamt_cli.errors import UserError
 from tamt_cli.specs import Objective, SearchSpec
 
 TRAINING = "Training"
@@ -183,9 +184,16 @@ FLAGS = (
 
 
 def _given_options(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The method options given as ``-o`` and through the old flags (which win), and a note on
-    each old flag used."""
+    """The method options given as ``-o`` and through the old flags, and a note on each old flag
+    used; an option given both ways is an error, whatever the two values."""
     given = options.parse_pairs(values["option"]) or {}
+    twice = [name for name in ALIASES if values[name] is not None and name in given]
+    if twice:
+        name = twice[0]
+        raise UserError(
+            f"method option '{name}' is given twice, as -o {name}=... and as "
+            f"{ALIASES[name][0].split('/')[0]}; give it once, as -o {name}=VALUE"
+        )
     notes = []
     for name, (decl, _) in ALIASES.items():
         value = values[name]
