@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -248,6 +249,8 @@ class Engine:
         self.stop_tracking()
         self.accelerator.end_training()
         if self.world > 1 and torch.distributed.is_initialized():
+            if sys.exc_info()[0] is None:  # every process past its last collective first: one
+                torch.distributed.barrier()  # torn down mid-exchange aborts its peer (SIGABRT)
             torch.distributed.destroy_process_group()
 
     # -- experiment trackers -------------------------------------------------------------
