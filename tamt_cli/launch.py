@@ -21,6 +21,6 @@ def main() -> int:
     if env is not None and argv and sys.executable:
         with contextlib.suppress(OSError):  # if it cannot, it runs with the defaults
             os.execve(sys.executable, argv, env)
-    from tamt_cli.cli import main as cli_main
+    from tamt_cli.cli.app import main as cli_main
 
     return cli_main()

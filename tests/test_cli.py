@@ -339,7 +339,7 @@ def test_help_shows_every_default_and_marks_required_options(cli, monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "300")  # one option a line
 
-    from tamt_cli.cli import app
+    from tamt_cli.cli.app import app
 
     group = typer.main.get_command(app)
     for name, command in group.commands.items():  # type: ignore[attr-defined]

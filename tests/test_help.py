@@ -46,7 +46,7 @@ def long_bert(tmp_path_factory) -> Path:
 def shown_defaults() -> dict[str, dict[str, str]]:
     """Command → option → its shown default (``required`` for ``[required]``), with the
     defaults computed when the help is printed filled in."""
-    from tamt_cli.cli import app
+    from tamt_cli.cli.app import app
 
     found: dict[str, dict[str, str]] = {}
 
@@ -111,7 +111,7 @@ def check_plain(
     """Options whose default is the spec's (``dry``: the ``--dry-run --json`` spec, where what
     was given there is the spec class's default) or, outside the spec, the parameter's own;
     rules must leave the value unset."""
-    from tamt_cli.cli import app
+    from tamt_cli.cli.app import app
 
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     for name, text in texts.items():

@@ -95,7 +95,7 @@ def test_every_old_method_flag_of_search_is_a_hidden_alias_of_a_method_option():
     import typer.main
 
     from tamt_cli import registry
-    from tamt_cli.cli import app
+    from tamt_cli.cli.app import app
     from tamt_cli.cli.search import ALIASES
 
     search = typer.main.get_command(app).commands["search"]  # type: ignore[attr-defined]

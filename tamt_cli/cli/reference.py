@@ -27,7 +27,7 @@ def commands() -> list[list[str]]:
     ``tamt --help``."""
     import typer
 
-    from tamt_cli.cli import app
+    from tamt_cli.cli.app import app
 
     def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
         yield path
@@ -64,7 +64,7 @@ def _plain_terminal() -> Iterator[None]:
 
 def help_text(path: list[str]) -> str:
     """What ``tamt PATH --help`` prints, trailing spaces removed."""
-    from tamt_cli.cli import main
+    from tamt_cli.cli.app import main
 
     out = io.StringIO()
     with _plain_terminal(), contextlib.redirect_stdout(out):
