@@ -61,6 +61,17 @@ def private_cache(tmp_path, tmp_path_factory, monkeypatch):
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", hf_datasets)
 
 
+@pytest.fixture(scope="module")
+def omp_run(tmp_path_factory, tiny_bert) -> Path:
+    """A one-shot magnitude search run of the tiny BERT at sparsity 0.5."""
+    from tamt_cli.cli import main
+
+    out = tmp_path_factory.mktemp("search") / "omp"
+    assert main(["search", "-m", "omp", "-s", "0.5", "--model", str(tiny_bert), "--out",
+                 str(out), "--json"]) == 0  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="session")
 def other_bert(tmp_path_factory) -> Path:
     """A tiny BERT of a different shape (hidden 48), for masks that must not fit."""

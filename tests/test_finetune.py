@@ -114,16 +114,6 @@ def small(*extra: object) -> list[object]:
     return ["--max-length", "24", "--batch-size", "8", "--epochs", "2", "--lr", "1e-3", *extra]
 
 
-@pytest.fixture(scope="module")
-def omp_run(tmp_path_factory, tiny_bert) -> Path:
-    from tamt_cli.cli import main
-
-    out = tmp_path_factory.mktemp("search") / "omp"
-    assert main(["search", "-m", "omp", "-s", "0.5", "--model", str(tiny_bert), "--out",
-                 str(out), "--json"]) == 0  # fmt: skip
-    return out
-
-
 def state(folder: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForSequenceClassification
 

@@ -205,16 +205,6 @@ def stand_in(monkeypatch, tmp_path, fail: Exception | None = None) -> Hub:
     return fake
 
 
-@pytest.fixture(scope="module")
-def omp_run(tmp_path_factory, tiny_bert) -> Path:
-    from tamt_cli.cli import main
-
-    out = tmp_path_factory.mktemp("search") / "omp"
-    assert main(["search", "-m", "omp", "-s", "0.5", "--model", str(tiny_bert), "--out",
-                 str(out), "--json"]) == 0  # fmt: skip
-    return out
-
-
 def test_push_to_hub_uploads_the_export_in_one_commit(cli, omp_run, online, monkeypatch, tmp_path):
     fake = stand_in(monkeypatch, tmp_path)
     res = cli("extract", omp_run, "--export", "subnet", "--push-to-hub", "me/omp-tiny",
