@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tamt_cli import finetune
-from tests.test_finetune import omp_run, one_line, small, squad, sst2, stsb  # noqa: F401
+from tests.test_finetune import one_line, small, squad, sst2, stsb  # noqa: F401
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
 
