@@ -73,6 +73,10 @@ SWEEP_INDEX = "sweep.json"
 SWEEP_GRID = "grid.yaml"
 #: the lock the processes of one sweep (its shards) take to write SWEEP_INDEX
 SWEEP_LOCK = ".sweep.lock"
+#: the lock a sweep holds while it runs: files.LOCK_FILE without --shard, this one (K, N) with
+#: --shard K/N; beside each, its name + HOLDER_SUFFIX records the process holding it
+SWEEP_SHARD_LOCK = ".sweep-shard-{}-of-{}.lock"
+HOLDER_SUFFIX = ".pid"
 SWEEP_SEARCHES = "search"
 SWEEP_FINETUNES = "finetune"
 HELDOUT_PREFIX = "heldout-"

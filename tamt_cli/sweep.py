@@ -11,14 +11,22 @@ and `tamt eval --objective`, with a spec built from the grid. A sweep directory:
     └── finetune/<task>-<method>-s<sparsity>-seed<N>/   a fine-tuning run, one seed
         (the dense model: finetune/<task>-dense-seed<N>, heldout-dense-<objective>.json)
 
-What is on disk decides what is done: a complete search run, a fine-tuning run directory (only
-ever renamed into place when complete), a held-out loss file. Running a sweep again skips those,
-resumes a search that was interrupted, and re-runs failed cells; a cell whose settings changed
-since it ran is refused, so a sweep directory never mixes two settings under one name.
+What is on disk decides what is done: a complete search or fine-tuning run (its manifest says
+so), a held-out loss file that holds one (an empty or unreadable one is run again). Running a
+sweep again skips those, resumes a search that was interrupted, and re-runs failed cells; a cell
+whose settings changed since it ran is refused, so a sweep directory never mixes two settings
+under one name.
+
+The directory follows the rule of every output folder (:func:`check_dir`): it is made whole,
+with its grid and index, under a temporary name (:func:`tamt_cli.files.staged_dir`), or it is a
+tamt sweep's own (its index) or empty; never a folder of anything else, a symbolic link, or the
+folder holding the grid file given. One process runs a sweep directory at a time, or one
+process per shard (:func:`claim`).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from collections.abc import Iterator
@@ -30,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from rich.console import Console
 
-from tamt_cli import __version__, artifacts, files, specs
+from tamt_cli import __version__, artifacts, files, specs, verbosity
 from tamt_cli.errors import UserError, first_line
 from tamt_cli.progress import duration
 from tamt_cli.specs import EvalSpec, FinetuneSpec, SearchSpec, Spec, check_seeds, check_sparsity
@@ -115,6 +123,7 @@ class Cell:
     status: str = "pending"  # pending | partial | done | failed | skipped
     error: str | None = None
     seconds: float | None = None
+    note: str | None = None  # why a cell that looks done on disk runs again
     method_obj: Any = field(default=None, repr=False)
 
     @property
@@ -176,7 +185,19 @@ class Plan:
 
 
 def load_grid(path: Path) -> GridSpec:
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        if is_sweep(path):
+            given = shlex.quote(str(path))
+            raise UserError(
+                f"grid file '{path}' is a sweep directory; tamt sweep takes a grid file (YAML, "
+                f"JSON or TOML): tamt sweep GRID --out {given} continues this sweep, "
+                f"tamt report {given} reads its results"
+            )
+        raise UserError(
+            f"grid file '{path}' is a directory; tamt sweep takes a grid file (YAML, JSON or TOML)"
+        )
+    if not path.is_file():
         raise UserError(f"grid file '{path}' does not exist")
     return specs.build(GridSpec, path, {})
 
@@ -188,6 +209,7 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
 
     grid = load_grid(grid_file)
     sweep_dir = Path(out or grid.out or Path(artifacts.SWEEPS) / grid_file.stem)
+    where = "--out" if out else "the grid's out" if grid.out else "the sweep directory"
     for section, reserved in SET_BY_GRID.items():
         given = getattr(grid, section) or {}
         for name in reserved:
@@ -223,10 +245,10 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
                 cells += _finetune_cells(grid, task, search, method, sparsity)
     for cell in cells:
         cell.spec = _place(cell, sweep_dir)
-    recorded = _read_index(sweep_dir)
-    for cell in cells:
-        _status(cell, sweep_dir, recorded.get(cell.id))
-    return Plan(grid, sweep_dir, cells)
+    check_dir(sweep_dir, grid_file, where)
+    plan_ = Plan(grid, sweep_dir, cells)
+    _read_statuses(plan_)
+    return plan_
 
 
 def _base(grid: GridSpec, name: str) -> str:
@@ -427,15 +449,26 @@ def _read_index(sweep_dir: Path) -> dict[str, dict[str, Any]]:
         raise UserError(f"'{path}' is corrupt; remove it to rebuild the sweep's index") from None
 
 
+def _read_statuses(plan_: Plan) -> None:
+    """Every cell's status as the disk and the index have it now."""
+    recorded = _read_index(plan_.out)
+    for cell in plan_.cells:
+        cell.status, cell.error, cell.seconds, cell.note = "pending", None, None, None
+        _status(cell, plan_.out, recorded.get(cell.id))
+
+
 def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> None:
     """Set ``cell.status`` from the disk (and a recorded failure); refuse a cell that already
     ran with other settings."""
     path = sweep_dir / cell.id
     ran: dict[str, Any] | None = None
     if cell.kind == "heldout":
-        if path.is_file():
+        problem = _heldout_problem(path, cell.objective)
+        if problem is None:
             cell.status = "done"
             ran = (recorded or {}).get("spec")
+        elif os.path.lexists(path):
+            cell.note = f"{cell.id} {problem}; running it again"
     elif path.exists():
         spec_file = path / artifacts.SPEC_FILE
         if spec_file.is_file():
@@ -472,6 +505,189 @@ def _manifest_or_none(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _heldout_problem(path: Path, objective: str | None) -> str | None:
+    """What keeps ``path`` from holding the held-out ``objective`` loss as `tamt eval
+    --objective --json` prints it (None: nothing). A batch job killed while a shell redirected
+    its output into the file leaves it empty or cut short."""
+    import json
+
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "is empty or unreadable"
+    loss = result.get("loss") if isinstance(result, dict) else None
+    if (
+        isinstance(result, dict)
+        and result.get("objective") == objective
+        and isinstance(loss, (int, float))
+        and not isinstance(loss, bool)
+    ):
+        return None
+    return f"holds no held-out {objective} loss"
+
+
+# -- the sweep directory --------------------------------------------------------------------
+
+
+def is_sweep(path: Path) -> bool:
+    """Whether the folder ``path`` is a tamt sweep's (it holds a sweep index)."""
+    return (Path(path) / artifacts.SWEEP_INDEX).is_file()
+
+
+def _own(name: str) -> bool:
+    """Whether ``name`` is one of the lock files a sweep keeps in its directory."""
+    name = name.removesuffix(artifacts.HOLDER_SUFFIX)
+    return name in {files.LOCK_FILE, artifacts.SWEEP_LOCK} or bool(_shard_of_lock(name))
+
+
+def check_dir(sweep_dir: Path, grid_file: Path, where: str) -> None:
+    """Refuse, before any work, a sweep directory that the rule of output folders forbids: a
+    symbolic link, the folder holding the grid file given, a file, or a folder that holds
+    anything but a tamt sweep (a new folder is made whole by :func:`hold`). ``where`` names
+    what gave the folder (``--out``)."""
+    path = files.absolute(sweep_dir)
+    if path.is_symlink():
+        raise UserError(
+            f"{where} '{sweep_dir}' is a symbolic link; a sweep is written only into the "
+            "folder itself: name it"
+        )
+    if path.resolve() in Path(grid_file).resolve().parents:
+        raise UserError(
+            f"{where} '{sweep_dir}' holds the grid file given ('{grid_file}'), and a sweep "
+            "writes its own grid.yaml: keep the grid outside the sweep directory, or name "
+            "another folder"
+        )
+    if not os.path.lexists(path):
+        _wait_while_made(path)
+    if not os.path.lexists(path):
+        artifacts.check_output(sweep_dir, flag=where, sources=(grid_file,))
+    elif not path.is_dir():
+        raise UserError(f"{where} '{sweep_dir}' is not a folder; name a folder for the sweep")
+    elif not is_sweep(path) and not all(_own(p.name) for p in path.iterdir()):
+        raise UserError(
+            f"{where} '{sweep_dir}' is not a tamt sweep (it has no {artifacts.SWEEP_INDEX}) "
+            "and not empty; a sweep is written into a new or empty folder or its own: name "
+            "another folder"
+        )
+
+
+def _wait_while_made(path: Path, seconds: float = 10.0) -> None:
+    """Wait while another process makes the sweep directory ``path`` (its temporary folder is
+    beside it): processes started together, shards, share the folder one of them makes."""
+    deadline = time.monotonic() + seconds
+    while not os.path.lexists(path) and files.busy(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@contextmanager
+def hold(plan_: Plan, shard: tuple[int, int] | None) -> Iterator[None]:
+    """The sweep directory of ``plan_`` for this process while the block runs: made whole if
+    new (its grid and index in a temporary folder renamed into place), taken with
+    :func:`claim`, and the cells' statuses read again (another process may have run some)."""
+    out = plan_.out
+    if not os.path.lexists(out):
+        try:
+            with files.staged_dir(out) as stage:
+                files.write_text(stage / artifacts.SWEEP_GRID, plan_.grid.to_yaml())
+                files.write_json(stage / artifacts.SWEEP_INDEX, plan_.index())
+        except UserError:
+            if not is_sweep(out):
+                raise
+            # another process (a shard started with this one) made it meanwhile
+    lock = claim(out, shard)
+    try:
+        if not is_sweep(out):  # an empty folder, from now on a sweep's
+            with _index_lock(out):
+                files.write_text(out / artifacts.SWEEP_GRID, plan_.grid.to_yaml())
+                files.write_json(out / artifacts.SWEEP_INDEX, plan_.index())
+        _read_statuses(plan_)
+        yield
+    finally:
+        release(lock)
+
+
+def _lock_name(shard: tuple[int, int] | None) -> str:
+    return files.LOCK_FILE if shard is None else artifacts.SWEEP_SHARD_LOCK.format(*shard)
+
+
+def _shard_of_lock(name: str) -> str | None:
+    """``K/N`` of a shard's lock file name; None for any other name."""
+    import re
+
+    pattern = re.escape(artifacts.SWEEP_SHARD_LOCK).replace(r"\{\}", r"(\d+)")
+    found = re.fullmatch(pattern, name)
+    return f"{found[1]}/{found[2]}" if found else None
+
+
+def claim(out: Path, shard: tuple[int, int] | None) -> Any:
+    """Take the sweep directory ``out`` for this process until :func:`release`: a sweep
+    without --shard alone, shard K/N beside the other shards only. A directory another live
+    process holds is refused, naming that process."""
+    mine = _lock_name(shard)
+    lock = files.try_lock(out / mine)
+    if lock is None:
+        raise UserError(_in_use(out, mine))
+    try:
+        if shard is None:
+            rivals = sorted(p.name for p in out.iterdir() if _shard_of_lock(p.name))
+        else:
+            rivals = [files.LOCK_FILE]
+        for name in rivals:
+            if _held(out / name):
+                raise UserError(_in_use(out, name))
+        holder = f"{os.getpid()} {_host()}\n"
+        files.write_text(out / (mine + artifacts.HOLDER_SUFFIX), holder)
+    except BaseException:
+        files.release(lock, remove=True)
+        raise
+    return lock
+
+
+def release(lock: Any) -> None:
+    """Let go of the sweep directory taken with :func:`claim`."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        os.unlink(lock.lock_file + artifacts.HOLDER_SUFFIX)
+    files.release(lock, remove=True)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname() or "this machine"
+
+
+def _held(lock_file: Path) -> bool:
+    """Whether a live process holds ``lock_file`` (an absent file: no)."""
+    if not lock_file.is_file():
+        return False
+    lock = files.try_lock(lock_file)
+    files.release(lock)
+    return lock is None
+
+
+def _in_use(out: Path, lock_name: str) -> str:
+    shard = _shard_of_lock(lock_name)
+    who = f"tamt sweep --shard {shard}" if shard else "another tamt sweep"
+    return (
+        f"sweep directory '{out}' is in use by {who} ({_holder(out / lock_name)}); wait for it "
+        "to end, or run the sweep's parts side by side with --shard K/N"
+    )
+
+
+def _holder(lock_file: Path) -> str:
+    """``pid N on HOST`` of the process holding ``lock_file``, as it recorded itself."""
+    record = lock_file.with_name(lock_file.name + artifacts.HOLDER_SUFFIX)
+    for _ in range(40):  # it writes the record just after taking the lock
+        try:
+            pid, host = record.read_text(encoding="utf-8").split()
+            return f"pid {int(pid)} on {host}"
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return "its process id unknown"
+
+
 # -- running --------------------------------------------------------------------------------
 
 
@@ -506,9 +722,15 @@ def run(
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Run every cell that is not done (of ``shard`` K/N only, when given), in dependency
-    order; returns the index."""
+    order, holding the sweep directory (:func:`hold`); returns the index."""
+    with hold(plan_, shard):
+        return _run(plan_, console, fail_fast=fail_fast, shard=shard)
+
+
+def _run(
+    plan_: Plan, console: Console, *, fail_fast: bool, shard: tuple[int, int] | None
+) -> dict[str, Any]:
     out = plan_.out
-    out.mkdir(parents=True, exist_ok=True)
     mine = shard_of(plan_, shard)
 
     def save() -> None:
@@ -536,6 +758,8 @@ def run(
             _line(console, finished, total, cell, "skipped", todo, timings)
             save()
             continue
+        if cell.note:
+            verbosity.note(console, cell.note)
         console.print(f"[dim]\\[{finished + 1}/{total}] {cell.label} …[/dim]")
         t0 = time.perf_counter()
         try:
@@ -661,7 +885,8 @@ def render_listing(plan_: Plan, console: Console) -> None:
 def commands(plan_: Plan) -> list[str]:
     """One plain `tamt` command line per cell still to run: searches first (every other cell
     depends on one of them), then held-out losses, then fine-tuning seed by seed (the first
-    seed of every subnetwork before the second), so that a batch cut short is still a table."""
+    seed of every subnetwork before the second), so that a batch cut short is still a table.
+    Every line writes its result itself, whole or not at all (`--out`, `--json-out`)."""
     order = {"search": 0, "heldout": 1, "finetune": 2}
     todo = [c for c in plan_.cells if c.status != "done"]
     todo.sort(key=lambda c: (order[c.kind], c.seed or 0))
@@ -681,11 +906,8 @@ def command(cell: Cell, sweep_dir: Path) -> str:
     for name, value in set_fields.items():
         words += _flag(name, value)
     if cell.kind == "heldout":
-        words.append("--json")
-    line = " ".join(shlex.quote(w) for w in words)
-    if cell.kind == "heldout":
-        line += f" > {shlex.quote(str(sweep_dir / cell.id))}"
-    return line
+        words += ["--json-out", str(sweep_dir / cell.id)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _flag(name: str, value: Any) -> list[str]:

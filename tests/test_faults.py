@@ -303,6 +303,50 @@ def run_in_runs(env: Env) -> None:
     shutil.copytree(env.omp, "runs/omp")
 
 
+def symlink(link: str, target: str) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        Path(link).symlink_to(target)
+
+    return make
+
+
+def grid_file(path: str = "grid.yaml") -> Callable[[Env], None]:
+    """A grid of one one-shot search, with a comment of the user's in it."""
+
+    def make(env: Env) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(
+            f"# my notes\nmodel: {env.bert}\nmethods: [omp]\nsparsities: [0.5]\ndense: false\n"
+        )
+
+    return make
+
+
+def sweep_dir(name: str, grid: str = "grid.yaml") -> Callable[[Env], None]:
+    """A sweep directory as `tamt sweep --print-commands` makes it: its grid and its index."""
+
+    def make(env: Env) -> None:
+        from tamt_cli.cli import main
+
+        grid_file(grid)(env)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["sweep", grid, "--out", name, "--print-commands"]) == 0
+
+    return make
+
+
+def live_sweep(name: str) -> Callable[[Env], None]:
+    """A sweep directory that a live `tamt sweep` holds (this test process)."""
+
+    def make(env: Env) -> None:
+        from tamt_cli import sweep
+
+        sweep_dir(name)(env)
+        env.held.append(sweep.claim(Path(name), None))
+
+    return make
+
+
 # -- patches: faults of the machine and interruptions ----------------------------------------
 
 
@@ -378,6 +422,11 @@ CASES = [
     Case("options-of-a-method-without-any", [*OMP, "-o", "foo=1"], "there are none to give"),
     Case("option-without-value", [*OMP, "-o", "foo"], "takes name=value"),
     Case("seeds-not-integers", [*FT[:1], "run", *FT[1:], "--seeds", "1,x"], "comma-separated"),
+    Case("sweep-of-a-folder", ["sweep", "mine"],
+         "grid file 'mine' is a directory; tamt sweep takes a grid file (YAML, JSON or TOML)",
+         folder_with_file("mine")),
+    Case("sweep-of-a-sweep-directory", ["sweep", "done"],
+         "tamt report done reads its results", sweep_dir("done")),
     # models
     Case("model-path-missing", [*OMP[:-1], "./nope"], "does not exist"),
     Case("eval-of-a-missing-run-folder", ["eval", "runs/nope", "--objective", "kd"],
@@ -416,6 +465,37 @@ CASES = [
          "not a folder", both(omp_run, plain_file("afile"))),
     Case("overwrite-a-symlink", ["extract", "run", "--export", "link", "--overwrite"],
          "is a symbolic link", symlink_to_run),
+    # sweep directories and the files of printed command lines
+    Case("sweep-into-the-folder-of-its-grid", ["sweep", "exp/grid.yaml", "--out", "exp"],
+         "holds the grid file given", grid_file("exp/grid.yaml")),
+    Case("sweep-by-default-into-the-folder-of-its-grid", ["sweep", "sweeps/grid/grid.yaml"],
+         "the sweep directory 'sweeps/grid' holds the grid file given",
+         both(sweep_dir("sweeps/grid"), lambda env: shutil.copy("grid.yaml", "sweeps/grid"))),
+    Case("sweep-into-a-foreign-folder", ["sweep", "grid.yaml", "--out", "mine"],
+         "is not a tamt sweep", both(grid_file(), folder_with_file("mine"))),
+    Case("sweep-commands-into-a-foreign-folder",
+         ["sweep", "grid.yaml", "--out", "mine", "--print-commands"], "is not a tamt sweep",
+         both(grid_file(), folder_with_file("mine"))),
+    Case("sweep-listed-into-a-foreign-folder", ["sweep", "grid.yaml", "--out", "mine", "--dry-run"],
+         "is not a tamt sweep", both(grid_file(), folder_with_file("mine"))),
+    Case("sweep-through-a-symlink", ["sweep", "grid.yaml", "--out", "link"],
+         "is a symbolic link",
+         both(grid_file(), folder_with_file("mine"), symlink("link", "mine"))),
+    Case("sweep-through-a-symlink-to-a-sweep", ["sweep", "grid.yaml", "--out", "link"],
+         "is a symbolic link", both(sweep_dir("done"), symlink("link", "done"))),
+    Case("sweep-into-a-file", ["sweep", "grid.yaml", "--out", "afile"], "is not a folder",
+         both(grid_file(), plain_file("afile"))),
+    Case("sweep-being-run", ["sweep", "grid.yaml", "--out", "live"],
+         f"in use by another tamt sweep (pid {os.getpid()} on ", live_sweep("live")),
+    Case("sweep-commands-of-a-sweep-being-run",
+         ["sweep", "grid.yaml", "--out", "live", "--print-commands"],
+         f"in use by another tamt sweep (pid {os.getpid()} on ", live_sweep("live")),
+    Case("eval-json-out-in-a-missing-folder",
+         ["eval", "run", "--objective", "kd", "--corpus", "{corpus}", "--json-out", "no/h.json"],
+         "--json-out 'no/h.json': its folder 'no' does not exist", omp_run),
+    Case("eval-json-out-is-a-folder",
+         ["eval", "run", "--objective", "kd", "--corpus", "{corpus}", "--json-out", "mine"],
+         "--json-out 'mine' is a folder", both(omp_run, folder_with_file("mine"))),
     # mask files
     Case("mask-tensor-truncated", ["extract", "run"], HALVED, damaged_mask(halve)),
     Case("mask-shape-missing", ["extract", "run"], f"'{QUERY}' has no shape",

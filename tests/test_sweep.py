@@ -225,6 +225,142 @@ def test_shards_split_the_grid_by_search_and_share_the_index(
     assert bad.code == 2 and "--shard takes K/N" in bad.err
 
 
+def one_search(tiny_bert, corpus, sst2, method: str = "omp", heldout: bool = True) -> dict:
+    """A grid of one search at 0.5 (with its held-out kd loss): no dense model, no task."""
+    data = grid(tiny_bert, corpus, sst2, methods=[method], sparsities=[0.5], dense=False)
+    data.update(tasks=[], data={})
+    data["methods_options"] = {k: v for k, v in data["methods_options"].items() if k == method}
+    if not heldout:
+        data["heldout"] = None
+    return data
+
+
+def test_a_second_sweep_on_its_directory_is_refused_naming_the_first(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """Two `tamt sweep` processes on one directory without --shard: the second, with or without
+    --shard, exits 2 naming the first's process id and changes nothing; the lock of a process
+    killed with -9 holds nothing back."""
+    import subprocess
+    import sys
+    import time
+
+    data = one_search(tiny_bert, corpus, sst2, method="kd", heldout=False)
+    data["methods_options"] = {"kd": {"max_steps": 100_000, "lr": 0.05}}  # runs until killed
+    path = write_grid(tmp_path / "grid.yaml", data)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tamt_cli", "sweep", str(path), "--out", "out"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out = tmp_path / "out"
+    try:
+        for line in first.stderr:  # type: ignore[union-attr]
+            if "search kd s0.5" in line:  # its first cell has started
+                break
+        else:
+            raise AssertionError(f"the first sweep ended: {first.wait()}")
+        files_before = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        for extra in ([], ["--shard", "1/1"], ["--print-commands"]):
+            res = cli("sweep", path, "--out", "out", *extra)
+            assert res.code == 2, (extra, res.err)
+            last = res.err.strip().splitlines()[-1]
+            assert f"'out' is in use by another tamt sweep (pid {first.pid} on " in last, last
+        assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == files_before
+        manifest = out / "search/kd-s0.5/manifest.json"
+        for _ in range(6000):  # the search writes its run folder, then trains until killed
+            if manifest.is_file() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert manifest.is_file() and first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+        first.stderr.close()  # type: ignore[union-attr]
+    res = cli("sweep", path, "--out", "out", "--print-commands")
+    assert res.code == 0, res.err
+    assert res.out.strip() == f"tamt search --resume {shlex.quote('out/search/kd-s0.5')}"
+
+
+def test_shards_and_a_whole_sweep_exclude_each_other(cli, tmp_path, tiny_bert, corpus, sst2):
+    """A shard being run keeps a sweep without --shard out, and the same shard twice."""
+    from tamt_cli import sweep
+
+    path = write_grid(tmp_path / "grid.yaml", one_search(tiny_bert, corpus, sst2))
+    assert cli("sweep", path, "--out", "out", "--print-commands").code == 0
+    lock = sweep.claim(Path("out"), (1, 2))
+    try:
+        for extra in ([], ["--shard", "1/2"]):
+            res = cli("sweep", path, "--out", "out", *extra)
+            assert res.code == 2, res.err
+            assert f"in use by tamt sweep --shard 1/2 (pid {os.getpid()} on " in res.err
+        assert cli("sweep", path, "--out", "out", "--shard", "2/2").code == 0
+    finally:
+        sweep.release(lock)
+    assert cli("sweep", path, "--out", "out").code == 0
+
+
+def test_an_empty_or_damaged_heldout_result_is_run_again(cli, tmp_path, tiny_bert, corpus, sst2):
+    """What a batch job killed while its shell redirected `--json >` into the file leaves (an
+    empty or half-written file), or any file that is not a held-out loss, is not done: the
+    sweep says so and runs the cell again."""
+    path = write_grid(tmp_path / "grid.yaml", one_search(tiny_bert, corpus, sst2))
+    assert cli("sweep", path, "--out", "out").code == 0
+    result = tmp_path / "out/heldout-omp-s0.5-kd.json"
+    whole = json.loads(result.read_text())
+    for damage, problem in [
+        ("", "is empty or unreadable"),
+        ('{"checkpoint": "out/search/omp-s0.5", "lo', "is empty or unreadable"),
+        ("[]", "holds no held-out kd loss"),
+        ('{"loss": 1}', "holds no held-out kd loss"),
+    ]:
+        result.write_text(damage)
+        listed = cli("sweep", path, "--out", "out", "--dry-run", "--json").json()
+        assert [c["status"] for c in listed] == ["done", "pending"], damage
+        printed = cli("sweep", path, "--out", "out", "--print-commands")
+        lines = printed.out.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tamt eval "), lines
+        assert f"{problem}; running it again" in printed.err
+        res = cli("sweep", path, "--out", "out")
+        assert res.code == 0, res.err
+        assert f"heldout-omp-s0.5-kd.json {problem}; running it again" in res.err
+        assert json.loads(result.read_text()) == whole
+    assert cli("report", "out").code == 0
+
+
+def test_a_printed_heldout_line_writes_its_result_itself(
+    cli, tmp_path, tiny_bert, corpus, sst2, monkeypatch
+):
+    """The held-out line writes its file with --json-out, never through a shell redirection: a
+    job killed while it scores leaves no file; one that ends leaves what --json prints."""
+    from tamt_cli import evaluate
+
+    path = write_grid(tmp_path / "grid.yaml", one_search(tiny_bert, corpus, sst2))
+    search, heldout = cli("sweep", path, "--out", "out", "--print-commands").out.splitlines()
+    words = shlex.split(heldout)
+    assert ">" not in words and words[words.index("--json-out") + 1] == str(
+        Path("out/heldout-omp-s0.5-kd.json")
+    )
+    assert cli(*shlex.split(search)[1:]).code == 0
+    target = tmp_path / "out/heldout-omp-s0.5-kd.json"
+    real = evaluate.run_objective
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run_objective", killed)
+    assert cli(*words[1:]).code == 130
+    assert not target.exists() and not list(target.parent.glob("*.tmp"))
+    monkeypatch.setattr(evaluate, "run_objective", real)
+    res = cli(*words[1:], "--json")
+    assert res.code == 0, res.err
+    assert json.loads(target.read_text()) == res.json()
+    listed = cli("sweep", path, "--out", "out", "--dry-run", "--json").json()
+    assert [c["status"] for c in listed] == ["done", "done"]
+
+
 def test_failed_cells_are_recorded_and_do_not_stop_the_others(
     cli, tmp_path, tiny_bert, corpus, sst2
 ):
@@ -261,15 +397,15 @@ def test_printed_commands_are_the_cells_specs(swept, cli, tmp_path, tiny_bert, c
     cells = {sweep.command(c, plan.out): c for c in plan.cells}
     assert set(cells) == set(lines)
     for line in lines:
-        command, _, target = line.partition(" > ")
-        words = shlex.split(command)
+        words = shlex.split(line)
+        assert ">" not in words  # every line writes its result itself
         res = cli(*words[1:], "--dry-run", "--json")
         assert res.code == 0, (line, res.err)
         shown = res.json()
         shown.pop("resolved", None)  # what the method or task fills in, shown beside the spec
         assert shown == cells[line].spec.model_dump(mode="json")
         if words[1] == "eval":  # the held-out loss lands where the sweep keeps it
-            assert target == str(plan.out / cells[line].id)
+            assert words[words.index("--json-out") + 1] == str(plan.out / cells[line].id)
 
 
 def test_printed_command_of_a_paper_budget_variant_runs(cli, tmp_path, tiny_bert, corpus, sst2):
@@ -440,6 +576,27 @@ def test_missing_grid_file_is_one_line(cli, tmp_path):
     res = cli("sweep", "nope.yaml")
     assert res.code == 2 and res.err.strip() == "tamt: error: grid file 'nope.yaml' does not exist"
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_sweep_directory_is_made_whole_or_continued_by_its_index(
+    cli, tmp_path, tiny_bert, corpus, sst2
+):
+    """--print-commands makes the directory its lines write into, with its grid and index; an
+    empty folder becomes a sweep; the grid file the user keeps is never written."""
+    path = write_grid(tmp_path / "grid.yaml", one_search(tiny_bert, corpus, sst2, heldout=False))
+    mine = path.read_text()
+    res = cli("sweep", path, "--out", "out", "--print-commands")
+    assert res.code == 0, res.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "grid.yaml",
+        "sweep.json",
+    ]
+    assert [c["status"] for c in index(tmp_path / "out")["cells"]] == ["pending"]
+    assert not list(tmp_path.glob(".out.*"))  # no temporary folder left beside it
+    (tmp_path / "empty").mkdir()
+    assert cli("sweep", path, "--out", "empty").code == 0
+    assert [c["status"] for c in index(tmp_path / "empty")["cells"]] == ["done"]
+    assert path.read_text() == mine
 
 
 def test_report_refuses_what_is_not_a_run(cli, tmp_path):

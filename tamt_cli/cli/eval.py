@@ -3,6 +3,7 @@ subnetwork's held-out pre-training loss (``--objective``) → a table or JSON.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -50,8 +51,11 @@ FLAGS = (
     Flag("head"),
     Flag("head_warmup_steps", shown=_head("head_warmup_steps")),
     Flag("head_warmup_lr", shown=_head("head_warmup_lr")),
+    Flag("json_out", ("--json-out",), type=Path, shown="none", complete=options.complete_paths,
+         help="also write the --json document to this file, whole or not at all (unlike a "
+         "shell's >, which leaves an empty file when the job is killed); its folder must exist"),
     *options.RUN,
-)
+)  # fmt: skip
 
 
 def run(values: dict[str, Any]) -> None:
@@ -64,6 +68,9 @@ def run(values: dict[str, Any]) -> None:
     if (spec.task is None) == (spec.objective is None):
         objectives = "|".join(specs.OBJECTIVES)
         raise UserError(f"tamt eval needs either --task NAME or --objective {objectives}")
+    json_out = values["json_out"]
+    if json_out is not None:
+        _check_json_out(json_out, spec, values["spec"])
     if values["dry_run"]:
         resolved = None
         if spec.objective is not None:
@@ -75,12 +82,34 @@ def run(values: dict[str, Any]) -> None:
     from tamt_cli import evaluate
 
     result = evaluate.run(spec, output.err())
+    if json_out is not None:
+        import json
+
+        from tamt_cli import files
+
+        files.write_text(json_out, json.dumps(result, indent=2, default=str) + "\n")
     if values["as_json"]:
         output.emit_json(result)
     else:
         from tamt_cli.display import render_eval
 
         render_eval(result, output.out())
+
+
+def _check_json_out(path: Path, spec: EvalSpec, spec_file: Path | None) -> None:
+    """Refuse, before any work, a --json-out that is a folder, whose folder does not exist (a
+    mistyped path is not made into folders), or that is a file this command reads."""
+    from tamt_cli import files
+
+    target = files.absolute(path)
+    if target.is_dir():
+        raise UserError(f"--json-out '{path}' is a folder; give the name of a file")
+    if not target.parent.is_dir():
+        problem = "is not a folder" if target.parent.exists() else "does not exist"
+        raise UserError(f"--json-out '{path}': its folder '{path.parent}' {problem}")
+    for source in (spec.checkpoint, spec.corpus, spec_file):
+        if source is not None and target.resolve() == files.absolute(Path(source)).resolve():
+            raise UserError(f"--json-out '{path}' is '{source}', which this command reads")
 
 
 def register(app: typer.Typer) -> None:

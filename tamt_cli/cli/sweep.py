@@ -18,7 +18,8 @@ FLAGS = (
     Flag("out", type=Path, help="sweep directory",
          shown="the grid's out, else sweeps/<grid file name>"),
     Flag("print_commands", ("--print-commands",), switch=True,
-         help="print one `tamt` command line per cell still to run"),
+         help="print one `tamt` command line per cell still to run (each writes its result "
+         "itself), making the sweep directory for them if it is new"),
     Flag("fail_fast", ("--fail-fast",), switch=True, help="stop at the first failed cell"),
     Flag("dry_run", ("--dry-run",), switch=True,
          help="list the cells and what is done, run nothing"),
@@ -38,14 +39,13 @@ def run(values: dict[str, Any]) -> None:
         raise UserError("tamt sweep needs a grid file: tamt sweep GRID.yaml")
     parts = sweeping.parse_shard(shard) if shard is not None else None
     plan = sweeping.plan(grid, values["out"])
-    listing = values["print_commands"] or values["dry_run"]
-    if parts is not None and listing:
-        mine = sweeping.shard_of(plan, parts)
-        plan.cells = [c for c in plan.cells if c.id in mine]
     if values["print_commands"]:
-        for line in sweeping.commands(plan):
+        with sweeping.hold(plan, parts):  # the folder the lines write into, made if new
+            lines = sweeping.commands(_shard(plan, parts))
+        for line in lines:
             typer.echo(line)
     elif values["dry_run"]:
+        _shard(plan, parts)
         if as_json:
             output.emit_json(sweeping.listing(plan))
         else:
@@ -58,6 +58,21 @@ def run(values: dict[str, Any]) -> None:
             done = len(sweeping.shard_of(plan, parts))
             which = f" (shard {shard})" if shard else ""
             output.out().print(f"sweep complete{which}: {done} cells in [bold]{plan.out}[/bold]")
+
+
+def _shard(plan: Any, parts: tuple[int, int] | None) -> Any:
+    """``plan`` with the cells of shard ``parts`` only, after a note on each cell that runs
+    again although its file is there."""
+    from tamt_cli import sweep as sweeping
+    from tamt_cli import verbosity
+
+    if parts is not None:
+        mine = sweeping.shard_of(plan, parts)
+        plan.cells = [c for c in plan.cells if c.id in mine]
+    for cell in plan.cells:
+        if cell.note:
+            verbosity.note(output.err(), cell.note)
+    return plan
 
 
 def register(app: typer.Typer) -> None:
