@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import __version__, files, maskfile
+from tamt_cli import __version__, files, maskfile, records
 from tamt_cli.errors import UserError
 
 # -- the names of a run directory's files ------------------------------------------------------
@@ -284,6 +284,8 @@ def sweep_finetune(task: str, subnetwork: str, seed: int) -> str:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest of ``run_dir``, checked as its kind's (:data:`tamt_cli.records.MANIFESTS`):
+    a folder without one, or one that is corrupt or of the wrong shape, is a one-line error."""
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():
         raise UserError(f"'{run_dir}' is not a directory")
@@ -295,7 +297,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"'{path}' is corrupt: {exc}") from None
     if not isinstance(manifest, dict) or "tamt_version" not in manifest:
         raise UserError(f"'{path}' is not a tamt manifest")
-    return manifest
+    return records.as_dict(records.check(path, manifest, records.manifest_model(manifest)))
 
 
 def choose_mask(

@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from tamt_cli import artifacts, files, trackers, verbosity
+from tamt_cli import artifacts, files, records, trackers, verbosity
 from tamt_cli.errors import UserError, first_line, refused_pickle
 from tamt_cli.objectives import eval_mode
 from tamt_cli.progress import Progress
@@ -435,12 +435,8 @@ class Engine:
             raise damaged(artifacts.CHECKPOINT_OPTIMIZER, refused_pickle(exc)) from None
         except Exception as exc:
             raise damaged(artifacts.CHECKPOINT_OPTIMIZER, first_line(exc)) from None
-        try:
-            state = json.loads((folder / artifacts.CHECKPOINT_STATE).read_text(encoding="utf-8"))
-            step = int(state["step"])
-            schedule = state["scheduler"]
-        except Exception as exc:
-            raise damaged(artifacts.CHECKPOINT_STATE, first_line(exc)) from None
+        state = records.load(folder / artifacts.CHECKPOINT_STATE, records.CheckpointState)
+        step, schedule = state.step, state.scheduler
         try:
             optimizer.load_state_dict(opt_state)
         except Exception as exc:
@@ -506,5 +502,5 @@ class MetricsLog:
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return 0

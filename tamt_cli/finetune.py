@@ -646,15 +646,16 @@ def _resume_seed(
     last = seed_run.last
     if last is None:
         return 0
+    from tamt_cli import records
+
     start, tensors = job.engine.load_checkpoint(last, optimizer, scheduler)
     restore_state(module, tensors, last)
-    state = json.loads((last / artifacts.CHECKPOINT_STATE).read_text(encoding="utf-8"))
-    extra = state.get("extra") or {}
-    seed_run.tracker.history = list(extra.get("evaluations") or [])
-    seed_run.tracker.seconds = float(extra.get("eval_seconds") or 0.0)
-    seed_run.seconds = float(extra.get("seconds") or 0.0)
-    loss_sum, count = extra.get("running_loss") or (0.0, 0)
-    seed_run.running = (float(loss_sum), int(count))
+    state = records.load(last / artifacts.CHECKPOINT_STATE, records.CheckpointState)
+    extra = state.extra or records.CheckpointExtra()
+    seed_run.tracker.history = [records.as_dict(e) for e in extra.evaluations or []]
+    seed_run.tracker.seconds = extra.eval_seconds or 0.0
+    seed_run.seconds = extra.seconds or 0.0
+    seed_run.running = extra.running_loss or (0.0, 0)
     if job.engine.is_main:
         job.engine.console.print(f"seed {seed_run.seed}: resuming from step {start} ({last})")
     return start

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tamt_cli import __version__, artifacts, hub
+from tamt_cli import __version__, artifacts, hub, records
 from tamt_cli.hub import Push
 
 #: tags every card carries (the method's name and ``sparse`` are added where they apply)
@@ -150,18 +150,18 @@ def _quote(word: str) -> str:
 
 def search_command(run_dir: Path) -> str | None:
     """The ``tamt search`` command of a search run, from its saved spec (None without one)."""
-    import yaml
-
     from tamt_cli.specs import SearchSpec
 
+    values = saved_spec(run_dir)
+    return None if values is None else command_line("search", SearchSpec, values)
+
+
+def saved_spec(run_dir: Path) -> dict[str, Any] | None:
+    """The spec a run saved (``spec.yaml``), None where it saved none."""
     path = Path(run_dir) / artifacts.SPEC_FILE
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    if not path.is_file():
         return None
-    if not isinstance(values, dict):
-        return None
-    return command_line("search", SearchSpec, values)
+    return records.as_dict(records.load(path, records.SavedSpec))
 
 
 # -- what made a mask ------------------------------------------------------------------------
@@ -182,13 +182,14 @@ def _held_out(run_dir: Path, step: int | None) -> float | None:
         return None
     found = None
     with path.open(encoding="utf-8") as lines:
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
-                row = json.loads(line)
+                data = json.loads(line)
             except ValueError:
-                continue
-            losses = [v for k, v in row.items() if k.startswith("eval_loss")]
-            if row.get("step") == step and losses:
+                continue  # a line a killed run left unfinished
+            row = records.check(path, data, records.LogRow, line=number)
+            losses = [v for k, v in records.as_dict(row).items() if k.startswith("eval_loss")]
+            if row.step == step and losses and isinstance(losses[0], int | float):
                 found = float(losses[0])
     return found
 
@@ -199,14 +200,8 @@ def search_record(run_dir: Path, manifest: Mapping[str, Any], entry: Mapping[str
     commands. An export's manifest carries it as ``search`` and ``commands``."""
     if manifest.get("kind") == "subnetwork":
         return dict(manifest.get("search") or {})
-    import yaml
-
     notes = manifest.get("notes") or {}
-    try:
-        spec = yaml.safe_load((Path(run_dir) / artifacts.SPEC_FILE).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        spec = None
-    corpus = (spec or {}).get("corpus") if "corpus" in notes else None
+    corpus = (saved_spec(run_dir) or {}).get("corpus") if "corpus" in notes else None
     step = entry.get("step") if entry.get("step") is not None else notes.get("steps")
     return {
         "objective": notes.get("objective"),

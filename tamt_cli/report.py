@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts, maskfile
+from tamt_cli import artifacts, maskfile, records
 from tamt_cli.display import plus_minus
 from tamt_cli.errors import UserError
 from tamt_cli.tasks.metrics import over_seeds
@@ -69,7 +68,7 @@ def read(paths: Iterable[Path]) -> Inputs:
         if path.is_file() and path.suffix == ".safetensors":
             inputs.mask_files.append(path)
         elif path.is_file() and path.suffix == ".json":
-            inputs.heldout.append(_heldout(path, _load_json(path), None))
+            inputs.heldout.append(_heldout(path, records.load(path, records.HeldOut), None))
         elif path.is_dir() and (path / artifacts.SWEEP_INDEX).is_file():
             _read_sweep(path, inputs)
         elif path.is_dir() and (path / artifacts.MANIFEST).is_file():
@@ -84,13 +83,6 @@ def read(paths: Iterable[Path]) -> Inputs:
     return inputs
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"'{path}' is not readable JSON ({exc})") from None
-
-
 def _read_sweep(path: Path, inputs: Inputs) -> None:
     """A sweep directory's runs, found by its layout: what is on disk counts, as for the sweep
     itself (runs still in progress are hidden or incomplete, and left out)."""
@@ -101,9 +93,8 @@ def _read_sweep(path: Path, inputs: Inputs) -> None:
             if not run.name.startswith(".") and (run / artifacts.MANIFEST).is_file():
                 _read_run(run, inputs)
     for file in artifacts.sweep_heldout_files(path):
-        result = _load_json(file)
-        objective = result.get("objective") if isinstance(result, dict) else None
-        name = artifacts.heldout_subnetwork(file.name, objective)
+        result = records.load(file, records.HeldOut)
+        name = artifacts.heldout_subnetwork(file.name, result.objective)
         if name == DENSE:
             inputs.heldout.append(_heldout(file, result, {"method": DENSE}))
             continue
@@ -127,32 +118,39 @@ def _read_run(path: Path, inputs: Inputs) -> None:
     elif kind == "finetune" and manifest.get("status", "complete") != "complete":
         inputs.notes.append(f"fine-tuning run '{path}' is not complete; left out")
     elif kind == "finetune" and manifest.get("members") is not None:
-        summary = (
-            _load_json(path / artifacts.SUMMARY) if (path / artifacts.SUMMARY).is_file() else {}
-        )
-        selected = summary.get("selected_by")
-        for record in summary.get("runs") or []:
+        file = path / artifacts.SUMMARY
+        summary = records.load(file, records.Summary) if file.is_file() else records.Summary()
+        for run in summary.runs or []:
+            record = records.as_dict(run)
             folder = path / Path(str(record.get("folder", ""))).name
             member = _member_manifest(folder)
             link = (member or manifest).get("subnetwork") or manifest.get("subnetwork") or {}
-            inputs.seeds.append(_seed(path, manifest.get("task"), selected, link, record))
+            task = manifest.get("task")
+            inputs.seeds.append(_seed(path, task, summary.selected_by, link, record))
     elif kind == "finetune":
-        metrics_file = path / artifacts.SEED_METRICS
-        metrics = _load_json(metrics_file) if metrics_file.is_file() else {}
-        record = {"seed": manifest.get("seed"), **{k: metrics.get(k) for k in ("best", "final")}}
+        file = path / artifacts.SEED_METRICS
+        metrics = records.load(file, records.SeedMetrics) if file.is_file() else None
+        record = {
+            "seed": manifest.get("seed"),
+            "best": _evaluation(metrics.best if metrics else None),
+            "final": _evaluation(metrics.final if metrics else None),
+        }
         link = manifest.get("subnetwork") or {}
-        inputs.seeds.append(
-            _seed(path, manifest.get("task"), metrics.get("selected_by"), link, record)
-        )
+        selected = metrics.selected_by if metrics else None
+        inputs.seeds.append(_seed(path, manifest.get("task"), selected, link, record))
     else:
         raise UserError(f"'{path}' is a {kind} run; tamt report reads search and finetune runs")
 
 
 def _member_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        return artifacts.read_manifest(folder)
-    except UserError:
+    """The manifest of a seed's folder; None where the folder has none."""
+    if not (folder / artifacts.MANIFEST).is_file():
         return None
+    return artifacts.read_manifest(folder)
+
+
+def _evaluation(evaluation: records.Evaluation | None) -> dict[str, Any] | None:
+    return None if evaluation is None else records.as_dict(evaluation)
 
 
 def _seed(
@@ -185,31 +183,29 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _heldout(path: Path, result: Any, cell: dict[str, Any] | None) -> dict[str, Any]:
+def _heldout(path: Path, result: records.HeldOut, cell: dict[str, Any] | None) -> dict[str, Any]:
     """An eval --objective result, tied to the subnetwork it scored."""
-    if not isinstance(result, dict) or "objective" not in result or "loss" not in result:
-        raise UserError(f"'{path}' is not the output of tamt eval --objective --json")
     if cell is not None:
         method, sparsity = str(cell.get("method")), _number(cell.get("sparsity"))
     else:
         method, sparsity = _subject_of(result)
     return {
         "file": str(path),
-        "objective": result["objective"],
-        "loss": _number(result["loss"]),
+        "objective": result.objective,
+        "loss": result.loss,
         "method": method,
         "sparsity": None if method == DENSE else sparsity,
     }
 
 
-def _subject_of(result: dict[str, Any]) -> Key:
-    checkpoint = Path(str(result.get("checkpoint")))
+def _subject_of(result: records.HeldOut) -> Key:
+    checkpoint = Path(str(result.checkpoint))
     if (checkpoint / artifacts.MANIFEST).is_file():
         manifest = artifacts.read_manifest(checkpoint)
         return name_of(manifest), _number(manifest.get("sparsity"))
-    if result.get("mask_sparsity") is None:
+    if result.mask_sparsity is None:
         return DENSE, None
-    return checkpoint.name, _number(result.get("mask_sparsity"))
+    return checkpoint.name, result.mask_sparsity
 
 
 # -- the tables -----------------------------------------------------------------------------

@@ -437,16 +437,17 @@ def comparable(spec: Any) -> dict[str, Any]:
 
 
 def _read_index(sweep_dir: Path) -> dict[str, dict[str, Any]]:
-    import json
+    """The cells the sweep's index records, by id (none without an index)."""
+    from tamt_cli import records
 
     path = sweep_dir / artifacts.SWEEP_INDEX
     if not path.is_file():
         return {}
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        return {c["id"]: c for c in index.get("cells", []) if isinstance(c, dict) and "id" in c}
-    except (ValueError, AttributeError, TypeError):
-        raise UserError(f"'{path}' is corrupt; remove it to rebuild the sweep's index") from None
+        index = records.load(path, records.SweepIndex)
+    except UserError as exc:
+        raise UserError(f"{exc}; remove it to rebuild the sweep's index") from None
+    return {cell.id: records.as_dict(cell) for cell in index.cells}
 
 
 def _read_statuses(plan_: Plan) -> None:
@@ -499,29 +500,24 @@ def _status(cell: Cell, sweep_dir: Path, recorded: dict[str, Any] | None) -> Non
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
-    try:
-        return artifacts.read_manifest(path)
-    except UserError:
+    """The manifest of a cell's run; None while it has none (a run stopped before writing it).
+    A damaged one is an error naming it."""
+    if not (path / artifacts.MANIFEST).is_file():
         return None
+    return artifacts.read_manifest(path)
 
 
 def _heldout_problem(path: Path, objective: str | None) -> str | None:
     """What keeps ``path`` from holding the held-out ``objective`` loss as `tamt eval
     --objective --json` prints it (None: nothing). A batch job killed while a shell redirected
     its output into the file leaves it empty or cut short."""
-    import json
+    from tamt_cli import records
 
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        result = records.load(path, records.HeldOut)
+    except UserError:
         return "is empty or unreadable"
-    loss = result.get("loss") if isinstance(result, dict) else None
-    if (
-        isinstance(result, dict)
-        and result.get("objective") == objective
-        and isinstance(loss, (int, float))
-        and not isinstance(loss, bool)
-    ):
+    if result.objective == objective and result.loss is not None:
         return None
     return f"holds no held-out {objective} loss"
 

@@ -38,6 +38,30 @@ class Env:
     kd_stderr: str  # what the interruption of the training run said
     held: list[Any]
 
+    def swept(self) -> Path:
+        """A finished sweep (``out``) of ``grid.yaml``: OMP at 0.5, its held-out KD loss and one
+        SST-2 seed; made on first use, then kept for the session."""
+        from tamt_cli.cli import main
+        from tests.tiny import write_sst2
+
+        root = self.omp.parent / "sweep"
+        if not (root / "out" / artifacts.SWEEP_INDEX).is_file():
+            root.mkdir(exist_ok=True)
+            grid = {
+                "model": str(self.bert),
+                "methods": ["omp"],
+                "sparsities": [0.5],
+                "tasks": ["sst2"],
+                "dense": False,
+                "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "max_length": 32},
+                "data": {"sst2": str(write_sst2(root / "SST-2", train=16, dev=8))},
+                "heldout": {"objective": "kd", "corpus": str(self.corpus), "max_length": 16,
+                            "eval_blocks": 4},
+            }  # fmt: skip
+            (root / "grid.yaml").write_text(json.dumps(grid))
+            assert main(["sweep", str(root / "grid.yaml"), "--out", str(root / "out")]) == 0
+        return root
+
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
@@ -310,6 +334,31 @@ def symlink(link: str, target: str) -> Callable[[Env], None]:
     return make
 
 
+SWEPT_FT = "finetune/sst2-omp-s0.5-seed1"  # the sweep's fine-tuning run
+SWEPT_HELDOUT = "heldout-omp-s0.5-kd.json"
+
+
+def swept(env: Env) -> None:
+    """The finished sweep as ``sw``, its grid as ``grid.yaml``."""
+    shutil.copytree(env.swept() / "out", "sw")
+    shutil.copy(env.swept() / "grid.yaml", "grid.yaml")
+
+
+def tuned(env: Env) -> None:
+    """The sweep's fine-tuning run (one seed) as ``ft``."""
+    shutil.copytree(env.swept() / "out" / SWEPT_FT, "ft")
+
+
+def rewrite_json(path: str, change: Callable[[Any], Any]) -> Callable[[Env], None]:
+    """Replace the JSON in ``path`` by ``change(it)``: valid JSON of another shape."""
+
+    def make(env: Env) -> None:
+        file = Path(path)
+        file.write_text(json.dumps(change(json.loads(file.read_text()))))
+
+    return make
+
+
 def grid_file(path: str = "grid.yaml") -> Callable[[Env], None]:
     """A grid of one one-shot search, with a comment of the user's in it."""
 
@@ -345,6 +394,14 @@ def live_sweep(name: str) -> Callable[[Env], None]:
         env.held.append(sweep.claim(Path(name), None))
 
     return make
+
+
+def with_fields(**fields: Any) -> Callable[[Any], Any]:
+    return lambda data: {**data, **fields}
+
+
+def first_mask_file(number: int) -> Callable[[Any], Any]:
+    return lambda data: {**data, "masks": [{**data["masks"][0], "file": number}]}
 
 
 # -- patches: faults of the machine and interruptions ----------------------------------------
@@ -538,6 +595,65 @@ CASES = [
     Case("checkpoint-pickled-object", ["search", "--resume", "part"],
          "optimizer.pt' is damaged: it holds objects other than tensors",
          checkpoint_file(pickled_object)),
+    # run files of the wrong shape: valid JSON that is not what tamt wrote
+    Case("summary-not-an-object", ["report", "ft"], "'ft/summary.json' is damaged or not a "
+         "tamt fine-tuning summary: it should be an object, not a list",
+         both(tuned, rewrite_json("ft/summary.json", lambda data: []))),
+    Case("summary-runs-not-records", ["report", "ft"],
+         "'ft/summary.json' is damaged or not a tamt fine-tuning summary: field 'runs.0' should "
+         "be an object, not a string",
+         both(tuned, rewrite_json("ft/summary.json", with_fields(runs=["x", 1])))),
+    Case("seed-metrics-not-an-object", ["report", "ft/seed-1"],
+         "'ft/seed-1/metrics.json' is damaged or not a tamt fine-tuned seed's metrics: it should "
+         "be an object, not a list",
+         both(tuned, rewrite_json("ft/seed-1/metrics.json", lambda data: []))),
+    Case("seed-metrics-not-numbers-by-split", ["report", "ft/seed-1"],
+         "field 'best.metrics.validation' should be an object, not a number",
+         both(tuned, rewrite_json("ft/seed-1/metrics.json",
+                                  with_fields(best={"step": 1, "metrics": {"validation": 0.5}})))),
+    Case("manifest-masks-a-string", ["extract", "run"],
+         "'run/manifest.json' is damaged or not a tamt run manifest: field 'masks' should be a "
+         "list, not a string",
+         both(omp_run, rewrite_json("run/manifest.json", with_fields(masks="masks.safetensors")))),
+    Case("manifest-mask-file-a-number", ["extract", "run"],
+         "field 'masks.0.file' should be a string, not an integer",
+         both(omp_run, rewrite_json("run/manifest.json", first_mask_file(3)))),
+    Case("manifest-model-a-list", ["eval", "run", "--objective", "kd", "--corpus", "{corpus}"],
+         "'run/manifest.json' is damaged or not a tamt run manifest: field 'model' should be an "
+         "object, not a list",
+         both(omp_run, rewrite_json("run/manifest.json", with_fields(model=["demo"])))),
+    Case("report-of-a-run-with-a-damaged-manifest", ["report", "ft"],
+         "'ft/manifest.json' is damaged or not a tamt run manifest: field 'members' should be a "
+         "list, not an object",
+         both(tuned, rewrite_json("ft/manifest.json", with_fields(members={"seed-1": 1})))),
+    Case("heldout-not-an-object", ["report", "sw"],
+         f"'sw/{SWEPT_HELDOUT}' is damaged or not the output of tamt eval --objective --json: it "
+         "should be an object, not a list",
+         both(swept, rewrite_json(f"sw/{SWEPT_HELDOUT}", lambda data: []))),
+    Case("heldout-without-objective", ["report", "sw"],
+         f"'sw/{SWEPT_HELDOUT}' is damaged or not the output of tamt eval --objective --json: "
+         "field 'objective' is missing",
+         both(swept, rewrite_json(f"sw/{SWEPT_HELDOUT}", lambda data: {"loss": 3.5}))),
+    Case("heldout-loss-not-a-number", ["report", f"sw/{SWEPT_HELDOUT}"],
+         "field 'loss' should be a number, not a string",
+         both(swept, rewrite_json(f"sw/{SWEPT_HELDOUT}", with_fields(loss="low")))),
+    Case("sweep-index-cells-not-a-list", ["sweep", "grid.yaml", "--out", "sw"],
+         "'sw/sweep.json' is damaged or not a tamt sweep index: field 'cells' should be a list, "
+         "not a string; remove it to rebuild the sweep's index",
+         both(swept, rewrite_json("sw/sweep.json", with_fields(cells="all")))),
+    Case("sweep-index-cell-spec-a-string", ["sweep", "grid.yaml", "--out", "sw"],
+         "field 'cells.1.spec' should be an object, not a string",
+         both(swept, rewrite_json("sw/sweep.json", lambda data: {
+             **data, "cells": [data["cells"][0], {**data["cells"][1], "spec": "x"}]}))),
+    Case("sweep-cell-manifest-damaged", ["sweep", "grid.yaml", "--out", "sw"],
+         "'sw/search/omp-s0.5/manifest.json' is damaged or not a tamt run manifest: field "
+         "'status' should be a string, not an integer",
+         both(swept, rewrite_json("sw/search/omp-s0.5/manifest.json", with_fields(status=1)))),
+    Case("checkpoint-state-scheduler-not-an-object", ["search", "--resume", "part"],
+         "state.json' is damaged or not a tamt checkpoint's state: field 'scheduler' should be "
+         "an object, not a list",
+         checkpoint_file(lambda folder: (folder / "state.json").write_text(
+             '{"step": 2, "scheduler": []}'))),
     # corpora: before the run folder is made, or with it removed again
     Case("corpus-empty", [*KD_TEXT, "--out", "r"], "is empty", write_corpus(b"")),
     Case("corpus-binary", [*KD_TEXT, "--out", "r"], "holds a NUL byte",

@@ -113,6 +113,32 @@ def test_sweep_runs_every_cell_as_an_ordinary_run(swept):
                 assert Path(link["path"]) == (out / c["needs"]).resolve()
 
 
+def test_every_file_of_a_sweep_reads_back_through_its_model_unchanged(swept):
+    from tamt_cli import records
+
+    _, out = swept
+    models = {
+        "manifest.json": None,  # by its kind
+        "summary.json": records.Summary,
+        "metrics.json": records.SeedMetrics,
+        "sweep.json": records.SweepIndex,
+        "spec.yaml": records.SavedSpec,
+    }
+    read = set()
+    for path in sorted(out.rglob("*")):
+        model = records.HeldOut if path.name.startswith("heldout-") else models.get(path.name)
+        if path.name not in models and model is None:
+            continue
+        if path.suffix == ".yaml":
+            data = yaml.safe_load(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+        model = model or records.manifest_model(data)
+        assert records.as_dict(records.load(path, model)) == data, path
+        read.add(model)
+    assert len(read) == 7  # search and fine-tuning manifests, and each of the others
+
+
 def test_second_run_is_a_no_op(swept, cli):
     path, out = swept
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/manifest.json")}
