@@ -511,12 +511,18 @@ def _heldout_problem(path: Path, objective: str | None) -> str | None:
     """What keeps ``path`` from holding the held-out ``objective`` loss as `tamt eval
     --objective --json` prints it (None: nothing). A batch job killed while a shell redirected
     its output into the file leaves it empty or cut short."""
+    import json
+
     from tamt_cli import records
 
     try:
-        result = records.load(path, records.HeldOut)
-    except UserError:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return "is empty or unreadable"
+    try:
+        result = records.check(path, data, records.HeldOut)
+    except UserError:
+        return f"holds no held-out {objective} loss"
     if result.objective == objective and result.loss is not None:
         return None
     return f"holds no held-out {objective} loss"
