@@ -222,10 +222,12 @@ def test_a_ctrl_c_in_the_restarted_start_up_is_reported(tmp_path):
 
 
 def _sigint_blocked(pid: int) -> bool | None:
-    """Whether the process holds SIGINT (its ``SigBlk``), None once it is gone."""
+    """Whether the process holds SIGINT (its ``SigBlk``), None once it has ended."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
+        return None
+    if re.search(r"^State:\s*[ZX]", text, re.MULTILINE):
         return None
     found = re.search(r"^SigBlk:\s*([0-9a-fA-F]+)", text, re.MULTILINE)
     return found is not None and bool(int(found.group(1), 16) >> (signal.SIGINT - 1) & 1)
