@@ -16,13 +16,9 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("tamt-cli")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+__version__: str  # read when first asked for (module ``__getattr__``)
 
 #: the command modules that are also the Python API's functions
 _COMMANDS = ("search", "extract", "finetune", "evaluate")
@@ -78,7 +74,21 @@ def _callable(module: Any) -> Any:
 sys.modules[__name__].__class__ = _Package
 
 
+def _version() -> str:
+    """tamt's version, read from its installed metadata when first asked for: the ``tamt``
+    command starts without ``importlib.metadata`` until it needs it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tamt-cli")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = found = _version()
+        return found
     if name in _COMMANDS:  # not imported yet
         return _callable(importlib.import_module(f"{__name__}.{name}"))
     if name in _LAZY:

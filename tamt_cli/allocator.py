@@ -13,19 +13,26 @@ by glibc's rising threshold), it peaks at 1.21 times, for about 3% of a step's t
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the process
 replaces itself once (``exec``: same process id, same arguments, same environment plus the
-setting). Left alone: another platform or C library, a ``GLIBC_TUNABLES`` that already sets a
-``glibc.malloc`` tunable, an allocator in ``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc),
-``TAMT_MALLOC=system``, and shell completion. What a run computes does not depend on any of it.
+setting), which costs a second start of the interpreter (about 40 ms). Only the commands that
+train pay it (:func:`pays`, read from the command line alone); every other command, ``--help``,
+``--dry-run`` and shell completion run as they are. Left alone as well: another platform or C
+library, a ``GLIBC_TUNABLES`` that already sets a ``glibc.malloc`` tunable, an allocator in
+``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), ``TAMT_MALLOC=system``. What a run computes does
+not depend on any of it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: the settings: no per-thread cache of small blocks; blocks of 4 MiB and more mapped on their own
 TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=4194304"
+#: the built-in methods that train nothing (a one-shot mask from the weights or at random)
+ONE_SHOT = frozenset({"omp", "random"})
+#: words after which a command runs nothing that trains: its help, its resolved spec, a listing
+_NO_RUN = frozenset({"-h", "--help", "--dry-run", "--print-commands"})
 
 
 def glibc() -> str | None:
@@ -35,6 +42,52 @@ def glibc() -> str | None:
     except (AttributeError, ValueError, OSError):
         return None
     return name if name and name.startswith("glibc") else None
+
+
+def pays(args: Sequence[str]) -> bool:
+    """Whether the command line ``args`` (``sys.argv[1:]``) runs a command that trains, or
+    scores a masked model batch after batch, so that the settings are worth a second start:
+    ``finetune``, ``sweep``, ``eval --objective``, and ``search`` unless the command line names
+    a method in :data:`ONE_SHOT`. Only the words are read (no spec file, no plugin), so where they
+    cannot tell, the settings are taken: a ``search`` whose method comes from ``--spec`` or
+    ``--resume``, an ``eval --spec`` without ``--task``. ``bench`` runs as it is: it trains
+    nothing, and its latencies are those of a process with glibc's defaults, as a served model
+    has. ``--help``, ``--dry-run``, ``sweep --print-commands`` and the other commands run as
+    they are."""
+    words = list(args)
+    if "--" in words:  # what follows is values, never options
+        words = words[: words.index("--")]
+    root = 0
+    while root < len(words) and words[root].startswith("-"):  # -q, -v: they take no value
+        root += 1
+    if root == len(words) or "--version" in words[:root] or _NO_RUN.intersection(words):
+        return False
+    command, rest = words[root], words[root + 1 :]
+    if command in ("finetune", "sweep"):
+        return True
+    if command == "eval":
+        spec_only = _given(rest, "--spec") and not _given(rest, "--task")
+        return _given(rest, "--objective") or spec_only
+    if command == "search":
+        return _value(rest, "--method", "-m") not in ONE_SHOT
+    return False
+
+
+def _given(words: Sequence[str], option: str) -> bool:
+    return any(word == option or word.startswith(f"{option}=") for word in words)
+
+
+def _value(words: Sequence[str], option: str, short: str) -> str | None:
+    """The value of the last ``--option V``, ``--option=V``, ``-s V`` or ``-sV`` in ``words``."""
+    value = None
+    for i, word in enumerate(words):
+        if word in (option, short):
+            value = words[i + 1] if i + 1 < len(words) else None
+        elif word.startswith(f"{option}="):
+            value = word.partition("=")[2]
+        elif word.startswith(short) and not word.startswith("--"):
+            value = word[len(short) :]
+    return value
 
 
 def allocator_env(environ: Mapping[str, str], libc: str | None) -> dict[str, str] | None:
@@ -54,9 +107,12 @@ def allocator_env(environ: Mapping[str, str], libc: str | None) -> dict[str, str
 
 
 def state() -> dict[str, Any]:
-    """The C library and the malloc settings this process runs with (``tamt env``)."""
+    """The C library and the malloc settings the commands that train run with (``tamt env``,
+    which itself runs as it is)."""
+    libc = glibc()
+    env = allocator_env(os.environ, libc)
     return {
-        "libc": glibc(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "libc": libc,
+        "glibc_tunables": (os.environ if env is None else env).get("GLIBC_TUNABLES"),
         "ld_preload": os.environ.get("LD_PRELOAD"),
     }
