@@ -146,7 +146,16 @@ class Engine:
         report_to: Sequence[str] = (),
     ) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
+        # Accelerate keeps one state per process and refuses another precision later; a process
+        # that runs several commands (the Python API, a notebook) may choose one per command.
+        # The process group (PartialState) is kept.
+        if (
+            AcceleratorState._shared_state.get("_mixed_precision", mixed_precision)
+            != mixed_precision
+        ):
+            AcceleratorState._reset_state()
         # Accelerate only forms a CPU process group (gloo) when told the run is on the CPU.
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         cpu = several and not torch.cuda.is_available()

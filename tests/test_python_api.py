@@ -142,6 +142,18 @@ def test_kd_search_extract_export_and_evaluate(here, tiny_bert, corpus, capfd):
     assert capfd.readouterr().out == ""
 
 
+def test_commands_of_one_process_may_each_choose_their_precision(here, tiny_bert, corpus, sst2):
+    """Accelerate's state is one per process: a bf16 search followed by an fp32 fine-tuning in
+    one notebook runs both, each at its own precision."""
+    run = tamt.search(model=str(tiny_bert), corpus=corpus, mixed_precision="bf16", **KD)
+    assert json.loads((run.run / "manifest.json").read_text())["status"] == "complete"
+    sub = tamt.extract(run, export="sub", quiet=True)
+    tuned = tamt.finetune(sub, data_dir=sst2, seeds=[1], out="ft", quiet=True, **SMALL)
+    assert 0 <= tuned.seeds[1].best["validation/accuracy"] <= 100
+    spec = json.loads(Path("ft/summary.json").read_text())
+    assert spec["runs"][0]["seed"] == 1
+
+
 def test_finetune_and_evaluate_give_scores_per_seed_and_over_seeds(here, omp, sst2):
     tuned = tamt.finetune(omp, data_dir=sst2, seeds=[1, 2], out="ft", quiet=True, **SMALL)
     assert isinstance(tuned, tamt.FinetuneResult)
