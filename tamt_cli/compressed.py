@@ -9,12 +9,14 @@ by four tensors, as compressed-tensors' ``sparse-bitmask`` format lays them out:
   where ``W[r, c] ≠ 0`` (NumPy's ``packbits`` along the rows, little bit order);
 * ``<module>.row_offsets``: where each row starts in ``compressed`` (int64).
 
-Every other tensor is stored as it is. ``config.json`` carries a ``quantization_config`` with
-``quant_method: compressed-tensors`` and a ``sparsity_config`` (``format: sparse-bitmask``), as
-compressed-tensors writes it. compressed-tensors dropped its sparse compressors in 0.15 and
-transformers 5 needs 0.15 or newer, so no released pair of the two reads such a folder with
-transformers 5: :func:`dense_state` (or the few lines of NumPy in docs/runs.md, "Compressed
-exports") decodes it.
+Every other tensor is stored as it is. ``config.json`` carries a ``quantization_config`` holding
+compressed-tensors' ``sparsity_config`` (``format: sparse-bitmask``) and no ``quant_method``:
+compressed-tensors dropped its sparse compressors in 0.15 and transformers 5 needs 0.15 or
+newer, so no released pair of the two reads such a folder, and with ``quant_method:
+compressed-tensors`` transformers would load it with the masked matrices freshly initialised
+once compressed-tensors is installed; without ``quant_method`` it refuses the folder whatever is
+installed. :func:`dense_state` (or the few lines of NumPy in docs/runs.md, "Compressed
+exports") decodes it, checking the layout as it goes.
 """
 
 from __future__ import annotations
@@ -82,11 +84,12 @@ def compress_state(state: Mapping[str, Any], names: Iterable[str]) -> dict[str, 
 
 
 def config_entry(names: Iterable[str], sparsity: float, structure: str) -> dict[str, Any]:
-    """The ``quantization_config`` that names the format in ``config.json``."""
+    """The ``quantization_config`` that names the format in ``config.json``: compressed-tensors'
+    ``sparsity_config`` and no ``quant_method``, so that transformers refuses the folder (a
+    ``ValueError``, before it asks for any quantization package) instead of loading the masked
+    matrices freshly initialised, which it does with compressed-tensors 0.15 or newer installed
+    when ``quant_method`` is ``compressed-tensors``."""
     return {
-        "quant_method": "compressed-tensors",
-        "format": "dense",
-        "config_groups": {},
         "sparsity_config": {
             "format": FORMAT,
             "global_sparsity": sparsity,
