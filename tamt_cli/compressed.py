@@ -64,7 +64,7 @@ def decode(parts: Mapping[str, Any]) -> Any:
     ).astype(bool)
     values = parts["compressed"]
     dense = torch.zeros(shape, dtype=values.dtype)
-    dense[torch.from_numpy(keep.reshape(shape))] = values
+    dense.masked_scatter_(torch.from_numpy(keep.reshape(shape)), values)  # row-major order
     return dense
 
 

@@ -77,7 +77,7 @@ def check(
             raise UserError(
                 f"{where}: '{name}' has shape {list(weight.shape)} and its mask {list(mask.shape)}"
             )
-        stray = int(((weight != 0) & ~mask.bool()).sum())
+        stray = int(torch.count_nonzero(weight.masked_fill(mask.bool(), 0)))
         if stray:
             raise UserError(
                 f"{where}: '{name}' is non-zero at {stray} position{'s' if stray > 1 else ''} "
@@ -91,15 +91,15 @@ def check(
     for name in sorted(set(state) & set(weights)):
         want = weights[name].detach().to("cpu")
         if name in masks:
-            want = torch.where(masks[name].bool(), want, torch.zeros((), dtype=want.dtype))
-        have = state[name]
+            want = want.masked_fill(~masks[name].bool(), 0)
+        have = state[name].to(want.dtype)
         if have.shape != want.shape:
             raise UserError(
                 f"{where}: '{name}' has shape {list(have.shape)}; the weights of '{model}', "
                 f"which it was cut from, {list(want.shape)}"
             )
-        differ = int((have.to(want.dtype) != want).sum())
-        if differ:
+        if not torch.equal(have, want):
+            differ = int(torch.count_nonzero(have != want))
             raise UserError(
                 f"{where}: '{name}' is not the weights of '{model}' under its mask, which the "
                 f"export was cut from ({differ} of {want.numel()} differ)"
