@@ -181,12 +181,13 @@ def _dense_and_masked(spec: BenchSpec, subject: Any, console: Console) -> tuple[
     are recorded) and a copy with the mask's zeros in its weights."""
     import copy
 
-    from tamt_cli import masking, models
+    from tamt_cli import exports, masking, models
 
     with console.status(f"loading model {subject.ref.given}"):
         dense = models.load_encoder(subject.ref).eval()
     if subject.weights_sha256 is not None:
         models.check_weights(dense, subject.weights_sha256, subject.ref.given, spec.subnetwork)
+        exports.check_against(subject, dense)
     weights = _prunable(dense, subject)
     masking.check_fits(subject.masks, masking.shapes(weights), f"the mask of '{spec.subnetwork}'")
     masked = copy.deepcopy(dense)

@@ -9,12 +9,14 @@ by four tensors, as compressed-tensors' ``sparse-bitmask`` format lays them out:
   where ``W[r, c] ≠ 0`` (NumPy's ``packbits`` along the rows, little bit order);
 * ``<module>.row_offsets``: where each row starts in ``compressed`` (int64).
 
-Every other tensor is stored as it is. ``config.json`` carries a ``quantization_config`` with
-``quant_method: compressed-tensors`` and a ``sparsity_config`` (``format: sparse-bitmask``), as
-compressed-tensors writes it. compressed-tensors dropped its sparse compressors in 0.15 and
-transformers 5 needs 0.15 or newer, so no released pair of the two reads such a folder with
-transformers 5: :func:`dense_state` (or the few lines of NumPy in docs/runs.md, "Compressed
-exports") decodes it.
+Every other tensor is stored as it is. ``config.json`` carries a ``quantization_config`` holding
+compressed-tensors' ``sparsity_config`` (``format: sparse-bitmask``) and no ``quant_method``:
+compressed-tensors dropped its sparse compressors in 0.15 and transformers 5 needs 0.15 or
+newer, so no released pair of the two reads such a folder, and with ``quant_method:
+compressed-tensors`` transformers would load it with the masked matrices freshly initialised
+once compressed-tensors is installed; without ``quant_method`` it refuses the folder whatever is
+installed. :func:`dense_state` (or the few lines of NumPy in docs/runs.md, "Compressed
+exports") decodes it, checking the layout as it goes.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def decode(parts: Mapping[str, Any]) -> Any:
     ).astype(bool)
     values = parts["compressed"]
     dense = torch.zeros(shape, dtype=values.dtype)
-    dense[torch.from_numpy(keep.reshape(shape))] = values
+    dense.masked_scatter_(torch.from_numpy(keep.reshape(shape)), values)  # row-major order
     return dense
 
 
@@ -82,11 +84,12 @@ def compress_state(state: Mapping[str, Any], names: Iterable[str]) -> dict[str, 
 
 
 def config_entry(names: Iterable[str], sparsity: float, structure: str) -> dict[str, Any]:
-    """The ``quantization_config`` that names the format in ``config.json``."""
+    """The ``quantization_config`` that names the format in ``config.json``: compressed-tensors'
+    ``sparsity_config`` and no ``quant_method``, so that transformers refuses the folder (a
+    ``ValueError``, before it asks for any quantization package) instead of loading the masked
+    matrices freshly initialised, which it does with compressed-tensors 0.15 or newer installed
+    when ``quant_method`` is ``compressed-tensors``."""
     return {
-        "quant_method": "compressed-tensors",
-        "format": "dense",
-        "config_groups": {},
         "sparsity_config": {
             "format": FORMAT,
             "global_sparsity": sparsity,
@@ -127,7 +130,8 @@ def is_compressed(folder: Path) -> bool:
 
 
 def dense_state(folder: Path) -> dict[str, Any]:
-    """The dense state dict of a compressed export (every weight decoded)."""
+    """The dense state dict of a compressed export (every weight decoded), with a one-line
+    error naming the tensor when the layout does not hold together (:func:`decode_checked`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -136,18 +140,56 @@ def dense_state(folder: Path) -> dict[str, Any]:
         stored = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise UserError(f"cannot read compressed weights '{path}': {exc}") from None
-    state: dict[str, Any] = {}
-    for key, value in stored.items():
-        prefix, _, part = key.rpartition(".")
-        if part not in PARTS:
-            state[key] = value
-        elif part == "bitmask":
-            try:
-                parts = {p: stored[f"{prefix}.{p}"] for p in PARTS}
-            except KeyError as missing:
-                raise UserError(f"'{path}' lacks {missing} of '{prefix}.weight'") from None
-            state[f"{prefix}.weight"] = decode(parts)
+    prefixes = sorted({k.rpartition(".")[0] for k in stored if k.rpartition(".")[2] in PARTS})
+    state = {k: v for k, v in stored.items() if k.rpartition(".")[2] not in PARTS}
+    for prefix in prefixes:
+        keys = [f"{prefix}.{p}" for p in PARTS]
+        missing = [k for k in keys if k not in stored]
+        if missing:
+            held = next(k for k in keys if k in stored)
+            raise UserError(f"'{path}' is damaged: it holds '{held}' but no '{missing[0]}'")
+        if f"{prefix}.weight" in state:
+            raise UserError(f"'{path}' is damaged: it holds '{prefix}.weight' dense and compressed")
+        try:
+            state[f"{prefix}.weight"] = decode_checked({p: stored[f"{prefix}.{p}"] for p in PARTS})
+        except ValueError as exc:
+            raise UserError(f"'{path}' is damaged: '{prefix}.{exc}") from None
     return state
+
+
+def decode_checked(parts: Mapping[str, Any]) -> Any:
+    """:func:`decode` after checking that the four tensors agree: ``shape`` two sizes,
+    ``bitmask`` ``uint8`` of ``R × ⌈C/8⌉`` bytes with no bit set past column ``C``, as many
+    floating-point ``compressed`` values as set bits, ``row_offsets`` where each row's values
+    start. A ``ValueError`` otherwise, its message the part's name and what is wrong with it
+    (``bitmask' is uint8 [4, 1]; ...``: the caller puts the weight's name before it)."""
+    import torch
+
+    shape, bits, values = parts["shape"], parts["bitmask"], parts["compressed"]
+    sizes = shape.tolist() if shape.dim() == 1 and not shape.is_floating_point() else None
+    if sizes is None or len(sizes) != 2 or min(sizes) < 0:
+        raise ValueError(f"shape' holds {shape.tolist()}; a matrix's shape is two sizes")
+    rows, cols = sizes
+    needs = [rows, -(-cols // 8)]
+    if bits.dtype != torch.uint8 or list(bits.shape) != needs:
+        kind = f"{str(bits.dtype).removeprefix('torch.')} {list(bits.shape)}"
+        raise ValueError(f"bitmask' is {kind}; a {sizes} matrix needs uint8 {needs}")
+    keep = np.unpackbits(bits.numpy(), axis=-1, bitorder="little")
+    if keep[:, cols:].any():
+        raise ValueError(f"bitmask' has bits set beyond its {cols} columns")
+    counts = keep.sum(axis=1, dtype=np.int64)
+    if values.dim() != 1 or not values.is_floating_point():
+        kind = str(values.dtype).removeprefix("torch.")
+        raise ValueError(f"compressed' is {kind} {list(values.shape)}, not a row of values")
+    if values.numel() != counts.sum():
+        raise ValueError(
+            f"compressed' holds {values.numel()} values; its bitmask keeps {int(counts.sum())}"
+        )
+    offsets = parts["row_offsets"]
+    starts = (np.cumsum(counts) - counts).tolist()
+    if offsets.dim() != 1 or offsets.is_floating_point() or offsets.tolist() != starts:
+        raise ValueError("row_offsets' does not match its bitmask")
+    return decode(parts)
 
 
 def load_model(folder: Path, cls: Any = None) -> Any:
@@ -156,10 +198,19 @@ def load_model(folder: Path, cls: Any = None) -> Any:
 
     cls = cls or AutoModel
     config = AutoConfig.from_pretrained(str(folder))
+    quantization = getattr(config, "quantization_config", None)
+    sparsity = quantization.get("sparsity_config") or {} if isinstance(quantization, dict) else {}
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = cls.from_config(config)
-    model.load_state_dict(dense_state(folder), strict=False)
+    state = dense_state(folder)
+    absent = [f"{t}.weight" for t in sparsity.get("targets") or [] if f"{t}.weight" not in state]
+    if absent:
+        raise UserError(
+            f"'{Path(folder) / WEIGHTS_FILE}' is damaged: it holds no '{absent[0]}', a weight "
+            "its config.json lists as compressed"
+        )
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 

@@ -114,7 +114,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
     scored with the same head (``--head shared``): the checkpoint's pre-trained head, or one
     fitted once on the dense model; ``--head own`` scores a search run with the head it
     trained along with its mask."""
-    from tamt_cli import objectives, pretraining
+    from tamt_cli import exports, objectives, pretraining
     from tamt_cli.engine import Engine
 
     assert spec.objective is not None
@@ -130,6 +130,7 @@ def run_objective(spec: EvalSpec, console: Console) -> dict[str, Any]:
             model = models.load_encoder(subject.ref)
         recorded = (subject.manifest or {}).get("model", {}).get("weights_sha256")
         models.check_weights(model, recorded, subject.ref.given, f"'{spec.checkpoint}'")
+        exports.check_against(subject, model)
         weights = masking.prunable_weights(
             model, embeddings=subject.embeddings, pooler=subject.pooler
         )

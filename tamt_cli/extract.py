@@ -43,6 +43,10 @@ def run(
     entry = artifacts.choose_mask(manifest, spec.run, step=spec.step, sparsity=spec.sparsity)
     mask_path = Path(spec.run) / entry["file"]
     masks = masking_cpu(maskfile.load_masks(mask_path))
+    if manifest.get("kind") == "subnetwork" and spec.export is None:  # with --export: in export()
+        from tamt_cli import exports
+
+        exports.check(Path(spec.run), masks)
     infos = [SimpleNamespace(**m) for m in manifest["sparsity_report"]["matrices"]]
     masking.check_fits(masks, {m.name: m.shape for m in infos}, f"mask file '{mask_path}'")
     targets = {m.name: m.target for m in infos}
@@ -84,7 +88,7 @@ def export(
     masked weights in the sparse-bitmask layout (``compressed``), plus mask file, manifest and
     model card; ``replace``: an existing folder (checked by ``artifacts.check_output``) is
     replaced; ``push``: where the card says the export is (its load snippet)."""
-    from tamt_cli import compressed, masking, models, pretraining
+    from tamt_cli import compressed, exports, masking, models, pretraining
 
     record = manifest["model"]
     ref = models.resolve(record["id"])
@@ -95,6 +99,9 @@ def export(
         model, embeddings=manifest.get("embeddings", True), pooler=manifest.get("pooler", True)
     )
     masking.check_fits(masks, masking.shapes(weights), f"the mask of run '{spec.run}'")
+    if manifest.get("kind") == "subnetwork":  # an export exported again: its own weights first
+        base = model if record["weights_sha256"] is not None else None
+        exports.check(Path(spec.run), masks, base, record["id"])
     masking.bake_masks(weights, masks)
     assert spec.export is not None
     sub_manifest = artifacts.new_manifest(

@@ -2,7 +2,8 @@
 a fine-tuned model or a plain model, resolved to a model and the mask (if any) over it.
 
 Used by `tamt finetune`, `tamt eval` and `tamt sweep`; reads run directories through
-:mod:`tamt_cli.artifacts` and never loads weights itself.
+:mod:`tamt_cli.artifacts` and loads no model itself (an export's own weights are read, to be
+checked against its mask: :mod:`tamt_cli.exports`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts, compressed, maskfile, models
+from tamt_cli import artifacts, compressed, exports, maskfile, models
 from tamt_cli.errors import UserError
 
 
@@ -33,6 +34,8 @@ class Subject:
     mask_file: Path | None = None
     #: SHA-256 the weights at ``ref`` must have for the mask to mean what it meant (or None)
     weights_sha256: str | None = None
+    #: the export folder, when the subject is an exported subnetwork (``kind`` ``subnetwork``)
+    export: Path | None = None
 
 
 def resolve(
@@ -76,6 +79,8 @@ def resolve(
             raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
         entry = artifacts.choose_mask(manifest, path, step=step)
         masks = maskfile.load_masks(path / entry["file"])
+        if kind == "subnetwork":  # its own weights must hold the mask's zeros
+            exports.check(path, masks)
         head = path / artifacts.HEAD_FILE
         record = manifest["model"]
         # a compressed export's weights are its model's with the mask's zeros: that model
@@ -100,6 +105,7 @@ def resolve(
             kind=str(kind),
             mask_file=path / entry["file"],
             weights_sha256=sha,
+            export=path if kind == "subnetwork" else None,
         )
     if step is not None:
         raise UserError(f"--step needs a search run; '{checkpoint}' is a model")

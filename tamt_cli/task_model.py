@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tamt_cli import masking, models, verbosity
+from tamt_cli import exports, masking, models, verbosity
 from tamt_cli.errors import UserError
 
 # task data lives in task_data; plugins of API 1 reach it here too (``api.transfer``)
@@ -73,6 +73,7 @@ def build(task: Any, subject: Subject, seed: int) -> TaskModel:
             encoder, subject.weights_sha256, subject.ref.given, f"the mask '{subject.mask_file}'"
         )
         del encoder
+    exports.check_against(subject, model)
     if subject.masks is None:
         return TaskModel(model, [], None, notes)
     weights, masks, dropped = fit_masks(model, subject.masks, f"the mask of '{subject.mask_file}'")

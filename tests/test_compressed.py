@@ -62,7 +62,7 @@ def test_compressed_export_gives_the_dense_exports_outputs(cli, tiny_bert):
     manifest = json.loads((small / "manifest.json").read_text())
     assert manifest["format"] == "compressed" and manifest["kind"] == "subnetwork"
     config = json.loads((small / "config.json").read_text())["quantization_config"]
-    assert config["quant_method"] == "compressed-tensors"
+    assert "quant_method" not in config  # transformers refuses it: see the test below
     assert config["sparsity_config"]["format"] == "sparse-bitmask"
     assert config["sparsity_config"]["sparsity_structure"] == "unstructured"
     assert compressed.is_compressed(small) and not compressed.is_compressed(Path("dense"))
@@ -101,21 +101,24 @@ def test_compressed_export_gives_the_dense_exports_outputs(cli, tiny_bert):
     assert cli("extract", "small", "--json").code == 0
 
 
-def test_plain_transformers_does_not_load_it_silently(cli, tiny_bert):
-    """Without compressed-tensors, transformers refuses the folder (it names the package)."""
-    pytest.importorskip("transformers")
-    try:
-        import compressed_tensors  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("compressed-tensors is installed: transformers then loads random weights")
-    from transformers import AutoModel
+def test_transformers_refuses_it_whatever_is_installed(cli, tiny_bert):
+    """transformers refuses the folder instead of loading the masked matrices freshly
+    initialised: its quantization config has no ``quant_method``, which transformers checks
+    first, before it looks for compressed-tensors, so the refusal is the same with
+    compressed-tensors installed (the ``quant_method: compressed-tensors`` of earlier exports
+    loaded random matrices then)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers.quantizers.auto import AutoHfQuantizer
 
     assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "run").code == 0
     assert cli("extract", "run", "--export", "small", "--format", "compressed").code == 0
-    with pytest.raises(ImportError, match="compressed-tensors"):
-        AutoModel.from_pretrained("small")
+    for cls in (AutoModel, AutoModelForSequenceClassification):
+        with pytest.raises(ValueError, match="has no `quant_method` attribute"):
+            cls.from_pretrained("small")
+    config = AutoConfig.from_pretrained("small")  # the config itself still reads
+    with pytest.raises(ValueError, match="quant_method"):
+        AutoHfQuantizer.supports_quant_method(config.quantization_config)
+    assert compressed.load_model(Path("small")) is not None
 
 
 def test_documented_recipe_loads_a_compressed_export(cli, tiny_bert):

@@ -219,6 +219,86 @@ def set_padding(tensors: dict, meta: dict) -> None:
     tensors["pooler.dense.weight"][-1] = 0xFF
 
 
+#: exports of the one-shot run (``--format`` → folder), made once for every case that needs one
+EXPORTS: dict[str, Path] = {}
+Q = QUERY.removesuffix(".weight")
+
+
+def exported(fmt: str, damage: Callable[[dict, dict], None] | None = None,
+             name: str = "x") -> Callable[[Env], None]:  # fmt: skip
+    """An export of the one-shot run as ``name`` (``--format fmt``), its weights rewritten with
+    ``damage(tensors, masks)`` applied (a well-formed safetensors file whose content is not)."""
+
+    def make(env: Env) -> None:
+        from safetensors.torch import load_file, save_file
+
+        from tamt_cli.cli import main
+
+        source = EXPORTS.get(fmt)
+        if source is None:
+            source = env.omp.parent / f"export-{fmt}"
+            if not source.exists():
+                code = main(["-q", "extract", str(env.omp), "--export", str(source), "--format",
+                             fmt])  # fmt: skip
+                assert code == 0
+            EXPORTS[fmt] = source
+        shutil.copytree(source, name)
+        if damage is not None:
+            path = Path(name, "model.safetensors")
+            tensors = dict(load_file(str(path)))
+            damage(tensors, maskfile.load_masks(Path(name, artifacts.MASK_FILE)))
+            save_file(tensors, str(path), metadata={"format": "pt"})
+
+    return make
+
+
+def unprune(tensors: dict, masks: dict) -> None:
+    """One weight the mask prunes is no longer zero."""
+    tensors[QUERY][tuple((~masks[QUERY]).nonzero()[0].tolist())] = 0.5
+
+
+def shift_kept(tensors: dict, masks: dict) -> None:
+    """One weight the mask keeps is no longer the pre-trained model's."""
+    tensors[QUERY][tuple(masks[QUERY].nonzero()[0].tolist())] += 1.0
+
+
+def shift_value(tensors: dict, masks: dict) -> None:
+    tensors[f"{Q}.compressed"][0] += 1.0
+
+
+def drop_value(tensors: dict, masks: dict) -> None:
+    tensors[f"{Q}.compressed"] = tensors[f"{Q}.compressed"][:-1].clone()
+
+
+def narrow_bitmask(tensors: dict, masks: dict) -> None:
+    tensors[f"{Q}.bitmask"] = tensors[f"{Q}.bitmask"][:, :-1].clone()
+
+
+def drop_part(part: str) -> Callable[[dict, dict], None]:
+    def damage(tensors: dict, masks: dict) -> None:
+        del tensors[f"{Q}.{part}"]
+
+    return damage
+
+
+def drop_weight(tensors: dict, masks: dict) -> None:
+    for key in [k for k in tensors if k == QUERY or k.startswith(f"{Q}.")]:
+        del tensors[key]
+
+
+def shift_offsets(tensors: dict, masks: dict) -> None:
+    tensors[f"{Q}.row_offsets"][1] += 1
+
+
+def widen_shape(tensors: dict, masks: dict) -> None:
+    tensors[f"{Q}.shape"][1] = 40
+
+
+def no_weights(tensors: dict, masks: dict) -> None:
+    tensors.clear()
+    tensors["unrelated"] = masks[QUERY].float()
+
+
 def garbage_mask(env: Env) -> None:
     omp_run(env)
     Path("run/masks.safetensors").write_bytes(os.urandom(300))
@@ -461,6 +541,7 @@ KD = ["search", "-m", "kd", "-s", "0.5", "--model", "{bert}", "--corpus", "{corp
 KD_TEXT = [*KD[:-len(TRAIN) - 2], "--corpus", "text.txt", *TRAIN]  # fmt: skip
 FT = ["finetune", "--task", "sst2"]
 LIKE = ["search", "-m", "random", "--like", "m.safetensors", "--model"]
+SHORT = ["--max-length", "16"]
 
 # fmt: off
 CASES = [
@@ -571,6 +652,38 @@ CASES = [
          damaged_mask(halve, "m.safetensors")),
     Case("mask-of-another-model", [*LIKE, "{other}", "--out", "r"], "does not fit the model",
          damaged_mask(lambda t, m: None, "m.safetensors")),
+    # exports: their own weights against their mask and the pre-trained model they were cut from
+    Case("export-pruned-weight-not-zero", [*FT[:1], "x", *FT[1:], *SHORT],
+         f"'{QUERY}' is non-zero at 1 position its mask prunes", exported("dense", unprune)),
+    Case("export-kept-weight-changed", ["extract", "x", "--export", "again"],
+         f"'{QUERY}' is not the weights of", exported("dense", shift_kept)),
+    Case("eval-of-an-export-kept-weight-changed",
+         ["eval", "x", "--objective", "kd", "--corpus", "{corpus}", *SHORT],
+         f"'{QUERY}' is not the weights of", exported("dense", shift_kept)),
+    Case("export-masked-weight-missing", ["extract", "x"], f"holds no '{QUERY}'",
+         exported("dense", drop_weight)),
+    Case("export-weights-file-missing", ["extract", "x"], "holds no model.safetensors",
+         both(exported("dense"), lambda env: Path("x/model.safetensors").unlink())),
+    Case("compressed-export-values-missing", ["extract", "x"],
+         f"'{Q}.compressed' holds 511 values; its bitmask keeps 512",
+         exported("compressed", drop_value)),
+    Case("compressed-export-value-changed", ["bench", "x", *SHORT],
+         f"'{QUERY}' is not the weights of",
+         exported("compressed", shift_value)),
+    Case("compressed-export-bitmask-narrowed", [*FT[:1], "x", *FT[1:], *SHORT],
+         f"'{Q}.bitmask' is uint8 [32, 3]; a [32, 32] matrix needs uint8 [32, 4]",
+         exported("compressed", narrow_bitmask)),
+    Case("compressed-export-bitmask-missing",
+         ["eval", "x", "--objective", "kd", "--corpus", "{corpus}", *SHORT],
+         f"holds '{Q}.shape' but no '{Q}.bitmask'",
+         exported("compressed", drop_part("bitmask"))),
+    Case("compressed-export-row-offsets-wrong", ["extract", "x"],
+         f"'{Q}.row_offsets' does not match its bitmask", exported("compressed", shift_offsets)),
+    Case("compressed-export-shape-wrong", ["extract", "x"],
+         f"'{Q}.bitmask' is uint8 [32, 4]; a [32, 40] matrix needs uint8 [32, 5]",
+         exported("compressed", widen_shape)),
+    Case("compressed-export-masked-weight-missing", ["extract", "x"], f"holds no '{QUERY}'",
+         exported("compressed", drop_weight)),
     # resume
     Case("resume-changed-setting", ["search", "--resume", "part", "-s", "0.6"],
          "started with sparsity=0.5", kd_run),
