@@ -379,8 +379,9 @@ CASES = [
     Case("option-without-value", [*OMP, "-o", "foo"], "takes name=value"),
     Case("seeds-not-integers", [*FT[:1], "run", *FT[1:], "--seeds", "1,x"], "comma-separated"),
     # structured masks
-    Case("structure-the-method-lacks", [*KD, "--structure", "neurons", "--out", "r"],
-         "method 'kd' does not take --structure neurons; omp, random do"),
+    Case("structure-the-method-lacks",
+         [*KD[:2], "imp", *KD[3:], "--structure", "neurons", "--out", "r"],
+         "method 'imp' does not take --structure neurons; kd, mlm, mlm-kd, omp, random do"),
     Case("structure-with-pattern", [*OMP, "--structure", "heads", "--pattern", "2:4"],
          "--structure heads prunes whole units, --pattern single weights"),
     Case("structure-prunes-no-unit", [*OMP[:4], "0.3", *OMP[5:], "--structure", "heads"],

@@ -310,3 +310,153 @@ def test_report_names_structured_runs_apart_and_shows_their_units(cli, neuron_ru
     res = cli("report", neuron_run / "run", "w", "--plots", "figs")
     assert res.code == 0, res.err
     assert Path("figs/layer-sparsity.png").read_bytes().startswith(b"\x89PNG")
+
+
+# -- mask training over units ----------------------------------------------------------------
+
+
+def test_a_unit_score_gets_the_summed_straight_through_gradient_of_its_weights():
+    """A unit's score moves as the sum of the per-weight scores of its rows or columns would:
+    the gradient of ``W ⊙ keep`` with ``keep`` spread over them, taken as the identity."""
+    torch.manual_seed(0)
+    for axis in (0, 1):
+        weight = torch.randn(8, 6) if axis == 0 else torch.randn(6, 8)
+        count = 4  # blocks of 2 rows (columns)
+        score = torch.tensor([0.5, -0.1, 0.3, -0.2], requires_grad=True)
+        keep = score.detach() > 0
+        out = masking._UnitStraightThrough.apply(weight, score, keep, axis, count)
+        x = torch.randn(6 if axis == 0 else 8, 3)
+        (out @ x).square().sum().backward()
+        spread = score.detach().repeat_interleave(2).clone().requires_grad_(True)
+        shaped = spread[:, None] if axis == 0 else spread[None, :]
+        keep_w = (shaped > 0).expand_as(weight)
+        w_score = shaped.expand_as(weight)
+        masked = masking._StraightThrough.apply(weight, w_score, keep_w)
+        assert torch.equal(masked, out.detach())
+        (masked @ x).square().sum().backward()
+        assert torch.allclose(score.grad, spread.grad.reshape(count, 2).sum(1), atol=1e-5)
+
+
+def kd_args(model, corpus, out, *extra):
+    return ["search", "-m", "kd", "-s", "0.5", "--structure", "neurons+heads", "--model", model,
+            "--corpus", corpus, "--max-length", "16", "--batch-size", "4", "--max-steps", "8",
+            "--lr", "0.01", "--seed", "3", "--out", out, *extra]  # fmt: skip
+
+
+def test_kd_trains_unit_scores_saves_exact_unit_masks_and_resumes(
+    cli, tiny_bert, corpus, monkeypatch
+):
+    from tests.tiny import interrupt_mask_training
+
+    res = cli(*kd_args(tiny_bert, corpus, "full", "--save-every", "4"), "--json")
+    assert res.code == 0, res.err
+    manifest = json.loads(Path("full/manifest.json").read_text())
+    assert manifest["structure"] == "neurons+heads"
+    assert manifest["sparsity_report"]["units"]["kept"] == {"neurons": [32, 32], "heads": [1, 1]}
+    for file in ("masks/step-000004.safetensors", "masks.safetensors"):
+        found = maskfile.load_units(Path("full") / file)
+        assert found is not None and found.kept() == {"neurons": [32, 32], "heads": [1, 1]}
+    # the scores moved the units off the unit magnitude's (lr 0.01 over 8 steps)
+    assert manifest["omp_kept_jaccard"] < 1.0
+    # checkpoints hold one score a unit, shared by the matrices the units span
+    resume_normally = interrupt_mask_training(monkeypatch, 6)
+    assert cli(*kd_args(tiny_bert, corpus, "part", "--save-every", "4")).code == 130
+    from safetensors.torch import load_file
+
+    saved = load_file("part/checkpoints/step-000004/trainable.safetensors")
+    scores = {k: v for k, v in saved.items() if k.endswith(".score")}
+    assert sorted(v.numel() for v in scores.values()) == [2, 2, 64, 64]
+    resume_normally()
+    res = cli("search", "--resume", "part")
+    assert res.code == 0, res.err
+    a = maskfile.load_units(Path("full/masks.safetensors"))
+    b = maskfile.load_units(Path("part/masks.safetensors"))
+    assert a is not None and b is not None
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+def test_kd_starts_from_the_unit_magnitude_mask(cli, tiny_bert, corpus):
+    """With a learning rate too small to move a score across τ, the trained mask is the unit
+    magnitude (omp) mask it starts from."""
+    res = cli(*kd_args(tiny_bert, corpus, "kd", "--max-steps", "2", "--lr", "1e-9"))
+    assert res.code == 0, res.err
+    res = cli("search", "-m", "omp", "-s", "0.5", "--structure", "neurons+heads", "--model",
+              tiny_bert, "--out", "omp")  # fmt: skip
+    assert res.code == 0, res.err
+    a = maskfile.load_units(Path("kd/masks.safetensors"))
+    b = maskfile.load_units(Path("omp/masks.safetensors"))
+    assert a is not None and b is not None
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    assert json.loads(Path("kd/manifest.json").read_text())["omp_kept_jaccard"] == 1.0
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+
+
+def test_a_sweep_searches_every_method_with_every_structure(cli, tmp_path, tiny_bert, corpus):
+    import yaml
+
+    sst2 = write_sst2(tmp_path / "SST-2", train=16, dev=8)
+    data = {
+        "model": str(tiny_bert),
+        "methods": ["kd", "omp"],
+        "structures": ["weights", "neurons"],
+        "sparsities": [0.5],
+        "tasks": ["sst2"],
+        "seeds": [1],
+        "dense": False,
+        "search": {"corpus": str(corpus), "max_length": 16, "batch_size": 4, "eval_blocks": 4},
+        "methods_options": {"kd": {"max_steps": 2, "lr": 0.05}},
+        "finetune": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "max_length": 24},
+        "data": {"sst2": str(sst2)},
+        "heldout": {"objective": "kd", "corpus": str(corpus), "max_length": 16, "eval_blocks": 4},
+    }
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(data))
+    res = cli("sweep", grid, "--out", "out")
+    assert res.code == 0, res.err
+    runs = sorted(p.name for p in Path("out/search").iterdir())
+    assert runs == ["kd-neurons-s0.5", "kd-s0.5", "omp-neurons-s0.5", "omp-s0.5"]
+    manifest = json.loads(Path("out/search/kd-neurons-s0.5/manifest.json").read_text())
+    assert (manifest["method"], manifest["structure"], manifest["label"]) == (
+        "kd", "neurons", "kd-neurons"
+    )  # fmt: skip
+    assert json.loads(Path("out/search/kd-s0.5/manifest.json").read_text())["label"] is None
+    assert Path("out/heldout-omp-neurons-s0.5-kd.json").is_file()
+    assert Path("out/finetune/sst2-omp-neurons-s0.5-seed1").is_dir()
+    doc = cli("report", "out", "--format", "json").json()
+    assert {r["method"] for r in doc["rows"]} == {"kd", "kd-neurons", "omp", "omp-neurons"}
+    assert all(r["heldout"].get("kd") is not None for r in doc["rows"])
+    # a structure of a method's own beside the grid's structures is refused
+    data["methods_options"]["omp"] = {"structure": "heads"}
+    grid.write_text(yaml.safe_dump(data))
+    res = cli("sweep", grid, "--out", "out2")
+    assert res.code == 2 and "'omp' sets structure, which structures sets" in res.err
+    # a method that prunes no units is refused before anything runs
+    grid.write_text(yaml.safe_dump({**data, "methods": ["imp"], "methods_options": {}}))
+    res = cli("sweep", grid, "--out", "out3")
+    assert res.code == 2 and "does not take --structure neurons" in res.err
+    assert not Path("out3").exists()
+
+
+def test_the_committed_structured_grid_searches_each_method_and_structure(
+    cli, tmp_path, tiny_bert, corpus
+):
+    """benchmarks/structured-grid.yaml (model, corpus and data made local)."""
+    import yaml
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "structured-grid.yaml"
+    data = yaml.safe_load(committed.read_text())
+    data.update(model=str(tiny_bert), data={"sst2": str(write_sst2(tmp_path / "SST-2"))})
+    data["search"]["corpus"] = data["heldout"]["corpus"] = str(corpus)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = cli("sweep", path, "--out", "new", "--print-commands")
+    assert res.code == 0, res.err
+    searches = [line for line in res.out.splitlines() if line.startswith("tamt search")]
+    assert len(searches) == 12
+    for method in ("kd", "omp", "random"):
+        for structure in ("neurons", "neurons+heads"):
+            label = f"--label {method}-{structure} "
+            mine = [line for line in searches if label in line]
+            assert len(mine) == 2 and all(f"--structure {structure}" in x for x in mine)
