@@ -294,6 +294,23 @@ def test_bench_of_a_neuron_export_times_the_smaller_model(cli, neuron_run):
     assert "sliced (neurons)" in table.out and "parameters: dense" in table.out
 
 
+def test_the_latency_script_times_the_export_against_its_dense_model(neuron_run):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "structured_latency.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(neuron_run / "sub"), "--batches", "1,2",
+         "--rounds", "2,1", "--length", "8"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "parameters: dense 24,160, export 20,000 (0.828)"
+    assert lines[1].startswith("batch 1 × 8: dense ") and lines[2].startswith("batch 2 × 8:")
+
+
 def test_report_names_structured_runs_apart_and_shows_their_units(cli, neuron_run, tiny_bert):
     assert cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "w").code == 0
     res = cli("report", neuron_run / "run", "w", "--format", "json")
