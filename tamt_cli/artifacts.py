@@ -453,14 +453,17 @@ class RunWriter:
             self.manifest["seconds"] = round(self.before + elapsed, 2)
             files.write_json(self.root / MANIFEST, self.manifest)
 
-    def save_masks(self, masks: dict[str, Any], *, step: int | None, **extra: Any) -> None:
-        """Keep a mask (e.g. at a checkpoint) as ``masks/step-NNNNNN.safetensors``."""
+    def save_masks(
+        self, masks: dict[str, Any], *, step: int | None, units: Any = None, **extra: Any
+    ) -> None:
+        """Keep a mask (e.g. at a checkpoint) as ``masks/step-NNNNNN.safetensors`` (``units``:
+        the unit masks of a structured one)."""
         if not self.enabled:
             return
         from tamt_cli import masking
 
         name = step_mask_file(step) if step is not None else MASK_FILE
-        maskfile.save_masks(self.root / name, masks)
+        maskfile.save_masks(self.root / name, masks, units=units)
         kept = [m for m in self.manifest["masks"] if m.get("file") != name]
         sparsity = self.manifest.get("sparsity")
         kept.append(
@@ -487,12 +490,18 @@ class RunWriter:
             files.write_bytes(self.root / name, st_save(cpu, metadata=metadata))
 
     def finish(
-        self, masks: dict[str, Any], report: dict[str, Any], notes: dict, step: int | None = None
+        self,
+        masks: dict[str, Any],
+        report: dict[str, Any],
+        notes: dict,
+        step: int | None = None,
+        units: Any = None,
     ) -> None:
-        """The final mask as ``masks.safetensors`` and the completed manifest."""
+        """The final mask as ``masks.safetensors`` (with its unit masks, if structured) and the
+        completed manifest."""
         if not self.enabled:
             return
-        maskfile.save_masks(self.root / MASK_FILE, masks)
+        maskfile.save_masks(self.root / MASK_FILE, masks, units=units)
         entries = [m for m in self.manifest["masks"] if m.get("file") != MASK_FILE]
         final = {
             "file": MASK_FILE,

@@ -8,6 +8,9 @@ timed ``repeats`` times after ``warmup`` passes, for each way of running it this
   kernels (the speed a plain export gets);
 * on a CPU, ``csr``: every masked linear layer's weight as a ``torch.sparse_csr`` matrix,
   multiplied with ``torch.sparse.mm`` (unstructured masks);
+* of a mask of whole FFN neurons (``--structure``), ``sliced``: the smaller model
+  ``tamt extract --export`` writes, its pruned neurons taken out; its parameters and its
+  ``model.safetensors`` size are given beside the dense model's;
 * on a CUDA GPU, with a 2:4 pattern: ``fp16`` (the masked model in half precision) and
   ``2:4 fp16`` (every masked linear weight through ``torch.sparse.to_sparse_semi_structured``).
 
@@ -149,6 +152,7 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
     latency.measure("dense", dense, "cpu")
     reference = latency.measure("masked", masked, "cpu")
     latency.measure("csr", _with_linears(masked, subject, _csr_linear), "cpu", reference)
+    structured = _time_sliced(latency, masked, subject, sizes, reference)
     available = {k["name"]: k for k in kernels()}
     notes = _time_semi_structured(latency, masked, subject, pattern, available["2:4 fp16"])
     return {
@@ -162,6 +166,7 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
         "repeats": spec.repeats,
         "threads": threads,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "structure": structured,
         "sizes": sizes,
         "latency": latency.with_speedups(),
         "kernels": list(available.values()),
@@ -243,6 +248,36 @@ def _with_linears(model: Any, subject: Any, convert: Callable[[Any], None]) -> A
         if isinstance(p.module, torch.nn.Linear):
             convert(p.module)
     return converted
+
+
+def _time_sliced(
+    latency: Latency, masked: Any, subject: Any, sizes: dict[str, Any], reference: Any
+) -> str | None:
+    """Of a structured mask (its structure is returned, else None): with pruned neurons, the
+    ``sliced`` row, and the parameters and ``model.safetensors`` bytes of the sliced model
+    against the dense one in ``sizes``."""
+    import copy
+
+    from safetensors.torch import save
+
+    from tamt_cli import maskfile, models, units
+
+    found = maskfile.load_units(subject.mask_file) if subject.mask_file is not None else None
+    if found is None:
+        return None
+    sliced = copy.deepcopy(masked)
+    if units.slice_model(sliced, _prunable(sliced, subject), found) is None:
+        return found.structure  # pruned heads stay zeros in a plain model: nothing to slice
+    absent = models.absent_keys(sliced)
+    state = {k: v.contiguous() for k, v in sliced.state_dict().items() if k not in absent}
+    sizes["sliced_bytes"] = len(save(state))
+    sizes["sliced_ratio"] = sizes["sliced_bytes"] / sizes["dense_bytes"]
+    sizes["parameters"] = {
+        "dense": sum(p.numel() for p in masked.parameters()),
+        "sliced": sum(p.numel() for p in sliced.parameters()),
+    }
+    latency.measure("sliced", sliced, "cpu", reference)
+    return found.structure
 
 
 def _cpu_sync() -> None:

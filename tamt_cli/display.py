@@ -41,10 +41,24 @@ def sparsity_table(report: dict[str, Any], title: str = "Sparsity") -> Table:
         style="bold",
     )
     absent = report.get("not_prunable") or {}
+    captions = [units_line(report["units"])] if report.get("units") else []
     if absent:
-        table.caption = "not prunable: " + ", ".join(f"{n} ({why})" for n, why in absent.items())
+        captions.append("not prunable: " + ", ".join(f"{n} ({why})" for n, why in absent.items()))
+    if captions:
+        table.caption = "\n".join(captions)
         table.caption_justify = "left"
     return table
+
+
+def units_line(units: dict[str, Any]) -> str:
+    """``units kept: neurons 32 of 64, heads 1 of 2 in every layer`` (the kept counts by layer
+    where layers differ)."""
+    parts = []
+    for kind, kept in units["kept"].items():
+        count = units["count"][kind]
+        shown = str(kept[0]) if len(set(kept)) == 1 else "/".join(str(k) for k in kept)
+        parts.append(f"{kind} {shown} of {count}")
+    return f"units kept ({units['structure']}): " + ", ".join(parts) + " in every layer"
 
 
 def plugins_table(rows: list[dict[str, Any]]) -> Table:
@@ -262,7 +276,7 @@ def bench_table(result: dict[str, Any]) -> Group:
         + f"; batch {result['batch_size']} × {result['max_length']} tokens ({_inputs(result)}), "
         f"{result['repeats']} runs, {result['threads']} threads, {result['device']}\n"
         f"model.safetensors: dense {sizes['dense_bytes'] / 1e6:.1f} MB, compressed "
-        f"{sizes['compressed_bytes'] / 1e6:.1f} MB ({sizes['ratio']:.3f})"
+        f"{sizes['compressed_bytes'] / 1e6:.1f} MB ({sizes['ratio']:.3f})" + _sliced_sizes(result)
     )
     table = Table(title="Latency", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("variant", "device", "median ms", "q1–q3 ms", "min–max ms", "speed-up", "max |Δ|"):
@@ -287,6 +301,19 @@ def bench_table(result: dict[str, Any]) -> Group:
     parts: list[Any] = [head, table, kernels]
     parts += [Text(note) for note in result["notes"]]
     return Group(*parts)
+
+
+def _sliced_sizes(result: dict[str, Any]) -> str:
+    """The sliced model's file size and parameters against the dense model's, if timed."""
+    sizes = result["sizes"]
+    if "sliced_bytes" not in sizes:
+        return ""
+    params = sizes["parameters"]
+    return (
+        f", sliced ({result['structure']}) {sizes['sliced_bytes'] / 1e6:.1f} MB "
+        f"({sizes['sliced_ratio']:.3f}); parameters: dense {params['dense']:,}, sliced "
+        f"{params['sliced']:,} ({params['sliced'] / params['dense']:.3f})"
+    )
 
 
 # -- figures for people ---------------------------------------------------------------------

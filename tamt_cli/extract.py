@@ -52,6 +52,8 @@ def run(
     targets = {m.name: m.target for m in infos}
     report = masking.sparsity_report(infos, masks, targets)
     report["not_prunable"] = manifest["sparsity_report"].get("not_prunable") or {}
+    if manifest["sparsity_report"].get("units"):
+        report["units"] = manifest["sparsity_report"]["units"]
     result: dict[str, Any] = {
         "run": str(spec.run),
         "mask": str(mask_path),
@@ -103,6 +105,8 @@ def export(
         base = model if record["weights_sha256"] is not None else None
         exports.check(Path(spec.run), masks, base, record["id"])
     masking.bake_masks(weights, masks)
+    found = maskfile.load_units(Path(spec.run) / entry["file"])
+    structured = structured_export(model, weights, found, spec.format)
     assert spec.export is not None
     sub_manifest = artifacts.new_manifest(
         "subnetwork",
@@ -121,6 +125,7 @@ def export(
         sparsity_report=report,
         pattern=manifest.get("pattern"),
         format=spec.format,
+        **structured,
         # what `tamt eval --objective` of the export reads where no flag says otherwise
         search_corpus=pretraining.recorded_corpus(manifest, Path(spec.run)),
         search=modelcard.search_record(Path(spec.run), manifest, entry),
@@ -144,6 +149,20 @@ def export(
         else:
             model.save_pretrained(str(stage), state_dict=state)
         models.save_tokenizer(ref, stage)
-        maskfile.save_masks(stage / artifacts.MASK_FILE, masks)
+        maskfile.save_masks(stage / artifacts.MASK_FILE, masks, units=found)
         files.write_json(stage / artifacts.MANIFEST, sub_manifest)
         files.write_text(stage / artifacts.CARD, card)
+
+
+def structured_export(model: Any, weights: list[Any], found: Any, format: str) -> dict[str, Any]:
+    """A structured mask's export (``found``: its unit masks, or None): written dense, the model
+    loses its pruned neurons (the FFN matrices sliced, the config's width reduced) and its
+    pruned heads' biases (their weights are zeros already). What the export's manifest records:
+    the structure and, when it was sliced, the FFN width (the export's mask file stays over the
+    pre-trained model's shapes, :func:`tamt_cli.units.sliced_masks` fits it to the export)."""
+    from tamt_cli import units
+
+    if found is None:
+        return {}
+    width = units.slice_model(model, weights, found) if format == "dense" else None
+    return {"structure": found.structure, "ffn_width": width}

@@ -793,6 +793,7 @@ def subnetwork_link(spec: FinetuneSpec, subject: Any) -> dict[str, Any]:
         "label": manifest.get("label"),
         "sparsity": manifest.get("sparsity"),
         "scope": manifest.get("scope"),
+        "structure": manifest.get("structure"),
         "mask_file": artifacts.recorded_path(subject.mask_file) if subject.mask_file else None,
         "source_run": manifest.get("source_run"),
         "model": manifest.get("model")

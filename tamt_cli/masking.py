@@ -436,6 +436,98 @@ class ScoreMask(nn.Module):
         return self._keep(self.score)
 
 
+class _UnitStraightThrough(torch.autograd.Function):
+    """``W ⊙ keep`` with ``keep`` a unit keep-vector spread over the units' rows (``axis`` 0) or
+    columns (1) of ``W``, in ``count`` equal blocks; the gradient reaches each unit's score as
+    if the step were the identity: the sum of ``W·∂L/∂W'`` over the unit's weights."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, score: torch.Tensor, keep: torch.Tensor,
+                axis: int, count: int):  # fmt: skip
+        spread = keep.repeat_interleave(weight.shape[axis] // count)
+        spread = spread[:, None] if axis == 0 else spread[None, :]
+        ctx.axis, ctx.count = axis, count
+        ctx.save_for_backward(weight, spread if ctx.needs_input_grad[0] else None)
+        return torch.where(spread, weight, weight.new_zeros(()))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        weight, spread = ctx.saved_tensors
+        grad_weight = grad_score = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.where(spread, grad, grad.new_zeros(()))
+        if ctx.needs_input_grad[1]:
+            per_line = (grad * weight).sum(1 - ctx.axis)  # one value a row (or column)
+            grad_score = per_line.reshape(ctx.count, -1).sum(1)
+        return grad_weight, grad_score, None, None, None
+
+
+class UnitScoreMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ 1[S > τ]`` with a learned real score ``S`` per unit (a layer's
+    FFN neurons or attention heads, :mod:`tamt_cli.units`), spread over the unit's rows or
+    columns of ``W``, with a straight-through gradient. The matrices a unit spans share its
+    scores and threshold: the first one attached (the *owner*) holds them, the others read the
+    owner's. Scores start as for :class:`ScoreMask` (a keep-vector: ``2τ`` / ``0``, or given
+    float scores)."""
+
+    tau: torch.Tensor
+
+    def __init__(self, init: torch.Tensor | UnitScoreMask, axis: int, count: int,
+                 tau: float = 0.01):  # fmt: skip
+        super().__init__()
+        self.axis, self.count = axis, count
+        if isinstance(init, UnitScoreMask):
+            self._owner = [init.owner]  # a list: not registered as a submodule
+        else:
+            if init.dtype == torch.bool:
+                score = init.to(torch.float32) * (2 * tau)
+            else:
+                score = init.to(torch.float32).clone()
+            self.score = nn.Parameter(score)
+            self.register_buffer("tau", torch.tensor(float(tau)))
+            self._owner = [self]
+        self.enabled = True
+
+    @property
+    def owner(self) -> UnitScoreMask:
+        return self._owner[0]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        owner = self.owner
+        score = owner.score.to(weight.dtype)
+        keep = score.detach() > owner.tau
+        return _UnitStraightThrough.apply(weight, score, keep, self.axis, self.count)
+
+    def keep(self) -> torch.Tensor:
+        """The unit keep-vector ``S > τ``."""
+        return self.owner.score.detach() > self.owner.tau
+
+
+def attach_unit_scores(
+    weights: Iterable[Prunable], groups: Iterable[Any], init: Mapping[str, torch.Tensor],
+    tau: float = 0.01,
+) -> dict[str, UnitScoreMask]:  # fmt: skip
+    """Attach learnable unit scores (``groups``: :class:`tamt_cli.units.UnitGroup`) to the
+    matrices the units span, initialised from unit keep-vectors or float scores (``init``, by
+    group name); returns each group's owner (its scores and threshold) by group name."""
+    by_name = {p.name: p for p in weights}
+    out = {}
+    for group in groups:
+        owner: UnitScoreMask | None = None
+        spans = [(name, 0) for name in group.rows] + [(name, 1) for name in group.columns]
+        for name, axis in spans:
+            p = by_name[name]
+            start = owner if owner is not None else init[group.name].to(p.weight.device)
+            mod = UnitScoreMask(start, axis, group.count, tau)
+            parametrize.register_parametrization(p.module, "weight", mod)
+            owner = owner or mod
+        assert owner is not None
+        out[group.name] = owner
+    return out
+
+
 def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
     """``forward`` of a word-embedding module under a :class:`ScoreMask`: the mask is applied to
     the rows the batch looks up, not to the whole vocabulary (the same output and gradients:

@@ -387,7 +387,7 @@ def _made_rows(manifest: Mapping[str, Any], search: Mapping[str, Any]) -> list[t
         ("sparsity", _sparsity_text(manifest, (report.get("overall") or {}).get("sparsity"))),
         ("masked", _masked(manifest)),
         ("pattern", f"{manifest['pattern']} (N of every M consecutive weights kept)"
-         if manifest.get("pattern") else "unstructured"),
+         if manifest.get("pattern") else _structure_text(manifest)),
         ("corpus", f"`{shown_path(corpus)}`"
          + (f" ({', '.join(datasets)} on the Hub)" if datasets else "") if corpus else None),
         ("steps", search.get("steps")),
@@ -397,6 +397,19 @@ def _made_rows(manifest: Mapping[str, Any], search: Mapping[str, Any]) -> list[t
          if loss is not None else None),
         ("tamt", __version__),
     ]  # fmt: skip
+
+
+def _structure_text(manifest: Mapping[str, Any]) -> str:
+    """``unstructured``, or the units a structured mask prunes and keeps in every layer."""
+    units = (manifest.get("sparsity_report") or {}).get("units")
+    if not units:
+        return "unstructured"
+    kept = ", ".join(f"{kept[0]} of {units['count'][kind]} {kind}"
+                     for kind, kept in units["kept"].items())  # fmt: skip
+    width = manifest.get("ffn_width")
+    sliced = f"; the FFN matrices hold the {width} kept neurons only" if width else ""
+    heads = "; pruned heads are zeros" if "heads" in units["kept"] else ""
+    return f"whole units ({units['structure']}): {kept} kept in every layer{sliced}{heads}"
 
 
 def _commands(commands: Sequence[str]) -> str:

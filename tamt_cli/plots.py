@@ -136,14 +136,31 @@ def _layers(plt: Any, subnetworks: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xticklabels([f"layer {c}" if c.isdigit() else c for c in columns], rotation=30)
     ax.set_yticks(range(len(subnetworks)))
     ax.set_yticklabels([subnetwork["name"] for subnetwork in subnetworks])
+    kept = [_units_kept(subnetwork.get("units")) for subnetwork in subnetworks]
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             if value == value:  # not NaN
                 colour = "black" if value > 0.6 else "white"
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
+                text = f"{value:.2f}" + kept[i].get(columns[j], "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, label="sparsity")
-    ax.set_title("Achieved sparsity per layer of each subnetwork")
+    title = "Achieved sparsity per layer of each subnetwork"
+    if any(kept):
+        title += "\n(structured: units kept, n neurons, h heads)"
+    ax.set_title(title)
     return _save(plt, fig, path)
+
+
+def _units_kept(units: dict[str, Any] | None) -> dict[str, str]:
+    """A structured subnetwork's units kept per layer as a second line of its cells:
+    ``\n512n 6h`` (none for a mask of weights)."""
+    if not units:
+        return {}
+    out = {}
+    for i, layer in enumerate(units.get("layers") or []):
+        parts = [f"{kept[i]}{kind[0]}" for kind, kept in units["kept"].items() if i < len(kept)]
+        out[str(layer)] = "\n" + " ".join(parts)
+    return out
 
 
 def _overlap(plt: Any, overlap: list[dict[str, Any]], path: Path) -> Path:

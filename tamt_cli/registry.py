@@ -230,6 +230,14 @@ def methods_with(attribute: str) -> list[str]:
     return [p.name for p in methods().all() if p.status == "ok" and getattr(p.obj, attribute, None)]
 
 
+def methods_with_structure(structure: str) -> list[str]:
+    """The installed methods that take ``--structure structure``."""
+    from tamt_cli.methods.base import structures_of
+
+    found = methods().all()
+    return [p.name for p in found if p.status == "ok" and structure in structures_of(p.obj)]
+
+
 def describe(name: str, kind: str | None = None) -> dict[str, Any]:
     """One method or task for ``tamt plugins NAME``: where it comes from, its summary and its
     options (name, type, default, description). ``kind`` is needed only when a method and a

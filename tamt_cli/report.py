@@ -165,7 +165,7 @@ def _seed(
         "metric": metric or None,
         "method": DENSE
         if dense
-        else str(link.get("label") or link.get("method") or link.get("kind")),
+        else str(link.get("label") or _structured(link.get("method") or link.get("kind"), link)),
         "sparsity": None if dense else _number(link.get("sparsity")),
         "subnetwork": link.get("path"),
         "seed": record.get("seed"),
@@ -175,8 +175,14 @@ def _seed(
 
 
 def name_of(manifest: dict[str, Any]) -> str:
-    """What a search run or export is called in the tables: its label, else its method."""
-    return str(manifest.get("label") or manifest.get("method"))
+    """What a search run or export is called in the tables: its label, else its method (and
+    the units it prunes whole: ``omp-neurons``)."""
+    return str(manifest.get("label") or _structured(manifest.get("method"), manifest))
+
+
+def _structured(method: Any, record: dict[str, Any]) -> str:
+    structure = record.get("structure") or "weights"
+    return str(method) if structure == "weights" else f"{method}-{structure}"
 
 
 def _number(value: Any) -> float | None:
@@ -405,6 +411,7 @@ def masks_of(searches: dict[Path, dict[str, Any]]) -> tuple[list[dict], list[dic
                 "achieved": ((report.get("overall") or {}).get("sparsity")),
                 "kinds": {k: v.get("sparsity") for k, v in (report.get("kinds") or {}).items()},
                 "layers": _layers(report),
+                "units": report.get("units"),
                 "seconds": _number(manifest.get("seconds")),
             }
         )
@@ -433,7 +440,8 @@ _OMP_SETTINGS = ("sparsity", "pattern", "scope", "embeddings", "pooler")
 
 def _omp_settings(manifest: dict[str, Any]) -> tuple[Any, ...]:
     weights = (manifest.get("model") or {}).get("weights_sha256")
-    return (weights, *(manifest.get(k) for k in _OMP_SETTINGS))
+    structure = manifest.get("structure") or "weights"  # runs before --structure: weights
+    return (weights, structure, *(manifest.get(k) for k in _OMP_SETTINGS))
 
 
 def _versus_omp(subnetworks: list[dict[str, Any]], searches: dict[Path, dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
     """The method instance and the spec with its run directory filled in; validates everything
     that can be checked without computing (method name, its options, the model path)."""
     from tamt_cli import models
-    from tamt_cli.methods.base import check_spec
+    from tamt_cli.methods.base import check_spec, structures_of
 
     if spec.budget == "paper":
         spec = _paper_budget(spec, registry.methods().get(spec.method))
@@ -27,12 +27,20 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
             f"method '{spec.method}' does not take --pattern; "
             f"{', '.join(registry.methods_with('patterns'))} do"
         )
+    if spec.structure not in structures_of(method):
+        able = registry.methods_with_structure(spec.structure)
+        raise UserError(
+            f"method '{spec.method}' does not take --structure {spec.structure}; "
+            f"{', '.join(able) or 'no installed method'} {'does' if len(able) == 1 else 'do'}"
+        )
     check_spec(method, spec)
     models.resolve(spec.model)
     if spec.out is None:
         level = f"s{spec.sparsity:g}" if spec.sparsity is not None else "like"
         if spec.pattern is not None:
             level = spec.pattern.replace(":", "of")
+        if spec.structure != "weights":
+            level = f"{spec.structure}-{level}"
         spec = spec.model_copy(
             update={"out": artifacts.default_run_dir(spec.label or spec.method, level)}
         )
@@ -95,19 +103,18 @@ def _run_once(spec: SearchSpec, method: Any, console: Console) -> dict[str, Any]
         weights_sha = models.weights_hash(model)
     weights = masking.prunable_weights(model, embeddings=spec.embeddings, pooler=spec.pooler)
     job = SearchJob(spec=spec, model=model, weights=weights, console=console, ref=ref)
-    if job.pattern is not None:
-        masking.check_pattern(weights, job.pattern)
+    _check_layout(job)
     omp = _omp_masks(spec, job)
     with console.status(f"searching with {spec.method}"):
         masks = method.search(job)
-    masks, report = _checked(spec, job, masks)
+    masks, report, found = _checked(spec, job, masks)
     manifest = _manifest(spec, ref, model, weights_sha, job)
     manifest[artifacts.OMP_JACCARD] = _omp_jaccard(masks, omp)
     writer = artifacts.RunWriter(out, manifest, enabled=True, started=started)
     with files.staged_dir(out) as stage:
         writer.root = stage
         files.write_text(stage / artifacts.SPEC_FILE, spec.to_yaml())
-        writer.finish(masks, report, job.notes)
+        writer.finish(masks, report, job.notes, units=found)
     return {"run": str(out), "method": spec.method, "model": spec.model, "report": report}
 
 
@@ -150,8 +157,7 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
             engine=engine,
             resume=resume,
         )
-        if job.pattern is not None:
-            masking.check_pattern(weights, job.pattern)
+        _check_layout(job)
         preflight = getattr(method, "preflight", None)
         if preflight is not None:
             preflight(job)
@@ -174,9 +180,9 @@ def _run_training(spec: SearchSpec, method: Any, console: Console, resume: bool)
         engine.barrier()
         engine.track(out, out.name, spec.model_dump(mode="json"))
         masks = method.search(job)
-        masks, report = _checked(spec, job, masks)
+        masks, report, found = _checked(spec, job, masks)
         writer.manifest[artifacts.OMP_JACCARD] = _omp_jaccard(masks, omp)
-        writer.finish(masks, report, job.notes, step=job.notes.get("steps"))
+        writer.finish(masks, report, job.notes, step=job.notes.get("steps"), units=found)
         if engine.is_main and spec.keep_checkpoints is None:
             artifacts.remove_checkpoints(out)  # a complete run is never resumed
         engine.barrier()
@@ -223,16 +229,35 @@ def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> 
             raise UserError(f"{fault}; {hint}" if hint else fault) from None
 
 
+def _check_layout(job: Any) -> None:
+    """What the weights must allow, checked before any compute: a pattern's groups fit every
+    matrix; a structure's units are found in every layer and the sparsity prunes some of each
+    layer's but not all (``job.units`` is filled in)."""
+    from tamt_cli import masking, units
+
+    if job.pattern is not None:
+        masking.check_pattern(job.weights, job.pattern)
+    if job.structure != "weights":
+        job.units = units.unit_groups(job.model, job.weights, job.structure)
+        units.prune_counts(job.units, job.sparsity)
+
+
 def _omp_masks(spec: SearchSpec, job: Any) -> dict[str, Any] | None:
     """The OMP mask the run's mask is compared with: the magnitude of the pre-trained weights at
-    the run's sparsity, scope and pattern, over the same weights (embeddings, pooler); held
-    bit-packed (one bit a weight) while the search runs."""
+    the run's sparsity, scope and pattern, over the same weights (embeddings, pooler); of a
+    structured run, the unit magnitude's at its sparsity. Held bit-packed (one bit a weight)
+    while the search runs."""
     import numpy as np
 
-    from tamt_cli import masking
+    from tamt_cli import masking, units
 
     if spec.sparsity is None:  # a per-matrix target (e.g. random --like) has no one OMP mask
         return None
+    if job.units:
+        scores = units.magnitude_scores(job.units, job.weights)
+        kept = units.keep_units(job.units, scores, spec.sparsity)
+        expanded = units.expand(job.units, kept, masking.shapes(job.weights))
+        return {name: np.packbits(keep.numpy().reshape(-1)) for name, keep in expanded.items()}
     whole = spec.scope == "global" and job.pattern is None
     groups = [job.weights] if whole else [[p] for p in job.weights]  # one matrix at a time
     packed = {}
@@ -269,9 +294,19 @@ def _say_if_omp(manifest: dict[str, Any], console: Any) -> None:
         verbosity.note(console, text)
 
 
-def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, dict]:
-    from tamt_cli import masking
+def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, dict, Any]:
+    """The method's masks checked and on the CPU, their sparsity report, and the unit masks of
+    a structured run (expanded into the weight masks), else None."""
+    from tamt_cli import masking, units
 
+    found = None
+    if job.units:
+        what = f"the unit masks from method '{spec.method}'"
+        kept = units.check_unit_masks(job.units, masks, job.sparsity, what)
+        found = units.UnitMasks(spec.structure, job.units, kept)
+        masks = units.expand(job.units, kept, masking.shapes(job.weights))
+        spanned = {n for g in job.units for n in (*g.rows, *g.columns)}
+        job.targets = {p.name: job.sparsity if p.name in spanned else 0.0 for p in job.weights}
     masking.check_fits(masks, masking.shapes(job.weights), f"the mask from method '{spec.method}'")
     masks = {p.name: masks[p.name].detach().to("cpu", dtype=bool) for p in job.weights}
     broken = masking.pattern_breaks(masks, job.pattern) if job.pattern is not None else []
@@ -287,7 +322,20 @@ def _checked(spec: SearchSpec, job: Any, masks: dict[str, Any]) -> tuple[dict, d
     report["not_prunable"] = {
         name: "not in the checkpoint" for name in masking.absent_weights(job.model)
     }
-    return masks, report
+    if found is not None:
+        report["units"] = units_report(found)
+    return masks, report, found
+
+
+def units_report(found: Any) -> dict[str, Any]:
+    """A structured mask's units in its sparsity report: the structure, units a layer has and
+    units kept in each layer, by kind of unit."""
+    return {
+        "structure": found.structure,
+        "count": found.counts(),
+        "layers": found.layers(),
+        "kept": found.kept(),
+    }
 
 
 def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any) -> dict:
@@ -303,6 +351,7 @@ def _manifest(spec: SearchSpec, ref: Any, model: Any, weights_sha: str, job: Any
         seed=spec.seed,
         sparsity=spec.sparsity,
         pattern=spec.pattern,
+        structure=spec.structure,
         scope=spec.scope,
         embeddings=spec.embeddings,
         pooler=spec.pooler,

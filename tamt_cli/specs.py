@@ -71,6 +71,10 @@ def check_seeds(value: list[int]) -> list[int]:
     return value
 
 
+#: ``--structure``: single weights, or whole units (:mod:`tamt_cli.units`)
+Structure = Literal["weights", "neurons", "heads", "neurons+heads"]
+
+
 #: labels and sweep variant names: they name folders and table rows
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 LABEL_MAX = 64
@@ -174,9 +178,40 @@ class SearchSpec(Spec):
         description="N:M keeps exactly N of every M consecutive weights along each masked "
         "matrix's input dimension; implies --sparsity 1 − N/M",
     )
+    structure: Structure = Field(
+        "weights",
+        description="what is pruned: single weights, or whole FFN neurons and/or attention "
+        "heads, --sparsity of them in every layer (the word embeddings and pooler are not "
+        "masked)",
+    )
 
     _sparsity = field_validator("sparsity")(lambda v: v if v is None else check_sparsity(v))
     _report_to = field_validator("report_to", mode="before")(split_commas)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _structured(cls, data: Any) -> Any:
+        """Whole units are pruned in the encoder layers only, the same fraction in each: the
+        word embeddings and pooler stay unmasked, and neither a pattern nor a global scope
+        applies."""
+        if not isinstance(data, dict) or data.get("structure") in (None, "weights"):
+            return data
+        given = f"--structure {data['structure']}"
+        if data.get("pattern") is not None:
+            raise ValueError(
+                f"{given} prunes whole units, --pattern single weights; give one of the two"
+            )
+        if data.get("scope") == "global":
+            raise ValueError(
+                f"{given} prunes the same fraction of units in every layer (what a plain "
+                "checkpoint can hold), so --scope global does not apply; leave it out"
+            )
+        for name in ("embeddings", "pooler"):
+            if data.get(name) is True:
+                raise ValueError(
+                    f"{given} masks the encoder layers only; --{name} does not apply (leave it out)"
+                )
+        return {**data, "embeddings": False, "pooler": False}
 
     @model_validator(mode="before")
     @classmethod

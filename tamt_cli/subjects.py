@@ -92,6 +92,8 @@ def resolve(
                     "--model is for a mask file or a search run"
                 )
             ref, sha = models.resolve(str(path)), None
+            if manifest.get("ffn_width") is not None:  # its pruned neurons were taken out
+                masks = _sliced(masks, path / entry["file"])
         else:
             ref, sha = models.resolve(model or record["id"]), record.get("weights_sha256")
         return Subject(
@@ -112,6 +114,14 @@ def resolve(
     if model is not None:
         raise UserError(f"--model is for a mask file or a search run; '{checkpoint}' is a model")
     return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
+
+
+def _sliced(masks: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The masks of a structured export fitted to its own, smaller model."""
+    from tamt_cli import units
+
+    found = maskfile.load_units(path)
+    return masks if found is None else units.sliced_masks(masks, found)
 
 
 def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:

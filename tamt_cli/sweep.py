@@ -84,6 +84,11 @@ class GridSpec(Spec):
     heldout: dict[str, Any] | None = Field(
         None, description="held-out pre-training loss: objective (one or a list) and eval fields"
     )
+    structures: list[specs.Structure] = Field(
+        default_factory=lambda: list[specs.Structure](["weights"]),
+        description="what each method prunes (--structure): every method is searched with each; "
+        "a structured subnetwork is named <method>-<structure>",
+    )
     out: Path | None = Field(None, description="sweep directory [sweeps/<grid file name>]")
 
     @field_validator("sparsities")
@@ -93,7 +98,7 @@ class GridSpec(Spec):
             check_sparsity(sparsity)
         return _unique(value, "sparsities")
 
-    @field_validator("methods", "tasks")
+    @field_validator("methods", "tasks", "structures")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         return _unique(value, "names")
@@ -236,19 +241,34 @@ def plan(grid_file: Path, out: Path | None = None) -> Plan:
     objectives = _objectives(grid, grid_file)
     if grid.dense:
         cells += [_heldout_cell(grid, artifacts.DENSE, None, None, o) for o in objectives]
-    for method in grid.methods:
+    for method, structure in _subnetworks(grid, grid_file):
+        name = method if structure == "weights" else f"{method}-{structure}"
         for sparsity in grid.sparsities:
-            search = _search_cell(grid, method, sparsity)
+            search = _search_cell(grid, method, sparsity, structure)
             cells.append(search)
-            cells += [_heldout_cell(grid, method, sparsity, search, o) for o in objectives]
+            cells += [_heldout_cell(grid, name, sparsity, search, o) for o in objectives]
             for task in grid.tasks:
-                cells += _finetune_cells(grid, task, search, method, sparsity)
+                cells += _finetune_cells(grid, task, search, name, sparsity)
     for cell in cells:
         cell.spec = _place(cell, sweep_dir)
     check_dir(sweep_dir, grid_file, where)
     plan_ = Plan(grid, sweep_dir, cells)
     _read_statuses(plan_)
     return plan_
+
+
+def _subnetworks(grid: GridSpec, grid_file: Path) -> list[tuple[str, str]]:
+    """Every method (or variant) with every structure of the grid; with ``structures`` given,
+    neither a variant nor ``methods_options`` may set a structure of its own."""
+    if "structures" in grid.model_fields_set:
+        settings = {**grid.variants, **grid.methods_options, "search": grid.search}
+        for name, fields in settings.items():
+            if "structure" in (fields or {}):
+                raise UserError(
+                    f"grid {grid_file}: '{name}' sets structure, which structures sets for "
+                    "every method; remove one of the two"
+                )
+    return [(method, structure) for method in grid.methods for structure in grid.structures]
 
 
 def _base(grid: GridSpec, name: str) -> str:
@@ -313,12 +333,14 @@ def _objectives(grid: GridSpec, grid_file: Path) -> list[str]:
     return objectives
 
 
-def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
-    """The search of ``method`` (a method or a variant's name) at ``sparsity``: the grid's search
-    fields, then the method's ``methods_options``, then the variant's settings."""
+def _search_cell(grid: GridSpec, method: str, sparsity: float, structure: str) -> Cell:
+    """The search of ``method`` (a method or a variant's name) at ``sparsity`` with
+    ``structure``: the grid's search fields, then the method's ``methods_options``, then the
+    variant's settings."""
     from tamt_cli import search as searching
 
     base = _base(grid, method)
+    name = method if structure == "weights" else f"{method}-{structure}"
     layers = [grid.methods_options.get(base, {})]
     if method in grid.variants:
         layers.append({k: v for k, v in grid.variants[method].items() if k != "method"})
@@ -332,9 +354,11 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
         options.update(layer.get("options") or {})
         options.update({k: v for k, v in layer.items() if k not in fields})
     data.update(method=base, sparsity=sparsity, model=grid.model, out=Path("."))
-    if method in grid.variants:
-        data["label"] = method
-    where = f"grid, search cell {method} s{sparsity:g}"
+    if structure != "weights":
+        data["structure"] = structure
+    if name != base:
+        data["label"] = name
+    where = f"grid, search cell {name} s{sparsity:g}"
     if data.get("budget", shared.get("budget")) == "paper":
         # the shared fields are the grid's defaults for every method: under the paper's budget
         # they yield to its values; a variant or methods_options entry sets its own
@@ -350,8 +374,8 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float) -> Cell:
         method_obj, spec = searching.resolve(spec)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
-    cell_id = artifacts.sweep_search(artifacts.sweep_subnetwork(method, sparsity))
-    return Cell(cell_id, "search", spec, method, sparsity, method_obj=method_obj)
+    cell_id = artifacts.sweep_search(artifacts.sweep_subnetwork(name, sparsity))
+    return Cell(cell_id, "search", spec, name, sparsity, method_obj=method_obj)
 
 
 def _budget_values(method: str, data: dict[str, Any], where: str) -> tuple[set[str], set[str]]:

@@ -121,6 +121,14 @@ def _methods_with(attribute: str, what: str) -> Any:
     return text
 
 
+def _structured() -> str:
+    """The methods that prune whole units."""
+    from tamt_cli import registry
+
+    able = ", ".join(registry.methods_with_structure("neurons"))
+    return f"(weights, neurons, heads, neurons+heads; methods that take units: {able})"
+
+
 def _instead() -> str:
     """What the methods that need no --sparsity take in its place."""
     from tamt_cli import registry
@@ -145,6 +153,7 @@ FLAGS = (
     Flag("method", ("--method", "-m"), complete=options.complete_methods),
     Flag("sparsity", ("--sparsity", "-s"), more=_instead, required=True),
     Flag("pattern", more=_methods_with("patterns", "methods that take it")),
+    Flag("structure", type=str, more=_structured),
     Flag("model", complete=options.complete_models),
     Flag("scope"),
     Flag("embeddings"),

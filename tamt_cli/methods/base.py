@@ -22,7 +22,12 @@ keep-mask (boolean tensor, ``True`` = kept) for every weight in ``job.weights``.
 ``needs_sparsity()`` returns False (``random --like`` copies another mask's); its
 ``sparsity_alternative`` names what stands in for it. A method whose class sets
 ``patterns = True`` takes ``--pattern N:M`` (``job.pattern``): every group of M consecutive
-weights along a matrix's last dimension keeps exactly N; the others refuse it. An optional
+weights along a matrix's last dimension keeps exactly N; the others refuse it. A method whose
+class sets ``structures`` to a tuple of ``--structure`` values besides ``weights`` (``neurons``,
+``heads``, ``neurons+heads``; :mod:`tamt_cli.units`) prunes whole units when ``job.structure``
+is one of them: it returns instead a keep-vector for each of ``job.units`` (by the group's name),
+pruning exactly ``job.unit_counts[name]`` units of each, which tamt checks and expands into the
+weight masks. A method that does not set it supports ``weights`` only. An optional
 ``check(spec)`` raises ``UserError`` for other specs the method cannot run (called after that,
 before any compute and by ``--dry-run``). A training method may also have ``preflight(job)``:
 checks that need the loaded model but no computation, run before its run directory is made,
@@ -52,6 +57,10 @@ if TYPE_CHECKING:
     from tamt_cli.masking import Prunable
     from tamt_cli.models import ModelRef
     from tamt_cli.specs import SearchSpec
+    from tamt_cli.units import UnitGroup
+
+#: what a method supports that does not say
+WEIGHTS_ONLY = ("weights",)
 
 
 class NoOptions(BaseModel):
@@ -72,6 +81,7 @@ class SearchJob:
     ref: ModelRef  # the resolved --model: where the model (and its tokenizer) loads from
     notes: dict[str, Any] = field(default_factory=dict)  # method facts to record in the manifest
     targets: dict[str, float] | None = None  # per-matrix target sparsity, if not spec.sparsity
+    units: list[UnitGroup] = field(default_factory=list)  # --structure: every layer's units
     # for training methods (``trains = True``) only:
     engine: Engine | None = None  # processes, the loop, reductions over processes, checkpoints
     run: RunWriter | None = None  # masks at steps, extra files, the manifest (set after preflight)
@@ -87,6 +97,18 @@ class SearchJob:
         from tamt_cli.masking import parse_pattern
 
         return None if self.spec.pattern is None else parse_pattern(self.spec.pattern)
+
+    @property
+    def structure(self) -> str:
+        """``--structure``: ``weights``, or the kinds of whole unit pruned."""
+        return self.spec.structure
+
+    @property
+    def unit_counts(self) -> dict[str, int]:
+        """Units to prune in each of ``units`` (by group name): ⌊n·s⌋ of the group's n."""
+        from tamt_cli.units import prune_counts
+
+        return prune_counts(self.units, self.sparsity)
 
 
 @runtime_checkable
@@ -112,14 +134,19 @@ def sparsity_of(spec: SearchSpec, alternative: str | None = None) -> float:
 
 def check_spec(method: Any, spec: SearchSpec) -> None:
     """Reject a spec the method cannot run, before any compute: the checks every method shares,
-    then the method's own ``check`` (``--pattern`` support is checked by the caller, which
-    knows the methods that take it)."""
+    then the method's own ``check`` (``--pattern`` and ``--structure`` support are checked by
+    the caller, which knows the methods that take them)."""
     needs = getattr(method, "needs_sparsity", None)
     if needs is None or needs():
         sparsity_of(spec, getattr(method, "sparsity_alternative", None))
     hook = getattr(method, "check", None)
     if hook is not None:
         hook(spec)
+
+
+def structures_of(method: Any) -> tuple[str, ...]:
+    """The ``--structure`` values a method (class or instance) takes."""
+    return tuple(getattr(method, "structures", None) or WEIGHTS_ONLY)
 
 
 def check_method(obj: Any) -> str:

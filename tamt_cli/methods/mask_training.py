@@ -11,6 +11,9 @@ bias train with the scores (its decoder stays tied to the unmasked word embeddin
 each multiple, as the reference KD trainer), and always before a mask is saved, each matrix's
 ``τ`` is reset to its k-th smallest score (k = ⌊n·s⌋), so saved masks have exactly the target
 sparsity. The pooler is read by no pre-training loss, so its mask stays the initial one.
+With ``--structure`` the scores are one per unit (a layer's FFN neurons or attention heads,
+:mod:`tamt_cli.units`), shared by the matrices the unit spans, with the same estimator,
+initialisation (from the units' magnitude or a random ranking), thresholds and resets, per layer.
 
 Defaults differ from the paper's where the paper's cannot work on short budgets: with binary
 scores every score is 0.01 from ``τ``, which AdamW at the paper's 5e-5 (MLM) or 2e-5 (KD) needs
@@ -32,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob
+from tamt_cli.units import STRUCTURES
 
 if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
@@ -171,6 +175,7 @@ class MaskTraining:
     summary: ClassVar[str] = "mask training"
     trains: ClassVar[bool] = True
     patterns: ClassVar[bool] = True
+    structures: ClassVar[tuple[str, ...]] = STRUCTURES
     Options = MaskTrainingOptions
 
     def __init__(self, options: MaskTrainingOptions) -> None:
@@ -327,13 +332,7 @@ class TrainingSession:
         head_params: list[Any] = []
         if "mlm" in self.objective:  # a resumed run then restores a trained head's state
             head, head_params, self.head_lr = _common.search_head(job, data, engine)
-        # the initial scores are copied into the parameters and not kept: a float per weight
-        scores = masking.attach_scores(
-            job.weights, self.initial_scores(), self.options.tau, self.pattern
-        )
-        kinds = {p.name: p.kind for p in job.weights}
-        for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
-            mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
+        scores = self.attach_scores()
         loss_module = objectives.PretrainingLoss(
             job.model, job.weights, self.objective, head, teacher_dropout=options.teacher_dropout
         )
@@ -406,20 +405,54 @@ class TrainingSession:
             **({"teacher_dropout": options.teacher_dropout} if "kd" in self.objective else {}),
         )
 
-    def initial_scores(self) -> dict[str, Any]:
-        """The initial mask (magnitude or random ranking at the target sparsity), as a keep-mask
-        (binary scores) or as graded scores in the ranking's order."""
+    def attach_scores(self) -> dict[str, Any]:
+        """The score parametrizations, attached to the model, by weight name (a score per
+        weight) or by unit group (a score per unit, ``--structure``)."""
         from tamt_cli import masking
 
-        weights, scope = self.job.weights, self.spec.scope
-        if self.options.init == "random":
-            ranking = masking.random_scores(weights, self.spec.seed)
+        job, tau = self.job, self.options.tau
+        # the initial scores are copied into the parameters and not kept: a float per weight
+        if job.units:
+            return masking.attach_unit_scores(job.weights, job.units, self.initial_scores(), tau)
+        scores = masking.attach_scores(job.weights, self.initial_scores(), tau, self.pattern)
+        kinds = {p.name: p.kind for p in job.weights}
+        for name, mod in scores.items():  # no pre-training loss reads the pooler: its mask
+            mod.score.requires_grad_(kinds[name] != "pooler")  # stays the initial one
+        return scores
+
+    def initial_scores(self) -> dict[str, Any]:
+        """The initial mask (magnitude or random ranking at the target sparsity, of weights or
+        of units), as a keep-mask (binary scores) or as graded scores in the ranking's order."""
+        from tamt_cli import masking, units
+
+        weights, groups, scope = self.job.weights, self.job.units, self.spec.scope
+        if groups:
+            if self.options.init == "random":
+                ranking = units.random_scores(groups, self.spec.seed)
+            else:
+                ranking = units.magnitude_scores(groups, weights)
+            keep = units.keep_units(groups, ranking, self.sparsity)
         else:
-            ranking = masking.magnitude_scores(weights)
-        keep = masking.masks_from_scores(ranking, self.sparsity, scope, self.pattern)
+            if self.options.init == "random":
+                ranking = masking.random_scores(weights, self.spec.seed)
+            else:
+                ranking = masking.magnitude_scores(weights)
+            keep = masking.masks_from_scores(ranking, self.sparsity, scope, self.pattern)
         if self.options.scores == "binary":
             return keep
         return masking.graded_scores(ranking, keep, self.options.tau)
+
+    def save_masks(self, masks: dict[str, Any], step: int) -> None:
+        """Keep the mask at ``step``: of weights, or of units (expanded into weight masks, the
+        unit masks kept beside them)."""
+        from tamt_cli import masking, units
+
+        job = self.job
+        found = None
+        if job.units:
+            found = units.UnitMasks(job.structure, job.units, masks)
+            masks = units.expand(job.units, masks, masking.shapes(job.weights))
+        self.run_writer.save_masks(masks, step=step, units=found)
 
 
 class _Hooks:
@@ -469,7 +502,7 @@ class _Hooks:
         masks = masking.exact_masks_from(
             self.scores, session.sparsity, session.spec.scope, session.pattern
         )
-        session.run_writer.save_masks(masks, step=step)
+        session.save_masks(masks, step)
         session.engine.save_checkpoint(
             session.run_writer.root,
             step,

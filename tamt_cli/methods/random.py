@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob
+from tamt_cli.units import STRUCTURES
 
 if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
@@ -29,6 +30,7 @@ class RandomPruning:
     Options = RandomOptions
     sparsity_alternative: ClassVar[str] = "--like MASKFILE"
     patterns: ClassVar[bool] = True
+    structures: ClassVar[tuple[str, ...]] = STRUCTURES
 
     def __init__(self, options: RandomOptions) -> None:
         self.options = options
@@ -39,12 +41,20 @@ class RandomPruning:
     def check(self, spec: SearchSpec) -> None:
         if self.options.like is not None and spec.pattern is not None:
             raise UserError("--like copies another mask's counts; it does not go with --pattern")
+        if self.options.like is not None and spec.structure != "weights":
+            raise UserError(
+                f"--like copies another mask's counts of weights; it does not go with "
+                f"--structure {spec.structure} (give --sparsity)"
+            )
         if self.options.like is not None and not self.options.like.is_file():
             raise UserError(f"--like mask file '{self.options.like}' does not exist")
 
     def search(self, job: SearchJob) -> dict[str, Any]:
-        from tamt_cli import maskfile, masking
+        from tamt_cli import maskfile, masking, units
 
+        if job.units:
+            return units.keep_units(job.units, units.random_scores(job.units, job.spec.seed),
+                                    job.sparsity)  # fmt: skip
         scores = masking.random_scores(job.weights, job.spec.seed)
         if self.options.like is None:
             return masking.masks_from_scores(scores, job.sparsity, job.spec.scope, job.pattern)
