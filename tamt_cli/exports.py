@@ -58,7 +58,11 @@ def stored_state(folder: Path) -> dict[str, Any]:
 
 
 def check(
-    folder: Path, masks: Mapping[str, Any], base: Any = None, model: str | None = None
+    folder: Path,
+    masks: Mapping[str, Any],
+    base: Any = None,
+    model: str | None = None,
+    unit_masks: Any = None,
 ) -> None:
     """One-line error unless the export in ``folder`` holds every weight ``masks`` covers, with
     the mask's shape and exactly zero wherever the mask prunes; with ``base`` (the pre-trained
@@ -67,8 +71,16 @@ def check(
     ``base``'s, masked (weights the checkpoint lacked, :func:`models.absent_keys`, aside)."""
     import torch
 
+    from tamt_cli import units
+
     state = stored_state(folder)
     where = f"export '{folder}' is damaged"
+    # a dense export of a structured mask (``unit_masks``) lost its pruned neurons and its
+    # pruned heads' biases (:func:`tamt_cli.units.slice_model`); its mask file did not
+    fitted = unit_masks is not None and not compressed.is_compressed(folder)
+    full = masks
+    if fitted:
+        masks = units.sliced_masks(masks, unit_masks)
     for name, mask in masks.items():
         weight = state.get(name)
         if weight is None:
@@ -87,11 +99,12 @@ def check(
         return
     encoder = getattr(base, "base_model", base)
     absent = models.absent_keys(encoder)
-    weights = {k: v for k, v in encoder.state_dict().items() if k not in absent}
+    weights = {k: v.detach().to("cpu") for k, v in encoder.state_dict().items() if k not in absent}
+    weights = {k: v.masked_fill(~full[k].bool(), 0) if k in full else v for k, v in weights.items()}
+    if fitted:
+        weights = units.fitted_state(weights, unit_masks)
     for name in sorted(set(state) & set(weights)):
-        want = weights[name].detach().to("cpu")
-        if name in masks:
-            want = want.masked_fill(~masks[name].bool(), 0)
+        want = weights[name]
         have = state[name].to(want.dtype)
         if have.shape != want.shape:
             raise UserError(
@@ -114,4 +127,7 @@ def check_against(subject: Any, base: Any) -> None:
     model: ``finetune`` of a dense export)."""
     if subject.export is None or subject.weights_sha256 is None or subject.masks is None:
         return
-    check(subject.export, subject.masks, base, subject.ref.given)
+    from tamt_cli import maskfile
+
+    found = maskfile.load_units(subject.mask_file) if subject.mask_file is not None else None
+    check(subject.export, subject.masks, base, subject.ref.given, found)

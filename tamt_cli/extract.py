@@ -46,7 +46,7 @@ def run(
     if manifest.get("kind") == "subnetwork" and spec.export is None:  # with --export: in export()
         from tamt_cli import exports
 
-        exports.check(Path(spec.run), masks)
+        exports.check(Path(spec.run), masks, unit_masks=maskfile.load_units(mask_path))
     infos = [SimpleNamespace(**m) for m in manifest["sparsity_report"]["matrices"]]
     masking.check_fits(masks, {m.name: m.shape for m in infos}, f"mask file '{mask_path}'")
     targets = {m.name: m.target for m in infos}
@@ -101,11 +101,11 @@ def export(
         model, embeddings=manifest.get("embeddings", True), pooler=manifest.get("pooler", True)
     )
     masking.check_fits(masks, masking.shapes(weights), f"the mask of run '{spec.run}'")
+    found = maskfile.load_units(Path(spec.run) / entry["file"])
     if manifest.get("kind") == "subnetwork":  # an export exported again: its own weights first
         base = model if record["weights_sha256"] is not None else None
-        exports.check(Path(spec.run), masks, base, record["id"])
+        exports.check(Path(spec.run), masks, base, record["id"], found)
     masking.bake_masks(weights, masks)
-    found = maskfile.load_units(Path(spec.run) / entry["file"])
     structured = structured_export(model, weights, found, spec.format)
     assert spec.export is not None
     sub_manifest = artifacts.new_manifest(

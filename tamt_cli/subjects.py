@@ -80,7 +80,7 @@ def resolve(
         entry = artifacts.choose_mask(manifest, path, step=step)
         masks = maskfile.load_masks(path / entry["file"])
         if kind == "subnetwork":  # its own weights must hold the mask's zeros
-            exports.check(path, masks)
+            exports.check(path, masks, unit_masks=maskfile.load_units(path / entry["file"]))
         head = path / artifacts.HEAD_FILE
         record = manifest["model"]
         # a compressed export's weights are its model's with the mask's zeros: that model

@@ -297,6 +297,40 @@ def sliced_masks(masks: Mapping[str, Any], unit_masks: UnitMasks) -> dict[str, A
     return out
 
 
+def fitted_state(state: Mapping[str, Any], unit_masks: UnitMasks) -> dict[str, Any]:
+    """``state`` (weights by name, over the pre-trained model's shapes, its mask applied) as
+    :func:`slice_model` leaves them in a dense export: the pruned neurons' FFN-in rows and
+    biases and FFN-out columns taken out, the pruned heads' query, key and value biases zero."""
+    out = dict(state)
+    for group, index in _neuron_index(unit_masks).values():
+        for name in group.rows:
+            for key in (name, _bias(name)):
+                if key in out:
+                    out[key] = out[key][index]
+        for name in group.columns:
+            out[name] = out[name][:, index]
+    for group in unit_masks.groups:
+        bias_names = (
+            [b for b in map(_bias, group.rows) if b in out] if group.kind == "heads" else []
+        )
+        for key in bias_names:
+            pruned = ~_as_bool(unit_masks.masks[group.name])
+            out[key] = out[key].masked_fill(
+                pruned.repeat_interleave(out[key].shape[0] // group.count), 0
+            )
+    return out
+
+
+def _bias(name: str) -> str:
+    return name[: -len("weight")] + "bias" if name.endswith("weight") else name
+
+
+def _as_bool(value: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(value).bool()
+
+
 def slice_model(model: Any, weights: Iterable[Any], unit_masks: UnitMasks) -> int | None:
     """Make ``model`` (masks baked in, none attached) the plain model of its subnetwork: the
     pruned neurons' FFN-in rows and biases and FFN-out columns taken out and the config's FFN

@@ -242,6 +242,35 @@ def test_heads_are_exported_as_zeros(cli, tiny_bert):
     assert same is not None and all(torch.equal(same.masks[n], found.masks[n]) for n in same.masks)
 
 
+def test_a_structured_export_passes_its_own_weight_checks_and_a_damaged_one_is_refused(
+    cli, tiny_bert, corpus
+):
+    """A dense export of neurons and heads lost the pruned neurons and the pruned heads' biases:
+    every command that reads it checks it as it is (also against the pre-trained model), and a
+    kept FFN weight changed in it is refused naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    res = cli("search", "-m", "omp", "-s", "0.5", "--structure", "neurons+heads",
+              "--model", tiny_bert, "--out", "run")  # fmt: skip
+    assert res.code == 0, res.err
+    for fmt in ("dense", "compressed"):
+        assert cli("extract", "run", "--export", fmt, "--format", fmt).code == 0
+        res = cli("eval", fmt, "--objective", "kd", "--corpus", corpus, "--max-length", "16",
+                  "--eval-blocks", "2", "--json")  # fmt: skip
+        assert res.code == 0, res.err
+        assert cli("extract", fmt, "--export", f"{fmt}-again").code == 0
+    weights = Path("dense/model.safetensors")
+    state = load_file(str(weights))
+    name = "encoder.layer.0.intermediate.dense.weight"
+    assert state[name].shape == (32, 32)
+    kept = torch.nonzero(state[name])[0]
+    state[name][tuple(kept)] += 1.0
+    save_file(state, str(weights), metadata={"format": "pt"})
+    res = cli("eval", "dense", "--objective", "kd", "--corpus", corpus, "--max-length", "16",
+              "--eval-blocks", "2")  # fmt: skip
+    assert res.code == 2 and f"'{name}' is not the weights of" in res.err, res.err
+
+
 @pytest.fixture(scope="module")
 def neuron_run(tmp_path_factory, tiny_bert) -> Path:
     from tamt_cli.cli import main
