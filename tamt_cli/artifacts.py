@@ -441,7 +441,7 @@ class RunWriter:
         if before is not None and before != value:
             raise UserError(
                 f"--resume: {what} has changed since run '{self.root}' started ({name} differs); "
-                f"resume it with the same {what}, or start a new run"
+                f"resume it with {what} it started with, or start a new run"
             )
         if before is None:
             self.manifest.setdefault("inputs", {})[name] = value

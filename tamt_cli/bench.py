@@ -112,6 +112,27 @@ def _semi_structured_linear(module: Any) -> None:
 DEFAULT_LENGTH = 128
 
 
+def check_length(spec: BenchSpec, subject: Any, batch: Any = None, config: Any = None) -> None:
+    """The tokens per sequence must fit the model's positions: a one-line error naming where
+    the length comes from when ``--max-length`` is not given. With ``--task`` and no
+    ``--max-length``, the task's default length only truncates: the encoded ``batch`` is
+    checked, once there is one (``config``: the model's)."""
+    from tamt_cli import models
+
+    if spec.max_length is not None:
+        models.check_positions(subject.ref, spec.max_length)
+    elif spec.task is None:
+        models.check_positions(subject.ref, DEFAULT_LENGTH, origin="the default")
+    elif batch is not None and batch["input_ids"].shape[1] > getattr(
+        config, "max_position_embeddings", batch["input_ids"].shape[1]
+    ):
+        from tamt_cli.registry import create_task
+
+        task = create_task(str(spec.task), spec.task_options)
+        origin = f"{task.name}'s default"
+        models.check_positions(subject.ref, task.defaults.max_length, config, origin=origin)
+
+
 def task_inputs(spec: BenchSpec, subject: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The first ``batch_size`` features of the task's first dev split, encoded as fine-tuning
     encodes them (truncated at ``max_length``, else the task's length) and padded as a batch."""
@@ -142,10 +163,12 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
             f"'{spec.subnetwork}' is a dense model; bench takes a subnetwork (a search run, an "
             "export, or a mask file with --model)"
         )
+    check_length(spec, subject)
     dense, masked = _dense_and_masked(spec, subject, console)
     pattern = (subject.manifest or {}).get("pattern")
     sizes = _sizes(masked, list(subject.masks))
     batch, source = _inputs(spec, subject, dense)
+    check_length(spec, subject, batch, dense.config)
     threads = torch.get_num_threads()
 
     latency = Latency(batch, spec.repeats, spec.warmup, console)

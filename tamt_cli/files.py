@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tamt_cli.errors import UserError
+from tamt_cli.errors import UserError, fault_of_machine
 
 # -- atomic writes -------------------------------------------------------------------------
 
@@ -183,12 +183,16 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
     if the block succeeds; on failure nothing at ``final`` is touched. An existing ``final`` is
     replaced only with ``replace`` (callers check what may be replaced:
     :func:`tamt_cli.artifacts.check_output`)."""
-    final = absolute(final)
+    given, final = Path(final), absolute(final)
     if os.path.lexists(final) and not replace:
         raise UserError(f"'{final}' already exists; nothing was written")
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent)
-    stage, lock = _new_stage(final)
+    try:
+        stage, lock = _new_stage(final)
+    except Exception as exc:
+        _name_the_output(exc, final, given)
+        raise
     try:
         yield stage
         for path in stage.rglob("*"):  # libraries writing into the stage may make private files
@@ -208,11 +212,42 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
                 raise UserError(
                     f"'{final}' was created by another process meanwhile; nothing written"
                 ) from None
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        _name_the_output(exc, final, given)
         raise
     finally:
         release(lock)
+
+
+def _name_the_output(exc: BaseException, final: Path, given: Path) -> None:
+    """For a fault of the machine (a full disk, no permission) met while ``final`` was staged,
+    raise an ``OSError`` that names the output as the user gave it (``given``, or the file in
+    it), never tamt's temporary folder, nor nothing at all (safetensors names no file). Other
+    exceptions, and faults on files elsewhere, are left as they are."""
+    fault = None if isinstance(exc, UserError) else fault_of_machine(exc)
+    if fault is None:
+        return
+    number, filename, _ = fault
+    shown = given
+    if filename is not None:
+        path = absolute(Path(filename))
+        temporary = next((p for p in (path, *path.parents) if _temporary_of(p, final)), None)
+        if temporary is None:
+            return
+        inside = path.relative_to(temporary)
+        if inside.parts and inside.parts[0] not in {LOCK_FILE, "replaced"}:
+            shown = given / inside
+    raise OSError(number, os.strerror(number), str(shown)) from exc
+
+
+def _temporary_of(path: Path, final: Path) -> bool:
+    """Whether ``path`` is one of the temporary folders :func:`staged_dir` makes for ``final``."""
+    return (
+        path.parent == final.parent
+        and path.name.startswith(f".{final.name}.")
+        and path.name.endswith((PARTIAL_SUFFIX, STARTING_SUFFIX))
+    )
 
 
 def _new_stage(final: Path) -> tuple[Path, Any]:

@@ -328,7 +328,7 @@ class RunFolder:
                 raise Interrupted("interrupted before the first checkpoint; nothing was kept")
             return
         if isinstance(exc, Exception) and not isinstance(exc, UserError):
-            fault = environment_fault(exc)
+            fault = environment_fault(exc, self.root)
             if fault is not None:
                 raise UserError(f"{fault}; {hint}" if hint else fault) from None
 

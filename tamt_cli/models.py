@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,18 +94,46 @@ def pretrained(load: Callable[..., Any], ref: ModelRef, kind: str = "model") -> 
         ) from None
 
 
-def check_positions(ref: ModelRef, max_length: int, config: Any = None) -> None:
+def check_positions(
+    ref: ModelRef, max_length: int, config: Any = None, *, origin: str | None = None
+) -> None:
     """``--max-length`` must fit the model's position embeddings (``config``: the model's, when
-    it is loaded already)."""
+    it is loaded already). ``origin``: where the length comes from when no ``--max-length``
+    was given (``the default``, ``from --budget paper``), for the error."""
     if config is None:
         from transformers import AutoConfig
 
         config = pretrained(AutoConfig.from_pretrained, ref, "the model config")
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
+        given = f"({origin}) " if origin else ""
+        fix = f"give --max-length {positions} or less" if origin else f"use at most {positions}"
         raise UserError(
-            f"--max-length {max_length} is beyond the model's {positions} positions "
-            f"('{ref.given}'); use at most {positions}"
+            f"--max-length {max_length} {given}is beyond the model's {positions} positions "
+            f"('{ref.given}'); {fix}"
+        )
+
+
+def check_shapes(
+    ref: ModelRef, info: Mapping[str, Any], replaced: Callable[[str], bool] | None = None
+) -> None:
+    """A one-line error when a weight in ``ref``'s checkpoint has another shape than its
+    ``config.json`` gives it (loaded with ``ignore_mismatched_sizes``, transformers would start
+    it afresh; without, it refers to a report tamt does not show). ``info``: the load's
+    ``output_loading_info``; ``replaced``: weights that may differ (a task head of another
+    shape, made anew for fine-tuning)."""
+    wrong = sorted(
+        (str(key), list(saved), list(wanted))
+        for key, saved, wanted in info.get("mismatched_keys") or ()
+        if replaced is None or not replaced(str(key))
+    )
+    if wrong:
+        key, saved, wanted = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise UserError(
+            f"cannot load model from '{ref.given}': weight '{key}' has shape {saved} in the "
+            f"checkpoint but {wanted} by its config.json{more}; the config does not describe "
+            "these weights"
         )
 
 
@@ -171,11 +199,17 @@ def load_encoder(ref: ModelRef) -> Any:
     def load(location: str, **kw: Any) -> Any:
         config = AutoConfig.from_pretrained(location, **kw)
         return AutoModel.from_pretrained(
-            location, config=config, dtype=torch.float32, output_loading_info=True, **kw
+            location,
+            config=config,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,  # a weight of another shape: check_shapes names it
+            output_loading_info=True,
+            **kw,
         )
 
     with quiet_loading():
         model, info = pretrained(load, ref)
+    check_shapes(ref, info)
     mark_absent(model, info["missing_keys"])
     return model
 
@@ -192,11 +226,16 @@ def load_mlm_head(ref: ModelRef, encoder: Any) -> tuple[Any, bool]:
 
     def load(location: str, **kw: Any) -> Any:
         return AutoModelForMaskedLM.from_pretrained(
-            location, dtype=torch.float32, output_loading_info=True, **kw
+            location,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,  # a weight of another shape: check_shapes names it
+            output_loading_info=True,
+            **kw,
         )
 
     with quiet_loading():
         mlm, info = pretrained(load, ref, "an MLM head")
+    check_shapes(ref, info)
     prefix = mlm.base_model_prefix
     names = _HEAD_MODULES.get(mlm.config.model_type)
     if names is not None:
@@ -251,6 +290,7 @@ def load_task_model(ref: ModelRef, task: Any, seed: int = 0, *, trained: bool = 
         model, info = pretrained(load, ref, "model")
     base = model.base_model
     prefix = f"{model.base_model_prefix}." if base is not model else ""
+    check_shapes(ref, info, lambda key: bool(prefix) and not key.startswith(prefix))
     mark_absent(base, info["missing_keys"], prefix)
     return model
 
@@ -271,10 +311,17 @@ def _load_trained(ref: ModelRef, task: Any, cls: Any) -> Any:
             )
 
     def load(location: str, **kw: Any) -> Any:
-        return cls.from_pretrained(location, dtype=torch.float32, output_loading_info=True, **kw)
+        return cls.from_pretrained(
+            location,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=True,  # a weight of another shape: check_shapes names it
+            output_loading_info=True,
+            **kw,
+        )
 
     with quiet_libraries():
         model, info = pretrained(load, ref, "model")
+    check_shapes(ref, info)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(

@@ -110,7 +110,10 @@ def check_inputs(ref: Any, model: Any, spec: CorpusSettings, engine: Any) -> Any
     returns the tokenizer. Runs before a run directory is made."""
     from tamt_cli import corpora, models
 
-    models.check_positions(ref, spec.max_length, model.config)
+    origin = getattr(spec, "origin", None)  # a search's spec says where a default came from
+    models.check_positions(
+        ref, spec.max_length, model.config, origin=origin and origin("max_length")
+    )
     corpora.describe_corpus(spec.corpus)
     engine.micro_batch(spec.batch_size, spec.grad_accum)
     return models.load_tokenizer(ref, padding=False, mask=True)

@@ -33,6 +33,11 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
             f"method '{spec.method}' does not take --structure {spec.structure}; "
             f"{', '.join(able) or 'no installed method'} {'does' if len(able) == 1 else 'do'}"
         )
+    if spec.report_to and not getattr(method, "trains", False):
+        raise UserError(
+            f"--report-to {','.join(spec.report_to)}: method '{spec.method}' runs in one shot "
+            "and logs no training, so no tracker would get anything; leave --report-to out"
+        )
     check_spec(method, spec)
     models.resolve(spec.model)
     if spec.out is None:
@@ -45,6 +50,21 @@ def resolve(spec: SearchSpec) -> tuple[Any, SearchSpec]:
             update={"out": artifacts.default_run_dir(spec.label or spec.method, level)}
         )
     return method, spec
+
+
+def trackers_where_trained(data: dict[str, Any]) -> dict[str, Any]:
+    """Search fields (a sweep cell's) without ``report_to`` when their method runs in one shot:
+    the trackers a grid names for its searches watch those that train; a one-shot method, which
+    logs nothing, refuses them."""
+    if not data.get("report_to"):
+        return data
+    try:
+        method = registry.methods().get(str(data.get("method")))
+    except UserError:  # an unknown method: the search says so
+        return data
+    if getattr(method, "trains", False):
+        return data
+    return {k: v for k, v in data.items() if k != "report_to"}
 
 
 def advise(method: Any, spec: SearchSpec, console: Any) -> None:
@@ -70,7 +90,9 @@ def _paper_budget(spec: SearchSpec, method_cls: Any) -> SearchSpec:
     update = {k: v for k, v in fields.items() if k not in spec.model_fields_set}
     update["options"] = {**options, **spec.options}
     given = spec.model_dump(exclude_unset=True)  # what was left open stays open
-    return specs.validate(SearchSpec, {**given, **update}, "--budget paper")
+    filled = specs.validate(SearchSpec, {**given, **update}, "--budget paper")
+    filled.filled_in(set(update) - {"options"}, "from --budget paper")
+    return filled
 
 
 def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -> SearchSpec:
@@ -224,7 +246,7 @@ def _stopped(exc: BaseException, out: Path, *, created: bool, resumed: bool) -> 
             raise Interrupted("interrupted before the first checkpoint; nothing was kept") from None
         return
     if isinstance(exc, Exception) and not isinstance(exc, UserError):
-        fault = environment_fault(exc)
+        fault = environment_fault(exc, out)
         if fault is not None:
             raise UserError(f"{fault}; {hint}" if hint else fault) from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -32,10 +33,44 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class Spec(BaseModel):
-    """Base of every run spec: unknown fields are errors, values are re-validated on change."""
+#: the largest seed: what every random generator tamt seeds takes (numpy's: 2³² − 1)
+MAX_SEED = 2**32 - 1
+#: the most steps, blocks, examples or repeats a spec counts: far beyond any run, and small
+#: enough for every library's integers
+MAX_COUNT = 10**9
+#: the most sequences a batch holds (all processes and micro-batches together)
+MAX_BATCH = 2**16
+#: the most tokens a sequence holds (a model's positions bound it further, checked once it is
+#: known)
+MAX_TOKENS = 2**20
+#: the most epochs a fine-tuning runs
+MAX_EPOCHS = 10**4
+#: the largest learning rate: far above any that trains (a larger one overflows float32 updates)
+MAX_LR = 10.0
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Spec(BaseModel):
+    """Base of every run spec: unknown fields are errors, values are re-validated on change,
+    numbers are finite (no inf, no nan)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    #: fields a value was filled in for by something other than the user or the default
+    #: (``--budget paper``): field → where it came from, for errors about it
+    _filled: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def filled_in(self, names: Iterable[str], origin: str) -> Spec:
+        """This spec, noting that the fields ``names`` were filled in by ``origin`` (``from
+        --budget paper``): an error about one of them says so (:meth:`origin`)."""
+        self._filled.update(dict.fromkeys(names, origin))
+        return self
+
+    def origin(self, name: str) -> str | None:
+        """Where the value of the field ``name`` comes from when it was not given (``the
+        default``, ``from --budget paper``); None when it was given."""
+        if name in self._filled:
+            return self._filled[name]
+        return None if name in self.model_fields_set else "the default"
 
     def to_yaml(self) -> str:
         """The spec as YAML, every value on one line however long (what ``--spec`` reads)."""
@@ -64,8 +99,8 @@ def check_sparsity(value: float) -> float:
 def check_seeds(value: list[int]) -> list[int]:
     if not value:
         raise ValueError("give at least one seed")
-    if any(seed < 0 for seed in value):
-        raise ValueError(f"seeds must not be negative, got {value}")
+    if any(seed < 0 or seed > MAX_SEED for seed in value):
+        raise ValueError(f"seeds must be from 0 to {MAX_SEED}, got {value}")
     if len(set(value)) != len(value):
         raise ValueError(f"seeds repeat, got {value}")
     return value
@@ -118,7 +153,7 @@ class SearchSpec(Spec):
     )
     embeddings: bool = Field(True, description="mask the word-embedding matrix")
     pooler: bool = Field(True, description="mask the pooler dense layer")
-    seed: int = Field(0, ge=0, description="random seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed")
     out: Path | None = Field(None, description="run directory")
     label: str | None = Field(
         None,
@@ -142,27 +177,41 @@ class SearchSpec(Spec):
         description="training text: wikitext-103, wikitext-2, demo, or files/globs (quote "
         "globs; comma-separated)",
     )
-    max_length: int = Field(128, ge=8, description="tokens per block (the paper: 512)")
+    max_length: int = Field(
+        128, ge=8, le=MAX_TOKENS, description="tokens per block (the paper: 512)"
+    )
     held_out: float = Field(0.05, gt=0, le=0.5, description="held-out fraction of a local corpus")
-    max_steps: int | None = Field(None, gt=0, description="optimiser steps")
-    batch_size: int = Field(16, gt=0, description="blocks per step, all processes")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per step")
-    lr: float | None = Field(None, gt=0, description="learning rate")
+    max_steps: int | None = Field(None, gt=0, le=MAX_COUNT, description="optimiser steps")
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="blocks per step, all processes")
+    grad_accum: int = Field(1, gt=0, le=MAX_BATCH, description="micro-batches per step")
+    lr: float | None = Field(None, gt=0, le=MAX_LR, description="learning rate")
     head_lr: float | None = Field(
-        None, ge=0, description="MLM-head learning rate while the mask trains, 0 freezes it"
+        None,
+        ge=0,
+        le=MAX_LR,
+        description="MLM-head learning rate while the mask trains, 0 freezes it",
     )
     head_warmup_steps: int | None = Field(
-        None, ge=0, description="steps fitting a missing MLM head on the frozen model"
+        None, ge=0, le=MAX_COUNT, description="steps fitting a missing MLM head on the frozen model"
     )
-    head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
+    head_warmup_lr: float | None = Field(
+        None, gt=0, le=MAX_LR, description="learning rate of that fit"
+    )
     clip: float | None = Field(1.0, gt=0, description="gradient-norm clip")
-    log_every: int = Field(10, gt=0, description="log (and print a progress line) every N steps")
-    eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps")
-    eval_blocks: int = Field(64, gt=0, description="held-out blocks per evaluation")
-    save_every: int | None = Field(None, gt=0, description="checkpoint and mask every N steps")
+    log_every: int = Field(
+        10, gt=0, le=MAX_COUNT, description="log (and print a progress line) every N steps"
+    )
+    eval_every: int | None = Field(
+        None, gt=0, le=MAX_COUNT, description="held-out loss every N steps"
+    )
+    eval_blocks: int = Field(64, gt=0, le=MAX_COUNT, description="held-out blocks per evaluation")
+    save_every: int | None = Field(
+        None, gt=0, le=MAX_COUNT, description="checkpoint and mask every N steps"
+    )
     keep_checkpoints: int | None = Field(
         None,
         ge=1,
+        le=MAX_COUNT,
         description="resumable checkpoints kept while the run goes on; given, they also stay "
         "once it completes",
     )
@@ -247,7 +296,9 @@ class ExtractSpec(Spec):
     sparsity: float | None = Field(
         None, description="the run's mask at this sparsity (runs with several)"
     )
-    step: int | None = Field(None, ge=0, description="the mask saved at this training step")
+    step: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="the mask saved at this training step"
+    )
     export: Path | None = Field(
         None, description="write a plain Hugging Face folder with the zeros baked in"
     )
@@ -270,11 +321,11 @@ class BenchSpec(Spec):
         description="search run, exported subnetwork, or mask file (with --model)"
     )
     model: str | None = Field(None, description="the model of a bare mask file")
-    batch_size: int = Field(8, gt=0, description="sequences per forward pass")
-    max_length: int | None = Field(None, ge=2, description="tokens per sequence")
-    repeats: int = Field(10, gt=0, description="timed forward passes of each variant")
-    warmup: int = Field(2, ge=0, description="untimed forward passes first")
-    seed: int = Field(0, ge=0, description="seed of the random token ids")
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH, description="sequences per forward pass")
+    max_length: int | None = Field(None, ge=2, le=MAX_TOKENS, description="tokens per sequence")
+    repeats: int = Field(10, gt=0, le=MAX_COUNT, description="timed forward passes of each variant")
+    warmup: int = Field(2, ge=0, le=MAX_COUNT, description="untimed forward passes first")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the random token ids")
     task: str | None = Field(
         None,
         description="time the first --batch-size dev examples of this task, encoded as "
@@ -294,7 +345,7 @@ class FinetuneSpec(Spec):
     model: str | None = Field(None, description="model for a bare mask file")
     data_dir: Path | None = Field(None, description="local task data (GLUE TSV, SQuAD JSON)")
     seeds: list[int] = Field(default_factory=lambda: [1], description="fine-tuning seeds")
-    lr: float | None = Field(None, gt=0, description="learning rate")
+    lr: float | None = Field(None, gt=0, le=MAX_LR, description="learning rate")
     warmup_ratio: float = Field(
         0.0,
         ge=0,
@@ -302,18 +353,30 @@ class FinetuneSpec(Spec):
         description="linear warm-up of the lr over ⌈ratio × steps⌉ steps, then linear decay "
         "(the paper: 0)",
     )
-    batch_size: int | None = Field(None, gt=0, description="batch size")
+    batch_size: int | None = Field(None, gt=0, le=MAX_BATCH, description="batch size")
     grad_accum: int = Field(
-        1, gt=0, description="micro-batches per optimiser step (--batch-size is their sum)"
+        1,
+        gt=0,
+        le=MAX_BATCH,
+        description="micro-batches per optimiser step (--batch-size is their sum)",
     )
-    epochs: float | None = Field(None, gt=0, description="epochs")
-    max_length: int | None = Field(None, gt=0, description="max tokens")
-    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
-    train_size: int | None = Field(None, gt=0, description="seeded training subset size")
-    eval_every: int | None = Field(None, gt=0, description="evaluate every N steps")
-    save_every: int = Field(500, gt=0, description="checkpoint every N steps, for --resume")
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS, description="epochs")
+    max_length: int | None = Field(None, gt=0, le=MAX_TOKENS, description="max tokens")
+    doc_stride: int | None = Field(
+        None, gt=0, le=MAX_TOKENS, description="SQuAD: tokens shared by windows"
+    )
+    train_size: int | None = Field(
+        None, gt=0, le=MAX_COUNT, description="seeded training subset size"
+    )
+    eval_every: int | None = Field(None, gt=0, le=MAX_COUNT, description="evaluate every N steps")
+    save_every: int = Field(
+        500, gt=0, le=MAX_COUNT, description="checkpoint every N steps, for --resume"
+    )
     keep_checkpoints: int = Field(
-        1, ge=1, description="checkpoints kept per seed while it trains (a done seed drops them)"
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="checkpoints kept per seed while it trains (a done seed drops them)",
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     out: Path | None = Field(None, description="output directory")
@@ -349,26 +412,34 @@ class EvalSpec(Spec):
     split: str = Field("validation", description="split to score")
     # --task: the fine-tuning run's, else the task's; --objective: the search run's (for
     # max_length, corpus and held_out), else the OBJECTIVE_* values
-    max_length: int | None = Field(None, gt=0, description="max tokens")
-    batch_size: int | None = Field(None, gt=0, description="batch size")
-    doc_stride: int | None = Field(None, gt=0, description="SQuAD: tokens shared by windows")
+    max_length: int | None = Field(None, gt=0, le=MAX_TOKENS, description="max tokens")
+    batch_size: int | None = Field(None, gt=0, le=MAX_BATCH, description="batch size")
+    doc_stride: int | None = Field(
+        None, gt=0, le=MAX_TOKENS, description="SQuAD: tokens shared by windows"
+    )
     task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
     # --objective: the held-out pre-training loss of a subnetwork
     corpus: str | None = Field(None, description="--objective: text whose held-out part is scored")
     held_out: float | None = Field(
         None, gt=0, le=0.5, description="--objective: held-out fraction of a local corpus"
     )
-    eval_blocks: int = Field(256, gt=0, description="--objective: held-out blocks scored")
-    step: int | None = Field(None, ge=0, description="a search run's mask at this step")
+    eval_blocks: int = Field(
+        256, gt=0, le=MAX_COUNT, description="--objective: held-out blocks scored"
+    )
+    step: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="a search run's mask at this step"
+    )
     head: Literal["shared", "own"] = Field(
         "shared",
         description="--objective mlm: shared (the checkpoint's head, or one fitted once on the "
         "dense model: the same for every subnetwork) or own (a search run's trained head)",
     )
     head_warmup_steps: int | None = Field(
-        None, ge=0, description="--objective mlm: steps fitting a missing head"
+        None, ge=0, le=MAX_COUNT, description="--objective mlm: steps fitting a missing head"
     )
-    head_warmup_lr: float | None = Field(None, gt=0, description="learning rate of that fit")
+    head_warmup_lr: float | None = Field(
+        None, gt=0, le=MAX_LR, description="learning rate of that fit"
+    )
 
 
 def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -423,7 +494,7 @@ def _bound(meta: Any) -> str:
     for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
         value = getattr(meta, attr, None)
         if value is not None:
-            return f"{sign} {value}"
+            return f"{sign} {value:,}" if isinstance(value, int) else f"{sign} {value:g}"
     return ""
 
 
@@ -446,6 +517,10 @@ DRY_RUN_ONLY = {
 }
 
 
+#: what Python's error says of an integer too long to read from text
+INT_DIGITS = "integer string conversion"
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML, JSON or TOML spec file; one-line errors for anything else."""
     if path.is_dir():
@@ -463,7 +538,12 @@ def read_spec_file(path: Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         else:
             raise UserError(f"spec file '{path}' must end in .yaml, .yml, .json or .toml")
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # JSON's and TOML's errors are ValueErrors
+        if INT_DIGITS in str(exc):  # a number longer than Python reads from text
+            raise UserError(
+                f"spec file '{path}' holds an integer of more than "
+                f"{sys.get_int_max_str_digits():,} digits"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"spec file '{path}' is not valid {suffix[1:].upper()}: {first}") from None
     if data is None:

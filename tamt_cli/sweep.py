@@ -365,7 +365,7 @@ def _search_cell(grid: GridSpec, method: str, sparsity: float, structure: str) -
         budget_fields, budget_options = _budget_values(base, {**shared, **data}, where)
         shared = {k: v for k, v in shared.items() if k not in budget_fields}
         shared_options = {k: v for k, v in shared_options.items() if k not in budget_options}
-    data = {**shared, **data}
+    data = searching.trackers_where_trained({**shared, **data})
     options = {**shared_options, **options}
     if options:
         data["options"] = options
@@ -451,7 +451,7 @@ def _place(cell: Cell, sweep_dir: Path) -> Any:
 PATH_FIELDS = ("out", "subnetwork", "checkpoint")
 #: fields that say what a complete run keeps on disk, not what it computes: a cell that ran
 #: with another value is still done (searches of tamt 0.2 saved keep_checkpoints 1)
-KEEPING_FIELDS = ("keep_checkpoints",)
+KEEPING_FIELDS = ("keep_checkpoints", "report_to")  # report_to: what watched it run
 
 
 def comparable(spec: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Env:
     kd: Path
     kd_stderr: str  # what the interruption of the training run said
     held: list[Any]
+    sst2: Path  # SST-2 in GLUE's layout
 
     def swept(self) -> Path:
         """A finished sweep (``out``) of ``grid.yaml``: OMP at 0.5, its held-out KD loss and one
@@ -67,6 +68,7 @@ class Env:
 def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
     from tamt_cli.cli import main
     from tamt_cli.methods import mask_training
+    from tests.tiny import write_sst2
 
     root = tmp_path_factory.mktemp("fault-runs")
     cache = root / "cache"
@@ -94,7 +96,8 @@ def env(tmp_path_factory, tiny_bert, other_bert, corpus) -> Env:
             os.environ["TAMT_CACHE_DIR"] = old_cache
     assert json.loads((kd / "manifest.json").read_text())["status"] == "running"
     assert [p.name for p in (kd / "checkpoints").iterdir()] == ["step-000002"]
-    return Env(tiny_bert, other_bert, corpus, omp, kd, err.getvalue(), [])
+    sst2 = write_sst2(root / "SST-2")
+    return Env(tiny_bert, other_bert, corpus, omp, kd, err.getvalue(), [], sst2)
 
 
 # -- what the cases do before running ------------------------------------------------------
@@ -165,6 +168,14 @@ def pickle_only_weights(folder: Path) -> None:
 
 def no_config(folder: Path) -> None:
     (folder / "config.json").unlink()
+
+
+def narrower_ffn(folder: Path) -> None:
+    """A config whose feed-forward width (48) is not the weights' (64)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["intermediate_size"] = 48
+    path.write_text(json.dumps(config))
 
 
 def resave_masks(path: Path, change: Callable[[dict, dict], None]) -> None:
@@ -516,6 +527,34 @@ def disk_full(monkeypatch) -> None:
     monkeypatch.setattr(os, "fsync", full_disk)
 
 
+def safetensors_disk_full(monkeypatch) -> None:
+    """``save_pretrained``'s safetensors writer on a full disk: part of the file is written, then
+    the error safetensors raises (its text only: no errno, no file name)."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def write(tensors: Any, filename: str, metadata: Any = None) -> None:
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", write)
+
+
+def staging_not_permitted(monkeypatch) -> None:
+    """The folder that holds an output is not writable: making the temporary folder fails (as
+    ``mkdtemp`` does there, naming the folder it tried to make)."""
+    import errno
+    import tempfile
+
+    def mkdtemp(suffix: str = "", prefix: str = "", dir: Any = None) -> str:
+        path = os.path.join(dir or ".", f"{prefix}x1y2z3w4{suffix}")
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+
+
 def interrupt_saving(monkeypatch) -> None:
     monkeypatch.setattr(maskfile, "save_masks", interrupt)
 
@@ -540,8 +579,11 @@ OMP = ["search", "-m", "omp", "-s", "0.5", "--model", "{bert}"]
 KD = ["search", "-m", "kd", "-s", "0.5", "--model", "{bert}", "--corpus", "{corpus}", *TRAIN]
 KD_TEXT = [*KD[:-len(TRAIN) - 2], "--corpus", "text.txt", *TRAIN]  # fmt: skip
 FT = ["finetune", "--task", "sst2"]
+FT_DATA = ["--data-dir", "{sst2}", "--max-length", "16", "--train-size", "8", "--batch-size", "4",
+           "--epochs", "1"]  # fmt: skip
 LIKE = ["search", "-m", "random", "--like", "m.safetensors", "--model"]
 SHORT = ["--max-length", "16"]
+A50 = "a" * 50  # the ends of a long value that an error line keeps
 
 # fmt: off
 CASES = [
@@ -701,7 +743,9 @@ CASES = [
     # resume
     Case("resume-changed-setting", ["search", "--resume", "part", "-s", "0.6"],
          "started with sparsity=0.5", kd_run),
-    Case("resume-changed-corpus", ["search", "--resume", "part"], "the corpus has changed",
+    Case("resume-changed-corpus", ["search", "--resume", "part"],
+         "the corpus has changed since run 'part' started (corpus_blocks_sha256 differs); resume "
+         "it with the corpus it started with",
          changed_corpus),
     Case("resume-other-major-version", ["search", "--resume", "part"],
          "another major version", edit_manifest(tamt_version="99.0.0")),
@@ -806,8 +850,83 @@ CASES = [
     Case("interrupted-before-the-first-checkpoint", [*KD, "--out", "r"],
          "interrupted before the first checkpoint; nothing was kept", code=130,
          patch=interrupt_at_step_1),
+    # numbers: bounded in every spec, lengths within the model's positions
+    Case("bench-max-length-beyond-the-model", ["bench", "run", "--max-length", "100000"],
+         "--max-length 100000 is beyond the model's 64 positions", omp_run),
+    Case("bench-default-length-beyond-the-model", ["bench", "run"],
+         "--max-length 128 (the default) is beyond the model's 64 positions", omp_run),
+    Case("search-default-length-beyond-the-model", [*KD[:-len(TRAIN)], "--out", "r"],
+         "--max-length 128 (the default) is beyond the model's 64 positions"),
+    Case("paper-budget-length-beyond-the-model",
+         [*KD[:-len(TRAIN)], *TRAIN[2:], "--budget", "paper", "--out", "r"],
+         "--max-length 512 (from --budget paper) is beyond the model's 64 positions"),
+    Case("option-integer-of-5000-digits", [*KD, "-o", "reset_every=" + "9" * 5000],
+         "reset_every: Unable to parse input string as an integer, exceeded maximum size (got "
+         "'99999999"),
+    Case("option-integer-too-large", [*KD, "-o", f"reset_every={10**20}"],
+         "reset_every: Input should be less than or equal to"),
+    Case("flag-integer-of-5000-digits", [*KD, "--max-steps", "9" * 5000],
+         "Invalid value for '--max-steps'"),
+    Case("spec-file-integer-of-5000-digits", ["search", "--spec", "spec.yaml"],
+         "holds an integer of more than 4,300 digits",
+         spec_file("method: kd\nsparsity: 0.5\nmax_steps: " + "9" * 5000 + "\n")),
+    Case("spec-file-json-integer-of-5000-digits", ["search", "--spec", "spec.json"],
+         "holds an integer of more than 4,300 digits",
+         spec_file('{"method": "kd", "max_steps": ' + "9" * 5000 + "}", "spec.json")),
+    Case("seed-too-large", [*KD, "--seed", str(2**64)],
+         "seed: Input should be less than or equal to 4294967295"),
+    Case("steps-too-large", [*KD, "--max-steps", str(10**20)],
+         "max_steps: Input should be less than or equal to 1000000000"),
+    Case("batch-size-too-large", [*KD, "--batch-size", str(10**20)],
+         "batch_size: Input should be less than"),
+    Case("learning-rate-infinite", [*KD, "--lr", "inf"], "lr: Input should be a finite number"),
+    Case("learning-rate-too-large", [*KD, "--lr", "1e300"],
+         "lr: Input should be less than or equal to 10"),
+    Case("option-float-too-large", [*KD, "-o", "tau=1e300"],
+         "tau: Input should be less than or equal to 1000000"),
+    Case("option-infinite", [*KD, "-o", "tau=inf"], "tau: Input should be a finite number"),
+    # faults of the machine name the path the user gave
+    Case("disk-full-writing-an-export", ["extract", "run", "--export", "e"],
+         "No space left on device: --export 'e'", omp_run, patch=safetensors_disk_full),
+    Case("disk-full-writing-a-compressed-export",
+         ["extract", "run", "--export", "e", "--format", "compressed"],
+         "No space left on device: 'e/", omp_run, patch=disk_full),
+    Case("disk-full-fine-tuning", [*FT[:1], "run", *FT[1:], *FT_DATA, "--out", "ft"],
+         "No space left on device: --out 'ft'", omp_run, patch=safetensors_disk_full),
+    Case("no-permission-for-the-out-folder", [*OMP, "--out", "r"],
+         "Permission denied: --out 'r'", patch=staging_not_permitted),
+    Case("no-permission-for-the-export-folder", ["extract", "run", "--export", "e"],
+         "Permission denied: --export 'e'", omp_run, patch=staging_not_permitted),
+    # long values: shortened in the middle, the option named
+    Case("label-of-100000-characters", [*OMP, "--label", "a" * 100_000],
+         f"(got '{A50}…{A50}' (100,000 characters))"),
+    Case("model-name-too-long", [*OMP[:-1], "a" * 5000],
+         f"File name too long: --model '{A50}…{A50}' (5,000 characters)"),
+    Case("spec-name-too-long", ["search", "--spec", "a" * 5000 + ".yaml"],
+         f"File name too long: --spec '{A50}…{A50[5:]}.yaml' (5,005 characters)"),
+    Case("corpus-name-too-long", [*KD[:-len(TRAIN) - 2], "--corpus", "a" * 5000, *TRAIN],
+         f"File name too long: --corpus '{A50}…{A50}' (5,000 characters)"),
+    Case("unknown-option-of-5000-characters", [*OMP, "--" + "x" * 5000],
+         f"No such option: --{'x' * 48}…{'x' * 50} (5,002 characters)"),
+    # messages that say what is wrong and where it comes from
+    Case("model-config-disagrees-with-weights", [*OMP[:-1], "model"],
+         "weight 'encoder.layer.0.intermediate.dense.bias' has shape [64] in the checkpoint but "
+         "[48] by its config.json (and 5 more)", model_copy(narrower_ffn)),
+    Case("finetune-model-config-disagrees-with-weights",
+         [*FT[:1], "model", *FT[1:], *FT_DATA, "--out", "ft"],
+         "weight 'bert.encoder.layer.0.intermediate.dense.bias' has shape [64] in the checkpoint "
+         "but [48] by its config.json", model_copy(narrower_ffn)),
+    Case("option-given-as-flag-and-o", [*KD, "-o", "reset_every=5", "--reset-every", "10"],
+         "method option 'reset_every' is given twice, as -o reset_every=... and as "
+         "--reset-every"),
+    Case("report-to-on-a-one-shot-method", [*OMP, "--report-to", "tensorboard"],
+         "method 'omp' runs in one shot and logs no training"),
 ]
 # fmt: on
+
+
+#: the longest error line of the table (a list of valid fields, say); no value is repeated whole
+LONGEST = 600
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -838,7 +957,7 @@ def test_bad_input(case: Case, env: Env, cli, monkeypatch):
     if case.patch is not None:
         case.patch(monkeypatch)
     before = snapshot(Path("."))
-    fields = {"bert": env.bert, "other": env.other, "corpus": env.corpus}
+    fields = {"bert": env.bert, "other": env.other, "corpus": env.corpus, "sst2": env.sst2}
     try:
         res = cli(*[a.format(**fields) for a in case.args])
     finally:
@@ -850,7 +969,8 @@ def test_bad_input(case: Case, env: Env, cli, monkeypatch):
     assert "Traceback" not in res.err
     errors = [line for line in lines if line.startswith("tamt: error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], res.err
-    assert case.message in errors[0], errors[0]
+    assert case.message in errors[0], errors[0][:1000]
+    assert len(errors[0]) <= LONGEST, f"{len(errors[0])} characters: {errors[0][:1000]}"
     assert res.out == ""
     assert snapshot(Path(".")) == before  # nothing made, nothing changed, nothing left behind
 
@@ -979,5 +1099,63 @@ def test_an_unwritable_out_is_a_one_line_error(cli, tiny_bert):
         res = cli("search", "-m", "omp", "-s", "0.5", "--model", tiny_bert, "--out", "locked/r")
     finally:
         os.chmod("locked", 0o700)
-    assert res.code == 2 and res.err.splitlines()[-1].startswith("tamt: error: Permission denied")
+    assert (
+        res.code == 2
+        and res.err.splitlines()[-1] == "tamt: error: Permission denied: --out 'locked/r'"
+    )
     assert list(Path("locked").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_an_unwritable_export_folder_is_named_as_given(cli, omp_run):
+    """The line names the --export given, never the temporary folder tamt stages it in."""
+    Path("locked").mkdir()
+    os.chmod("locked", 0o500)
+    try:
+        res = cli("extract", omp_run, "--export", "locked/e")
+    finally:
+        os.chmod("locked", 0o700)
+    assert res.code == 2, res.err
+    assert res.err.splitlines()[-1] == "tamt: error: Permission denied: --export 'locked/e'"
+    assert list(Path("locked").iterdir()) == []
+
+
+def test_error_lines_shorten_long_values_in_the_middle():
+    from tamt_cli.errors import LONGEST_VALUE, one_line, shorten
+
+    value = "x" * 60 + "y" * 99_880 + "z" * 60
+    assert shorten(value) == "x" * 50 + "…" + "z" * 50
+    assert shorten("a" * LONGEST_VALUE) == "a" * LONGEST_VALUE  # short enough: whole
+    line = one_line(f"label: too long (got '{value}')\nsee --help")
+    assert line == f"label: too long (got '{'x' * 50}…{'z' * 50}' (100,000 characters)) see --help"
+    spaced = " ".join(["word"] * 100)  # a quoted value with spaces is one value too
+    assert one_line(f'name "{spaced}" is wrong') == (
+        f'name "{spaced[:50]}…{spaced[-50:]}" (499 characters) is wrong'
+    )
+    assert one_line(f"No such option: --{'q' * 300}") == (
+        f"No such option: --{'q' * 48}…{'q' * 50} (302 characters)"
+    )
+    # apostrophes are not quotes: ordinary text stays whole however long
+    text = "the model's " + "long words " * 40 + "and the run's end"
+    assert one_line(text) == text
+
+
+def test_a_fault_names_the_option_that_gave_the_path():
+    import errno
+
+    from tamt_cli import errors
+
+    fault = OSError(errno.ENOSPC, "No space left on device", os.path.abspath("out/r"))
+    with errors.given({"--out": "out/r/", "--model": "m"}):
+        assert errors.environment_fault(fault) == "No space left on device: --out 'out/r/'"
+        assert errors.environment_fault(OSError(errno.EACCES, "x", "m/config.json")) == (
+            "Permission denied: 'm/config.json'"
+        )
+    assert errors.environment_fault(fault) == f"No space left on device: '{fault.filename}'"
+    wrapped = RuntimeError("Error while serializing: I/O error: No space left on device (os 28)")
+    assert errors.environment_fault(wrapped, "exp") == "No space left on device: 'exp'"
+    assert errors.environment_fault(wrapped) == (
+        "No space left on device (Error while serializing: I/O error: No space left on device "
+        "(os 28))"
+    )
+    assert errors.environment_fault(ValueError("bad value")) is None

@@ -26,7 +26,7 @@ def test_a_builtin_method_lists_its_options_with_types_defaults_and_help(cli, mo
     ]  # fmt: skip
     assert options["steps_per_round"] == {
         "name": "steps_per_round",
-        "type": "int, > 0",
+        "type": "int, > 0, ≤ 1,000,000,000",
         "required": False,
         "default": 100,
         "description": "training steps between two prunings",
@@ -38,13 +38,15 @@ def test_a_builtin_method_lists_its_options_with_types_defaults_and_help(cli, mo
     assert doc["given_as"].startswith("-o name=value")
     # --kind is needed only when a method and a task share a name
     table = " ".join(cli("plugins", "imp").out.split())
-    assert "steps_per_round (-o steps_per_round=...)" in table and "int, > 0" in table
+    assert "steps_per_round (-o steps_per_round=...)" in table
+    assert "int, > 0, ≤ 1,000,000,000" in table
 
 
 def test_mask_training_options_are_given_as_o_name_value(cli):
     options = by_name(cli("plugins", "--kind", "method", "kd", "--json").json())
     assert options["tau"]["default"] == 0.01 and options["tau"]["flag"] == "-o tau=..."
-    assert options["reset_every"]["type"] == "int | none, > 0"
+    assert options["reset_every"]["type"] == "int | none, > 0, ≤ 1,000,000,000"
+    assert options["tau"]["type"] == "float, > 0, ≤ 1e+06"
     assert options["reset_every"]["default"] is None
     assert options["init"]["flag"] == "-o init=..."
 

@@ -330,4 +330,4 @@ def test_plugins_shows_the_defaults_the_method_fills_in(cli, monkeypatch):
     assert options["decay_steps"]["effective_default"] == "max-steps"
     assert "effective_default" not in options["tau"]
     table = " ".join(cli("plugins", "kd").out.split())
-    assert "int | none, > 0 100 (the method's)" in table
+    assert "int | none, > 0, ≤ 1,000,000,000 100 (the method's)" in table

@@ -459,6 +459,26 @@ def test_printed_command_of_a_paper_budget_variant_runs(cli, tmp_path, tiny_bert
     assert (shown["options"]["scores"], shown["options"]["decay_steps"]) == ("binary", 30000)
 
 
+def test_trackers_of_a_grid_watch_the_searches_that_train(cli, tmp_path, tiny_bert, corpus, sst2):
+    """The grid's trackers go to the training searches only: a one-shot method logs nothing and
+    refuses --report-to, so its cells and printed lines leave them out (and pass the CLI)."""
+    from tamt_cli import sweep
+
+    data = grid(tiny_bert, corpus, sst2, sparsities=[0.5])
+    data["search"]["report_to"] = ["tensorboard"]
+    path = write_grid(tmp_path / "grid.yaml", data)
+    plan = sweep.plan(path, Path("new"))
+    searches = {c.method: c.spec for c in plan.cells if c.kind == "search"}
+    assert searches["kd"].report_to == ["tensorboard"] and searches["omp"].report_to == []
+    lines = cli("sweep", path, "--out", "new", "--print-commands").out.strip().splitlines()
+    omp = next(line for line in lines if line.startswith("tamt search") and "omp" in line)
+    assert "--report-to" not in omp
+    res = cli(*shlex.split(omp.partition(" > ")[0])[1:], "--dry-run", "--json")
+    assert res.code == 0, (omp, res.err)
+    refused = cli(*shlex.split(omp.partition(" > ")[0])[1:], "--report-to", "tensorboard")
+    assert refused.code == 2 and "runs in one shot and logs no training" in refused.err
+
+
 def test_paper_budget_keeps_its_values_over_the_shared_search_fields(
     cli, tmp_path, tiny_bert, corpus, sst2
 ):

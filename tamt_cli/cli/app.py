@@ -12,7 +12,7 @@ import typer
 from tamt_cli import __version__
 from tamt_cli.cli import admin, bench, extract, finetune, options, report, search, sweep
 from tamt_cli.cli import eval as evaluate
-from tamt_cli.errors import Interrupted, UserError, environment_fault
+from tamt_cli.errors import Interrupted, UserError, environment_fault, one_line
 
 
 class _Stopped(Exception):
@@ -116,6 +116,6 @@ def _unexpected(exc: Exception) -> int:
 
 
 def _fail(message: str) -> None:
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    sys.stderr.write(f"tamt: error: {line}\n")
+    """``message`` on stderr as one line, long values shortened (:func:`errors.one_line`)."""
+    sys.stderr.write(f"tamt: error: {one_line(message)}\n")
     sys.stderr.flush()

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from typer.core import TyperCommand, TyperGroup
 
-from tamt_cli import trackers
+from tamt_cli import errors, trackers
 from tamt_cli.errors import UserError
 
 REQUIRED = "\\[required]"
@@ -177,7 +177,14 @@ def command(
             later[flag.name] = functools.partial(help_text, flag, field)
 
     def callback(**values: Any) -> Any:
-        return body(values)
+        with errors.given(_paths_given(flags, values)):
+            try:
+                return body(values)
+            except Exception as exc:  # a fault of the machine, told while the options are known
+                fault = None if isinstance(exc, UserError) else errors.environment_fault(exc)
+                if fault is None or os.environ.get("TAMT_DEBUG"):
+                    raise
+                raise UserError(fault) from exc
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     for attr in ("__name__", "__qualname__", "__module__"):
@@ -185,6 +192,22 @@ def command(
     callback.__doc__ = reflowed(body.__doc__)
     callback.later_help = later  # type: ignore[attr-defined]
     return callback
+
+
+def _paths_given(flags: Sequence[Flag], values: Mapping[str, Any]) -> dict[str, str]:
+    """Option (``--model``, or an argument's ``RUN``) → the text it was given, for every value
+    that may name a file: an error about that file names the option too."""
+    given = {}
+    for flag in flags:
+        value = values.get(flag.name)
+        if isinstance(value, str | Path):
+            name = flag.name.upper() if flag.argument else (flag.decls or _dashed(flag))[0]
+            given[name.split("/")[0]] = str(value)
+    return given
+
+
+def _dashed(flag: Flag) -> tuple[str]:
+    return (f"--{flag.name.replace('_', '-')}",)
 
 
 def without_flag_metavars(params: list[Any]) -> list[Any]:
@@ -245,7 +268,7 @@ def parse_pairs(pairs: list[str] | None, flag: str = "--option") -> dict[str, An
             raise UserError(f"{flag} takes name=value, got '{pair}'")
         try:
             options[name.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an integer too long to read
             options[name.strip()] = value
     return options
 

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob, sparsity_of
-from tamt_cli.specs import Objective
+from tamt_cli.specs import MAX_COUNT, Objective
 
 if TYPE_CHECKING:
     from tamt_cli.specs import SearchSpec
@@ -58,13 +58,16 @@ REWIND_PREFIX = "imp.rewind."
 
 
 class IMPOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     objective: Objective = Field(
         "mlm", description="training objective between prunings: mlm (the paper), kd, mlm-kd"
     )
     steps_per_round: int = Field(
-        DEFAULT_STEPS_PER_ROUND, gt=0, description="training steps between two prunings"
+        DEFAULT_STEPS_PER_ROUND,
+        gt=0,
+        le=MAX_COUNT,
+        description="training steps between two prunings",
     )
     prune_fraction: float = Field(
         DEFAULT_PRUNE_FRACTION,
@@ -73,7 +76,10 @@ class IMPOptions(BaseModel):
         description="fraction of the original weights pruned per round",
     )
     rewind_step: int = Field(
-        0, ge=0, description="rewind to the weights after this many steps (0: pre-trained)"
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="rewind to the weights after this many steps (0: pre-trained)",
     )
     rewind: bool = Field(
         True,

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tamt_cli.errors import UserError
 from tamt_cli.methods.base import SearchJob
+from tamt_cli.specs import MAX_COUNT
 from tamt_cli.units import STRUCTURES
 
 if TYPE_CHECKING:
@@ -121,19 +122,24 @@ def resets_after(step: int, every: int, schedule: str) -> bool:
     return step % every == 0
 
 
+#: the largest initial threshold: scores of 2τ stay far inside float32
+MAX_TAU = 1e6
+
+
 class MaskTrainingOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     init: Literal["magnitude", "random"] = Field(
         "magnitude", description="initial mask: magnitude (OMP) at the target, or random"
     )
     reset_every: int | None = Field(
-        None, gt=0, description="reset thresholds to the exact sparsity every N steps"
+        None, gt=0, le=MAX_COUNT, description="reset thresholds to the exact sparsity every N steps"
     )
-    tau: float = Field(0.01, gt=0, description="initial threshold τ")
+    tau: float = Field(0.01, gt=0, le=MAX_TAU, description="initial threshold τ")
     decay_steps: int | None = Field(
         None,
         gt=0,
+        le=MAX_COUNT,
         description="the linear lr schedule reaches zero at this step (at least --max-steps) "
         "[--max-steps]",
     )
@@ -272,7 +278,8 @@ def settings(objective: str, spec: SearchSpec, options: MaskTrainingOptions) -> 
         "save_every": spec.save_every or tenth,
     }
     out.update({k: v for k, v in options.model_dump().items() if k not in out})
-    firsts = [s for s in range(1, 3 * every + 1) if resets_after(s, every, options.reset_schedule)]
+    near = {1, *(k * every + d for k in (1, 2, 3) for d in (-1, 0))}  # where resets can fall
+    firsts = [s for s in sorted(near) if s > 0 and resets_after(s, every, options.reset_schedule)]
     out["reset_steps"] = ", ".join(str(s) for s in firsts[:3]) + ", ..."
     implied = OPTIMIZERS[options.optimizer]
     out.update({k: v for k, v in implied.items() if k != "clip"})
