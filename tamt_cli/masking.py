@@ -390,17 +390,13 @@ class ScoreMask(nn.Module):
     from given float scores. With an N:M ``pattern`` the mask is the top N of every M scores at
     every forward pass, and τ is not used."""
 
+    score: nn.Parameter
     tau: torch.Tensor
 
     def __init__(self, init: torch.Tensor, tau: float = 0.01, pattern: Pattern | None = None):
         super().__init__()
         self.pattern = pattern  # N:M: the keep-mask is the top N of every M scores, not S > τ
-        if init.dtype == torch.bool:
-            score = init.to(torch.float32) * (2 * tau)
-        else:
-            score = init.to(torch.float32).clone()
-        self.score = nn.Parameter(score)
-        self.register_buffer("tau", torch.tensor(float(tau)))
+        _init_score(self, init, tau)
         self.enabled = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -470,6 +466,7 @@ class UnitScoreMask(nn.Module):
     owner's. Scores start as for :class:`ScoreMask` (a keep-vector: ``2τ`` / ``0``, or given
     float scores)."""
 
+    score: nn.Parameter
     tau: torch.Tensor
 
     def __init__(self, init: torch.Tensor | UnitScoreMask, axis: int, count: int,
@@ -479,12 +476,7 @@ class UnitScoreMask(nn.Module):
         if isinstance(init, UnitScoreMask):
             self._owner = [init.owner]  # a list: not registered as a submodule
         else:
-            if init.dtype == torch.bool:
-                score = init.to(torch.float32) * (2 * tau)
-            else:
-                score = init.to(torch.float32).clone()
-            self.score = nn.Parameter(score)
-            self.register_buffer("tau", torch.tensor(float(tau)))
+            _init_score(self, init, tau)
             self._owner = [self]
         self.enabled = True
 
@@ -526,6 +518,17 @@ def attach_unit_scores(
         assert owner is not None
         out[group.name] = owner
     return out
+
+
+def _init_score(module: nn.Module, init: torch.Tensor, tau: float) -> None:
+    """Give ``module`` its trainable ``score`` and its threshold buffer ``tau``: a boolean
+    ``init`` starts kept weights at 2τ and pruned ones at 0, a float one is the scores."""
+    if init.dtype == torch.bool:
+        score = init.to(torch.float32) * (2 * tau)
+    else:
+        score = init.to(torch.float32).clone()
+    module.score = nn.Parameter(score)
+    module.register_buffer("tau", torch.tensor(float(tau)))
 
 
 def _looked_up_rows(self: nn.Embedding, input: torch.Tensor) -> torch.Tensor:
