@@ -163,8 +163,16 @@ def _images(
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """The finished process and the GLIBC_TUNABLES each of its images started with."""
     env, images = _watched_env(tmp_path, **extra)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          preexec_fn=_ctrl_c_as_at_a_terminal)  # fmt: skip
     return proc, images.read_text().splitlines()
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child: SIGINT with its default action, as a command typed at a terminal has it.
+    A test run started in the background of a non-interactive shell (a CI script's ``&``)
+    ignores SIGINT, and every process it starts inherits that, tamt included."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize(
@@ -253,15 +261,21 @@ def test_ctrl_c_from_outside_during_the_restart(delay, tmp_path, tiny_bert, corp
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_at_a_terminal,
         )
-        while (held := _sigint_blocked(proc.pid)) is False:
-            pass
-        if held:
-            time.sleep(delay)
-            proc.send_signal(signal.SIGINT)
-        else:
-            proc.kill()
-        _, err = proc.communicate(timeout=300)
+        try:
+            while (held := _sigint_blocked(proc.pid)) is False:
+                pass
+            if held:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGINT)
+            else:
+                proc.kill()
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:  # a search of a million steps never outlives the test
+                proc.kill()
+                proc.communicate()
         if held:
             break
     else:
