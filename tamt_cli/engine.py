@@ -15,7 +15,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -133,6 +135,28 @@ class FilledBatches(torch.utils.data.Sampler[list[int]]):
             batch = list(range(first, min(first + self.batch_size, self.n)))
             fill = self.batch_size - len(batch)
             yield batch + [i % self.n for i in range(fill)]
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) during the block is held and raised as KeyboardInterrupt after it.
+    The autograd engine calls Python hooks (the masked weights recomputed for the backward pass)
+    from C++, where an exception raised by the signal aborts the process (SIGABRT) instead of
+    reaching tamt. Left as it is outside the main thread or where SIGINT is not Python's."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    came: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: came.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
 
 
 class Engine:
@@ -322,7 +346,8 @@ class Engine:
             (running, count), t0 = running_loss, time.perf_counter()
             for step in range(start_step, loop.max_steps):
                 torch.manual_seed((loop.seed * 1_000_003 + step) * 1_009 + self.rank)
-                total = self._backward(model, make_batch, loop, step, examples, micro)
+                with interrupts_held():
+                    total = self._backward(model, make_batch, loop, step, examples, micro)
                 if loop.clip:
                     self.accelerator.clip_grad_norm_(params, loop.clip)
                 opt.step()

@@ -282,3 +282,19 @@ def test_ctrl_c_from_outside_during_the_restart(delay, tmp_path, tiny_bert, corp
         pytest.fail("never saw a restart holding SIGINT")
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and err.startswith("tamt: error: interrupted"), err
+
+
+def test_a_ctrl_c_during_a_training_step_is_raised_after_it():
+    """The autograd engine runs Python hooks from C++, where a KeyboardInterrupt aborts the
+    process: a step holds SIGINT and raises it once the step is done."""
+    import os
+
+    from tamt_cli.engine import interrupts_held
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
