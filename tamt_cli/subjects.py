@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamt_cli import artifacts, compressed, exports, maskfile, models
+from tamt_cli import artifacts, compressed, exports, maskfile, models, units
 from tamt_cli.errors import UserError
 
 
@@ -79,8 +79,9 @@ def resolve(
             raise UserError(f"'{checkpoint}' is a {kind} run, not a subnetwork")
         entry = artifacts.choose_mask(manifest, path, step=step)
         masks = maskfile.load_masks(path / entry["file"])
+        found = maskfile.load_units(path / entry["file"]) if kind == "subnetwork" else None
         if kind == "subnetwork":  # its own weights must hold the mask's zeros
-            exports.check(path, masks, unit_masks=maskfile.load_units(path / entry["file"]))
+            exports.check(path, masks, unit_masks=found)
         head = path / artifacts.HEAD_FILE
         record = manifest["model"]
         # a compressed export's weights are its model's with the mask's zeros: that model
@@ -92,8 +93,8 @@ def resolve(
                     "--model is for a mask file or a search run"
                 )
             ref, sha = models.resolve(str(path)), None
-            if manifest.get("ffn_width") is not None:  # its pruned neurons were taken out
-                masks = _sliced(masks, path / entry["file"])
+            if manifest.get("ffn_width") is not None and found is not None:
+                masks = units.sliced_masks(masks, found)  # its pruned neurons were taken out
         else:
             ref, sha = models.resolve(model or record["id"]), record.get("weights_sha256")
         return Subject(
@@ -114,14 +115,6 @@ def resolve(
     if model is not None:
         raise UserError(f"--model is for a mask file or a search run; '{checkpoint}' is a model")
     return Subject(models.resolve(checkpoint), None, None, None, f"dense {checkpoint}")
-
-
-def _sliced(masks: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The masks of a structured export fitted to its own, smaller model."""
-    from tamt_cli import units
-
-    found = maskfile.load_units(path)
-    return masks if found is None else units.sliced_masks(masks, found)
 
 
 def fine_tuned(checkpoint: str) -> tuple[str, dict[str, Any] | None]:
