@@ -127,7 +127,4 @@ def check_against(subject: Any, base: Any) -> None:
     model: ``finetune`` of a dense export)."""
     if subject.export is None or subject.weights_sha256 is None or subject.masks is None:
         return
-    from tamt_cli import maskfile
-
-    found = maskfile.load_units(subject.mask_file) if subject.mask_file is not None else None
-    check(subject.export, subject.masks, base, subject.ref.given, found)
+    check(subject.export, subject.masks, base, subject.ref.given, subject.unit_masks)

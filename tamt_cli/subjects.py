@@ -36,6 +36,8 @@ class Subject:
     weights_sha256: str | None = None
     #: the export folder, when the subject is an exported subnetwork (``kind`` ``subnetwork``)
     export: Path | None = None
+    #: an export's unit masks (a structured mask's: :mod:`tamt_cli.units`), else None
+    unit_masks: Any = None
 
 
 def resolve(
@@ -109,6 +111,7 @@ def resolve(
             mask_file=path / entry["file"],
             weights_sha256=sha,
             export=path if kind == "subnetwork" else None,
+            unit_masks=found,
         )
     if step is not None:
         raise UserError(f"--step needs a search run; '{checkpoint}' is a model")
