@@ -216,6 +216,7 @@ def env_table(report: dict[str, Any]) -> Table:
     table.add_row("cuda", cuda)
     table.add_row("mps", "yes" if acc["mps"] else "no")
     table.add_row("cpu threads", str(acc["cpu_threads"]))
+    table.add_row("mixed precision auto", acc["mixed_precision_auto"])
     alloc = report["allocator"]
     malloc = alloc["glibc_tunables"] or "defaults"
     if alloc["ld_preload"]:

@@ -108,6 +108,12 @@ def check_seeds(value: list[int]) -> list[int]:
 
 #: ``--structure``: single weights, or whole units (:mod:`tamt_cli.units`)
 Structure = Literal["weights", "neurons", "heads", "neurons+heads"]
+Precision = Literal["no", "fp16", "bf16", "auto"]
+#: what ``--mixed-precision`` says
+PRECISION_HELP = (
+    "mixed precision (auto: bf16 on a GPU or CPU with bfloat16 arithmetic, fp16 on another "
+    "GPU, else no; the run records the one used)"
+)
 
 
 #: labels and sweep variant names: they name folders and table rows
@@ -215,7 +221,7 @@ class SearchSpec(Spec):
         description="resumable checkpoints kept while the run goes on; given, they also stay "
         "once it completes",
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
+    mixed_precision: Precision = Field("no", description=PRECISION_HELP)
     report_to: list[Tracker] = Field(
         default_factory=list,
         description="experiment trackers for the metrics and the spec, comma-separated "
@@ -378,7 +384,7 @@ class FinetuneSpec(Spec):
         le=MAX_COUNT,
         description="checkpoints kept per seed while it trains (a done seed drops them)",
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
+    mixed_precision: Precision = Field("no", description=PRECISION_HELP)
     out: Path | None = Field(None, description="output directory")
     task_options: dict[str, Any] = Field(default_factory=dict, description=TASK_OPTIONS)
     report_to: list[Tracker] = Field(

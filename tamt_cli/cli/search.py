@@ -241,7 +241,12 @@ def run(values: dict[str, Any]) -> None:
     if values["dry_run"]:
         searching.advise(method, spec, console)
         hook = getattr(method, "resolved", None)
-        output.show_spec(spec, values["as_json"], hook(spec) if hook is not None else None)
+        resolved = hook(spec) if hook is not None else None
+        if resolved is not None and spec.mixed_precision == "auto":
+            from tamt_cli.environment import auto_precision
+
+            resolved = {**resolved, "mixed_precision": " ".join(auto_precision())}
+        output.show_spec(spec, values["as_json"], resolved)
         return
     result = searching.run(spec, method, console, resume=resume is not None)
     if values["as_json"]:
