@@ -6,10 +6,11 @@ Mask training frees and remakes blocks of many sizes at every step (the masked c
 matrix, remade again in the backward pass, the scores' gradients), and glibc's defaults keep
 much of what is freed: a `kd` search of a BERT-large-shaped model at batch 8 × 128 peaks at 1.39
 times the resident memory of fine-tuning it. Without the per-thread cache of small blocks
-(``tcache``: blocks held there are never merged with their free neighbours) and with blocks of
-4 MiB or more always mapped on their own (given back when freed, rather than left in the heap
-by glibc's rising threshold), it peaks at 1.21 times, for about 3% of a step's time
-(docs/benchmarks.md: "Memory, and BERT-large's size").
+(``tcache``: blocks held there are never merged with their free neighbours) it peaks at 1.21
+times, for about 2% of a step's time. tamt 0.2 also mapped every block of 4 MiB or more on its
+own: the same 1.21 times, but each step then faulted in its large blocks afresh, and a default
+`kd` search of the demo model took 16% longer a step (docs/benchmarks.md: "Memory, and
+BERT-large's size", and "The default search's time").
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the process
 replaces itself once (``exec``: same process id, same arguments, same environment plus the
@@ -27,8 +28,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: the settings: no per-thread cache of small blocks; blocks of 4 MiB and more mapped on their own
-TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=4194304"
+#: the settings: no per-thread cache of small blocks
+TUNABLES = "glibc.malloc.tcache_count=0"
 #: the built-in methods that train nothing (a one-shot mask from the weights or at random)
 ONE_SHOT = frozenset({"omp", "random"})
 #: words after which a command runs nothing that trains: its help, its resolved spec, a listing
