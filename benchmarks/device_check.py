@@ -489,8 +489,8 @@ def latency_row(
     console: Any,
 ) -> dict[str, Any]:
     """One batch × length: ``tamt bench``'s timings of the dense and the masked model and, when
-    there is one, the 2:4 model (a failure of which leaves the other two), each one's outputs
-    compared with the previous one's."""
+    there is one, the 2:4 model (a failure of which leaves the other two), timed alternately,
+    each one's outputs compared with the previous one's."""
     from tamt_cli import bench
     from tamt_cli.specs import BenchSpec
 
@@ -508,7 +508,7 @@ def latency_row(
             latency.measure("2:4", models["2:4"], device, masked, wait)
         except Exception as exc:
             out.update(sparse_ms=None, sparse_error=error_text(exc))
-    for row in latency.rows:
+    for row in latency.time():
         key = {"2:4": "sparse"}.get(row["name"], row["name"])
         out[f"{key}_ms"] = row["median_ms"]
         out[f"{key}_q1_ms"], out[f"{key}_q3_ms"] = row["q1_ms"], row["q3_ms"]

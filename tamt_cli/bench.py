@@ -2,7 +2,7 @@
 
 Sizes are those of ``model.safetensors`` written dense and in the sparse-bitmask layout
 (:mod:`tamt_cli.compressed`). Latency is the encoder's forward pass on the same seeded token ids,
-timed ``repeats`` times after ``warmup`` passes, for each way of running it this machine has:
+for each way of running it this machine has:
 
 * ``dense``: the pre-trained model; ``masked``: the subnetwork with its zeros, on the same dense
   kernels (the speed a plain export gets);
@@ -15,6 +15,11 @@ timed ``repeats`` times after ``warmup`` passes, for each way of running it this
   ``2:4 fp16`` (every masked linear weight through ``torch.sparse.to_sparse_semi_structured``).
 
 Each sparse way's outputs are compared with the masked model's in the same precision.
+
+The ways are timed alternately: each is set up and run once (its outputs compared), then every
+way makes its ``warmup`` passes, then come ``repeats`` rounds in which every way is timed once,
+in the order above. All of them see the same state of the machine (its load, its clock, its
+caches), which a way timed after another, all its runs together, does not.
 """
 
 from __future__ import annotations
@@ -59,17 +64,8 @@ def kernels() -> list[dict[str, Any]]:
     ]
 
 
-def timings(forward: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]):
-    """Median, spread and every run of ``forward`` in milliseconds."""
-    for _ in range(warmup):
-        forward()
-    sync()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward()
-        sync()
-        runs.append((time.perf_counter() - start) * 1000)
+def spread(runs: list[float]) -> dict[str, Any]:
+    """Median, quartiles, extremes and every one of ``runs`` (milliseconds)."""
     quartiles = statistics.quantiles(runs, n=4) if len(runs) > 1 else [runs[0]] * 3
     return {
         "median_ms": statistics.median(runs),
@@ -178,6 +174,7 @@ def run(spec: BenchSpec, console: Console) -> dict[str, Any]:
     structured = _time_sliced(latency, masked, subject, sizes, reference)
     available = {k["name"]: k for k in kernels()}
     notes = _time_semi_structured(latency, masked, subject, pattern, available["2:4 fp16"])
+    latency.time()
     return {
         "subnetwork": spec.subnetwork,
         "model": subject.ref.given,
@@ -308,13 +305,24 @@ def _cpu_sync() -> None:
 
 
 @dataclass
+class Way:
+    """One way of running the encoder: its forward pass, what waits for it to finish, its row."""
+
+    forward: Callable[[], Any]
+    sync: Callable[[], None]
+    row: dict[str, Any]
+
+
+@dataclass
 class Latency:
-    """Times each way of running the encoder on the same batch; a row per way, in order."""
+    """The ways of running the encoder on the same batch, timed alternately (see the module
+    docs); a row per way, in the order they were added."""
 
     batch: dict[str, Any]
     repeats: int
     warmup: int
     console: Console
+    ways: list[Way] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def measure(
@@ -325,8 +333,9 @@ class Latency:
         reference: Any = None,
         sync: Callable[[], None] = _cpu_sync,
     ) -> Any:
-        """Time ``model`` on ``device``; its row gives the largest difference of its outputs
-        from ``reference`` (if any). Returns the outputs."""
+        """Add ``model`` on ``device`` to the ways :meth:`time` times, and run it once: its row
+        gives the largest difference of its outputs from ``reference`` (if any). Returns the
+        outputs."""
         import torch
 
         inputs = {k: v.to(device) for k, v in self.batch.items()}
@@ -335,18 +344,39 @@ class Latency:
             with torch.inference_mode():
                 return model(**inputs).last_hidden_state
 
-        with self.console.status(f"timing {name}"):
+        with self.console.status(f"running {name}"):
             out = forward()
-            row = {
-                "name": name,
-                "device": device,
-                **timings(forward, self.repeats, self.warmup, sync),
-            }
-        row["max_abs_diff"] = (
-            None if reference is None else float((out.float() - reference.float()).abs().max())
-        )
-        self.rows.append(row)
+            sync()
+        diff = None if reference is None else float((out.float() - reference.float()).abs().max())
+        self.ways.append(Way(forward, sync, {"name": name, "device": device, "max_abs_diff": diff}))
         return out
+
+    def time(self) -> list[dict[str, Any]]:
+        """The ``warmup`` passes of every way, then ``repeats`` rounds that each time every way
+        once, in turn; the rows, with their timings."""
+        runs: list[list[float]] = [[] for _ in self.ways]
+        with self.console.status(f"timing {len(self.ways)} ways, {self.repeats} rounds"):
+            for _ in range(self.warmup):
+                for way in self.ways:
+                    way.forward()
+            for way in self.ways:
+                way.sync()
+            for _ in range(self.repeats):
+                for way, times in zip(self.ways, runs, strict=True):
+                    start = time.perf_counter()
+                    way.forward()
+                    way.sync()
+                    times.append((time.perf_counter() - start) * 1000)
+        self.rows = [
+            {
+                "name": way.row["name"],
+                "device": way.row["device"],
+                **spread(times),
+                "max_abs_diff": way.row["max_abs_diff"],
+            }
+            for way, times in zip(self.ways, runs, strict=True)
+        ]
+        return self.rows
 
     def with_speedups(self) -> list[dict[str, Any]]:
         """The rows, each with its speed-up over the dense way on its device (``dense`` on the

@@ -63,7 +63,7 @@ def units_line(units: dict[str, Any]) -> str:
 
 def plugins_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Installed plugins", title_justify="left")
-    for col in ("kind", "name", "distribution", "version", "status", "about"):
+    for col in ("kind", "name", "distribution", "version", "status", "structures", "about"):
         table.add_column(col)
     for row in rows:
         status = row["status"]
@@ -75,6 +75,7 @@ def plugins_table(rows: list[dict[str, Any]]) -> Table:
             row["distribution"] or "-",
             row["version"] or "-",
             f"[{style}]{status}[/{style}]",
+            ", ".join(row["structures"] or ["-"]),
             about or "",
         )
     return table
@@ -84,6 +85,8 @@ def plugin_options_table(doc: dict[str, Any]) -> Group:
     """`tamt plugins NAME`: a method's or task's options, with types, defaults and help."""
     source = f"{doc['distribution'] or '?'} {doc['version'] or ''}".strip()
     head = Text.assemble((f"{doc['kind']} {doc['name']}", "bold"), f" ({source}): {doc['summary']}")
+    if doc.get("structures"):
+        head.append(f"\n--structure: {', '.join(doc['structures'])}")
     if not doc["options"]:
         return Group(head, Text("no options"))
     table = Table(box=box.SIMPLE_HEAD)

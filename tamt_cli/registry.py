@@ -48,6 +48,8 @@ class Plugin:
     obj: Any = None
 
     def as_dict(self) -> dict[str, Any]:
+        """Its fields, and of a method that loads the ``--structure`` values it takes (else
+        ``structures`` is None)."""
         return {
             "name": self.name,
             "kind": self.kind,
@@ -57,7 +59,17 @@ class Plugin:
             "status": self.status,
             "error": self.error,
             "summary": self.summary,
+            "structures": self.structures(),
         }
+
+    def structures(self) -> list[str] | None:
+        """The ``--structure`` values a method that loads takes; None for a task or a method
+        that does not load."""
+        if self.kind != "method" or self.status != "ok":
+            return None
+        from tamt_cli.methods.base import structures_of
+
+        return list(structures_of(self.obj))
 
 
 class Registry:

@@ -106,3 +106,33 @@ def test_compressed_bytes_are_those_of_the_layout():
     state = {"a.weight": w}
     data = save(compressed.compress_state(state, ["a.weight"]))
     assert len(data) < len(save(state))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_times_the_ways_alternately(cli, tiny_bert, monkeypatch):
+    """Each way runs once for its outputs, then the warm-up passes and the timed ones go round
+    the ways in turn, so that a load or a clock that drifts is shared by every way."""
+    from tamt_cli import bench
+
+    calls: list[str] = []
+    measure = bench.Latency.measure
+
+    def recorded(self, name, model, *args, **kwargs):
+        def hook(module, _inputs):  # a copy made of ``model`` later copies its hooks too
+            if module is model:
+                calls.append(name)
+
+        model.register_forward_pre_hook(hook)
+        return measure(self, name, model, *args, **kwargs)
+
+    monkeypatch.setattr(bench.Latency, "measure", recorded)
+    assert cli("search", "-m", "omp", "-s", "0.5", "--structure", "neurons", "--model",
+               tiny_bert, "--out", "run").code == 0  # fmt: skip
+    res = cli("bench", "run", "--batch-size", "1", "--max-length", "8", "--warmup", "2",
+              "--repeats", "3", "--json")  # fmt: skip
+    assert res.code == 0, res.err
+    ways = ["dense", "masked", "csr", "sliced"]
+    assert [row["name"] for row in res.json()["latency"]] == ways
+    assert calls == ways + ways * 2 + ways * 3  # outputs, warm-up, then 3 timed rounds
+    for row in res.json()["latency"]:
+        assert len(row["runs_ms"]) == 3 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]

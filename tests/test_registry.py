@@ -102,6 +102,26 @@ def test_plugins_json_lists_good_and_broken(plugin_env, cli):
     assert rows["notamethod"]["status"] == "error"
     assert "search" in rows["notamethod"]["error"]
     assert rows["omp"]["status"] == "ok"
+    assert rows["firstrows"]["structures"] == ["weights"]  # it declares none
+    assert rows["broken"]["structures"] is None  # unknown: it does not load
+
+
+def test_plugins_list_the_structures_each_method_takes(cli):
+    res = cli("plugins", "--json")
+    assert res.code == 0, res.err
+    rows = {(r["kind"], r["name"]): r for r in res.json()}
+    units = ["weights", "neurons", "heads", "neurons+heads"]
+    assert rows["method", "omp"]["structures"] == rows["method", "kd"]["structures"] == units
+    assert rows["method", "imp"]["structures"] == ["weights"]
+    assert rows["task", "sst2"]["structures"] is None
+    table = cli("plugins", "--kind", "method").out
+    assert "structures" in table  # a column
+    omp = next(line for line in table.splitlines() if " omp " in line)
+    imp = next(line for line in table.splitlines() if " imp " in line)
+    assert ", ".join(units) in omp and "neurons" not in imp
+    described = cli("plugins", "omp").out
+    assert f"--structure: {', '.join(units)}" in described
+    assert cli("plugins", "imp", "--json").json()["structures"] == ["weights"]
 
 
 def test_plugin_calling_sys_exit_at_import_is_listed_not_fatal(plugin_env, cli):

@@ -35,8 +35,9 @@ CLEAR = (
 
 
 def plugins(values: dict[str, Any]) -> None:
-    """List installed methods and tasks, where they come from, and which failed to load; with a
-    NAME, that method's or task's options (types, defaults, descriptions)."""
+    """List installed methods and tasks, where they come from, which failed to load and the
+    --structure values each method takes; with a NAME, that method's or task's options (types,
+    defaults, descriptions)."""
     name, kind, as_json = values["name"], values["kind"], values["as_json"]
     if name is not None:
         doc = registry.describe(name, kind)
