@@ -1,9 +1,9 @@
 """CPU latency of a structured export against its dense model, timed alternately.
 
-`tamt bench` times each variant in turn; on a machine whose load changes while it runs, the
-variant timed later is timed under another load. This script times the dense model and the
-export in alternation (in both orders), so that both see the same load, and gives the medians,
-the minima and the median of the paired ratios:
+`tamt bench` times its ways alternately, round by round; this script times just the dense
+model and the export, alternating in both orders (dense first in one round, the export first in
+the next), so that both see the same load and neither always runs second, and gives the
+medians, the minima and the median of the paired ratios:
 
     tamt search --method omp --structure neurons --sparsity 0.5 --model demo --out runs/omp-n
     tamt extract runs/omp-n --export subnetworks/omp-n
