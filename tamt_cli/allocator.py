@@ -7,9 +7,9 @@ matrix, remade again in the backward pass, the scores' gradients), and glibc's d
 much of what is freed: a `kd` search of a BERT-large-shaped model at batch 8 × 128 peaks at 1.39
 times the resident memory of fine-tuning it. Without the per-thread cache of small blocks
 (``tcache``: blocks held there are never merged with their free neighbours) it peaks at 1.21
-times, for about 2% of a step's time. tamt 0.2 also mapped every block of 4 MiB or more on its
+times. tamt 0.2 also mapped every block of 4 MiB or more on its
 own: the same 1.21 times, but each step then faulted in its large blocks afresh, and a default
-`kd` search of the demo model took 16% longer a step (docs/benchmarks.md: "Memory, and
+`kd` search of the demo model took 9% longer a step (docs/benchmarks.md: "Memory, and
 BERT-large's size", and "The default search's time").
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the process
