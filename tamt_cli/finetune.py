@@ -58,10 +58,10 @@ def run(
     the others continue from their last checkpoint. ``push``: upload one seed's folder to the
     Hub at the end, checked before any work. The run records the mixed precision it uses
     (``auto`` resolved for this machine)."""
-    from tamt_cli.environment import precision
+    from tamt_cli import precision
 
     _check_push(spec, push)
-    spec = spec.model_copy(update={"mixed_precision": precision(spec.mixed_precision)})
+    spec = spec.model_copy(update={"mixed_precision": precision.resolve(spec.mixed_precision)})
     with verbosity.quiet_libraries():
         return _run(spec, console, resume, push)
 
@@ -131,9 +131,9 @@ def planned(spec: FinetuneSpec) -> dict[str, Any]:
     task = create_task(spec.task, spec.task_options)
     hyperparameters = settings(spec, task)
     if spec.mixed_precision == "auto":
-        from tamt_cli.environment import auto_precision
+        from tamt_cli import precision
 
-        hyperparameters["mixed_precision"] = " ".join(auto_precision())
+        hyperparameters["mixed_precision"] = precision.described()
     default = hyperparameters.pop("eval_every_default")
     examples = None
     if task.head != "span" and spec.eval_every is None:

@@ -105,10 +105,10 @@ def resumed_spec(run_dir: Path, spec_file: Path | None, flags: dict[str, Any]) -
 def run(spec: SearchSpec, method: Any, console: Console, *, resume: bool = False) -> dict[str, Any]:
     """Compute the masks and write the run directory; returns the summary. The run records
     the mixed precision it uses (``auto`` resolved for this machine)."""
-    from tamt_cli.environment import precision
+    from tamt_cli import precision
 
     if getattr(method, "trains", False):
-        spec = spec.model_copy(update={"mixed_precision": precision(spec.mixed_precision)})
+        spec = spec.model_copy(update={"mixed_precision": precision.resolve(spec.mixed_precision)})
         return _run_training(spec, method, console, resume)
     if resume:
         raise UserError(f"method '{spec.method}' runs in one shot; there is nothing to resume")

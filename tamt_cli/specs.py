@@ -589,6 +589,10 @@ def resumed(
     if spec_file is not None:
         given = build(cls, spec_file, flags)
         asked = {**given.model_dump(exclude_unset=True), **asked}
+    if asked.get("mixed_precision") is not None:  # the run recorded what auto resolved to
+        from tamt_cli import precision
+
+        asked["mixed_precision"] = precision.resolve(asked["mixed_precision"])
     current = saved.model_dump()
     for key, value in asked.items():
         if key in {"out", "report_to"}:

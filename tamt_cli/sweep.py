@@ -455,8 +455,13 @@ KEEPING_FIELDS = ("keep_checkpoints", "report_to")  # report_to: what watched it
 
 
 def comparable(spec: Any) -> dict[str, Any]:
-    """A spec as JSON without the fields that only say where things are."""
+    """A spec as JSON without the fields that only say where things are, ``auto`` mixed
+    precision resolved (a run records the precision it used)."""
+    from tamt_cli import precision
+
     dumped = spec.model_dump(mode="json")
+    if dumped.get("mixed_precision") is not None:
+        dumped["mixed_precision"] = precision.resolve(dumped["mixed_precision"])
     return {k: v for k, v in dumped.items() if k not in PATH_FIELDS}
 
 

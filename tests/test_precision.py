@@ -14,7 +14,9 @@ import torch
 import yaml
 
 import tamt_cli as tamt
-from tamt_cli import environment
+from tamt_cli import environment, precision, specs, sweep
+from tamt_cli.errors import UserError
+from tamt_cli.specs import SearchSpec
 from tests.tiny import write_sst2
 
 os.environ["TAMT_NO_PROGRESS"] = "1"
@@ -41,9 +43,9 @@ def _machine(monkeypatch, *, cuda: bool, cuda_bf16: bool = False, amx=False, avx
 )
 def test_auto_picks_bf16_where_the_machine_has_bfloat16_arithmetic(monkeypatch, machine, expected):
     _machine(monkeypatch, **machine)
-    assert environment.auto_precision() == expected
-    assert environment.precision("auto") == expected[0]
-    assert environment.precision("fp16") == "fp16" and environment.precision("no") == "no"
+    assert precision.auto_precision() == expected
+    assert precision.resolve("auto") == expected[0]
+    assert precision.resolve("fp16") == "fp16" and precision.resolve("no") == "no"
 
 
 def test_a_cpu_whose_probe_is_missing_or_fails_counts_as_without(monkeypatch):
@@ -54,19 +56,19 @@ def test_a_cpu_whose_probe_is_missing_or_fails_counts_as_without(monkeypatch):
         raise RuntimeError("no cpuinfo")
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
-    assert environment.auto_precision()[0] == "no"
+    assert precision.auto_precision()[0] == "no"
 
 
 def test_runs_record_the_precision_auto_chose(tmp_path, monkeypatch, tiny_bert, corpus):
     """A search and a fine-tuning run with auto record the precision they ran with, so that
     their spec reproduces them on another machine."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(environment, "auto_precision", lambda: ("bf16", "(test)"))
+    monkeypatch.setattr(precision, "auto_precision", lambda: ("bf16", "(test)"))
     kd = {"method": "kd", "sparsity": 0.5, "max_length": 16, "batch_size": 4, "max_steps": 2}
     run = tamt.search(model=str(tiny_bert), corpus=corpus, mixed_precision="auto", out="s", **kd)
     assert yaml.safe_load((run.run / "spec.yaml").read_text())["mixed_precision"] == "bf16"
 
-    monkeypatch.setattr(environment, "auto_precision", lambda: ("no", "(test)"))
+    monkeypatch.setattr(precision, "auto_precision", lambda: ("no", "(test)"))
     sst2 = write_sst2(tmp_path / "SST-2")
     tamt.finetune(
         run, task="sst2", data_dir=sst2, seeds=[1], out="ft", quiet=True, mixed_precision="auto",
@@ -78,7 +80,7 @@ def test_runs_record_the_precision_auto_chose(tmp_path, monkeypatch, tiny_bert, 
 
 
 def test_dry_run_says_what_auto_resolves_to_here(tmp_path, tiny_bert, corpus):
-    here = " ".join(environment.auto_precision())
+    here = " ".join(precision.auto_precision())
     for args in (
         ["search", "-m", "kd", "-s", "0.5", "--model", str(tiny_bert), "--corpus", str(corpus)],
         ["finetune", str(tiny_bert), "--task", "sst2", "--train-size", "10"],
@@ -88,3 +90,27 @@ def test_dry_run_says_what_auto_resolves_to_here(tmp_path, tiny_bert, corpus):
         assert proc.returncode == 0, proc.stderr
         assert "mixed_precision: auto" in proc.stdout
         assert f"#   mixed_precision: {here}" in proc.stdout
+
+
+def test_env_says_what_auto_resolves_to(monkeypatch):
+    monkeypatch.setattr(precision, "auto_precision", lambda: ("bf16", "(a CPU with AMX)"))
+    assert environment.accelerators()["mixed_precision_auto"] == "bf16 (a CPU with AMX)"
+
+
+def test_resume_and_sweeps_compare_auto_as_what_it_resolves_to(tmp_path, monkeypatch):
+    """A run started with auto saved the precision it used: resuming it with auto, or a sweep
+    whose grid says auto, agrees with that run as long as auto resolves to the same here."""
+    saved = SearchSpec(method="kd", sparsity=0.5, mixed_precision="bf16")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(saved.model_dump(mode="json")))
+    asked = SearchSpec(method="kd", sparsity=0.5, mixed_precision="auto")
+
+    monkeypatch.setattr(precision, "auto_precision", lambda: ("bf16", "(test)"))
+    resumed = specs.resumed(SearchSpec, tmp_path, path, None, {"mixed_precision": "auto"})
+    assert resumed.mixed_precision == "bf16"
+    assert sweep.comparable(asked) == sweep.comparable(saved)
+
+    monkeypatch.setattr(precision, "auto_precision", lambda: ("no", "(test)"))
+    with pytest.raises(UserError, match="mixed_precision='bf16', not 'no'"):
+        specs.resumed(SearchSpec, tmp_path, path, None, {"mixed_precision": "auto"})
+    assert sweep.comparable(asked)["mixed_precision"] == "no"

@@ -243,9 +243,9 @@ def run(values: dict[str, Any]) -> None:
         hook = getattr(method, "resolved", None)
         resolved = hook(spec) if hook is not None else None
         if resolved is not None and spec.mixed_precision == "auto":
-            from tamt_cli.environment import auto_precision
+            from tamt_cli import precision
 
-            resolved = {**resolved, "mixed_precision": " ".join(auto_precision())}
+            resolved = {**resolved, "mixed_precision": precision.described()}
         output.show_spec(spec, values["as_json"], resolved)
         return
     result = searching.run(spec, method, console, resume=resume is not None)
